@@ -1,0 +1,5 @@
+//! KWOK cluster manager: creates, starts, stops and deletes simulated clusters through kwokctl's binary
+//! runtime with the provisioned binaries, assigns each cluster its own port block, reports status from
+//! the real processes and `/readyz`, and populates clusters through kube-rs.
+
+pub mod ports;

@@ -1,0 +1,15 @@
+//! scale-cluster-agent: simulates many Rancher-imported clusters, each a real KWOK control plane
+//! (kube-apiserver + etcd + kwok-controller), and plays the cattle-cluster-agent for each of them.
+//!
+//! - [`toolchain`]: the binaries every cluster runs (found, built from pinned Go modules, or downloaded).
+//! - [`kwok`]: the KWOK cluster manager (ports, kwokctl driver, profiles, status, population).
+//! - [`store`]: the embedded database that is the single source of truth for cluster state.
+//! - [`preflight`]: host limits that bite when many clusters run on one machine.
+//! - [`cli`]: the clap commands; thin wrappers over the modules above.
+
+pub mod cli;
+pub mod config;
+pub mod kwok;
+pub mod preflight;
+pub mod store;
+pub mod toolchain;

@@ -1,0 +1,1 @@
+//! Host preflight checks: limits that bite when many clusters run on one machine.
