@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::kwok::ports::PortRange;
+use crate::toolchain::ToolchainArgs;
 
 /// Options every subcommand accepts.
 #[derive(Debug, Clone, Args)]
@@ -33,6 +34,9 @@ pub struct GlobalArgs {
     /// Maximum number of port blocks (clusters) in the range.
     #[arg(long, env = "SCA_PORT_BLOCKS", default_value_t = PortRange::DEFAULT.blocks, global = true)]
     pub port_blocks: u16,
+
+    #[command(flatten)]
+    pub toolchain: ToolchainArgs,
 }
 
 /// Resolved settings.
@@ -42,6 +46,7 @@ pub struct Settings {
     pub kwok_workdir: PathBuf,
     pub cache_dir: PathBuf,
     pub ports: PortRange,
+    pub toolchain: ToolchainArgs,
 }
 
 impl Settings {
@@ -62,6 +67,7 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| default_cache_dir(&home)),
             ports,
+            toolchain: args.toolchain.clone(),
         })
     }
 

@@ -75,3 +75,7 @@ pub struct Toolchain {
     pub kubectl: PathBuf,
     pub etcd: PathBuf,
 }
+
+/// Toolchain options every command accepts (explicit binary paths, download mirror, ...).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ToolchainArgs {}
