@@ -1,0 +1,290 @@
+//! Building components from the pinned Go modules with the local `go`. The module files under
+//! `tools/` are embedded in this binary and written to a temporary module directory, so an installed
+//! agent builds the same pins outside the repository.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use super::locate::find_on_path;
+use super::progress::Progress;
+use super::version::verify;
+use super::{Component, ToolchainError, ToolchainOptions, KUBE_VERSION};
+
+/// One wrapper module pinning a Go project (`tools/<name>/`).
+struct GoModule {
+    name: &'static str,
+    go_mod: &'static str,
+    go_sum: &'static str,
+    tools_go: &'static str,
+}
+
+const KWOK_MODULE: GoModule = GoModule {
+    name: "kwok",
+    go_mod: include_str!("../../../../tools/kwok/go.mod"),
+    go_sum: include_str!("../../../../tools/kwok/go.sum"),
+    tools_go: include_str!("../../../../tools/kwok/tools.go"),
+};
+
+const K8S_MODULE: GoModule = GoModule {
+    name: "k8s",
+    go_mod: include_str!("../../../../tools/k8s/go.mod"),
+    go_sum: include_str!("../../../../tools/k8s/go.sum"),
+    tools_go: include_str!("../../../../tools/k8s/tools.go"),
+};
+
+const ETCD_MODULE: GoModule = GoModule {
+    name: "etcd",
+    go_mod: include_str!("../../../../tools/etcd/go.mod"),
+    go_sum: include_str!("../../../../tools/etcd/go.sum"),
+    tools_go: include_str!("../../../../tools/etcd/tools.go"),
+};
+
+/// Module and main package that produce `component`.
+fn recipe(component: Component) -> (&'static GoModule, &'static str) {
+    match component {
+        Component::Kwokctl => (&KWOK_MODULE, "sigs.k8s.io/kwok/cmd/kwokctl"),
+        Component::Kwok => (&KWOK_MODULE, "sigs.k8s.io/kwok/cmd/kwok"),
+        Component::KubeApiserver => (&K8S_MODULE, "k8s.io/kubernetes/cmd/kube-apiserver"),
+        Component::KubeControllerManager => {
+            (&K8S_MODULE, "k8s.io/kubernetes/cmd/kube-controller-manager")
+        }
+        Component::KubeScheduler => (&K8S_MODULE, "k8s.io/kubernetes/cmd/kube-scheduler"),
+        Component::Kubectl => (&K8S_MODULE, "k8s.io/kubernetes/cmd/kubectl"),
+        Component::Etcd => (&ETCD_MODULE, "go.etcd.io/etcd/server/v3"),
+    }
+}
+
+/// `-ldflags` for `component`: stripped, plus (for Kubernetes) the version stamps of
+/// `hack/lib/version.sh`, so `--version` and `/version` report the pin instead of `v0.0.0-master`.
+/// The build date is fixed so rebuilds are reproducible.
+pub(crate) fn ldflags(component: Component) -> String {
+    let mut ld = String::from("-s -w");
+    if recipe(component).0.name == K8S_MODULE.name {
+        let (major, minor) = kube_major_minor();
+        for pkg in [
+            "k8s.io/component-base/version",
+            "k8s.io/client-go/pkg/version",
+        ] {
+            for (key, value) in [
+                ("gitVersion", KUBE_VERSION),
+                ("gitMajor", major),
+                ("gitMinor", minor),
+                ("gitTreeState", "clean"),
+                ("gitCommit", "0000000000000000000000000000000000000000"),
+                ("buildDate", "1970-01-01T00:00:00Z"),
+            ] {
+                ld.push_str(&format!(" -X {pkg}.{key}={value}"));
+            }
+        }
+    }
+    ld
+}
+
+/// `("1", "36")` from `v1.36.1`.
+fn kube_major_minor() -> (&'static str, &'static str) {
+    let mut parts = KUBE_VERSION.trim_start_matches('v').split('.');
+    (parts.next().unwrap_or("1"), parts.next().unwrap_or("0"))
+}
+
+/// The `go` binary to build with: the explicit one, else `go` on the search path.
+pub(crate) fn find_go(opts: &ToolchainOptions) -> Result<PathBuf, ToolchainError> {
+    match &opts.go {
+        Some(go) if go.is_file() => Ok(go.clone()),
+        Some(go) => Err(ToolchainError::NoGo {
+            looked: format!("--go-binary {} does not exist", go.display()),
+        }),
+        None => {
+            find_on_path(opts.search_path().as_deref(), "go").ok_or_else(|| ToolchainError::NoGo {
+                looked: "`go` is not on PATH".to_string(),
+            })
+        }
+    }
+}
+
+/// Builds `component` into its cache path: `go build` writes a temporary file next to it, which is
+/// verified and then renamed into place, so readers never see a partial binary.
+pub(crate) async fn build(
+    opts: &ToolchainOptions,
+    component: Component,
+    go: &Path,
+    progress: Progress,
+) -> Result<PathBuf, ToolchainError> {
+    let (module, package) = recipe(component);
+    let dest = component.cache_path(&opts.cache_dir);
+    let dest_dir = parent_dir(&dest)?;
+    std::fs::create_dir_all(dest_dir).map_err(ToolchainError::io(format!(
+        "creating {}",
+        dest_dir.display()
+    )))?;
+    let log_dir = opts.log_dir();
+    std::fs::create_dir_all(&log_dir).map_err(ToolchainError::io(format!(
+        "creating {}",
+        log_dir.display()
+    )))?;
+    let log_path = log_dir.join(format!(
+        "build-{}-{}.log",
+        component,
+        component.pinned_version()
+    ));
+
+    let module_dir = tempfile::Builder::new()
+        .prefix(&format!("sca-go-{}-", module.name))
+        .tempdir()
+        .map_err(ToolchainError::io(
+            "creating a temporary Go module directory",
+        ))?;
+    for (name, text) in [
+        ("go.mod", module.go_mod),
+        ("go.sum", module.go_sum),
+        ("tools.go", module.tools_go),
+    ] {
+        let path = module_dir.path().join(name);
+        std::fs::write(&path, text)
+            .map_err(ToolchainError::io(format!("writing {}", path.display())))?;
+    }
+
+    // `go build -o` refuses to overwrite a file that is not a Go binary, so use a fresh name.
+    let partial = dest_dir.join(format!(
+        ".{}.partial-{}-{:08x}",
+        component,
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let ld = ldflags(component);
+    let log = std::fs::File::create(&log_path).map_err(ToolchainError::io(format!(
+        "creating {}",
+        log_path.display()
+    )))?;
+    let log_err = log.try_clone().map_err(ToolchainError::io(format!(
+        "opening {}",
+        log_path.display()
+    )))?;
+    {
+        use std::io::Write;
+        let mut header = &log;
+        // The header only helps a human reading the log; a failed write is not worth failing for.
+        let _ = writeln!(
+            header,
+            "# cd {} && CGO_ENABLED=0 GOWORK=off {} build -trimpath -ldflags '{ld}' -o {} {package}",
+            module_dir.path().display(),
+            go.display(),
+            partial.display()
+        );
+    }
+
+    let task = progress.task(format!(
+        "building {component} {} (log: {})",
+        component.pinned_version(),
+        log_path.display()
+    ));
+    let status = tokio::process::Command::new(go)
+        .arg("build")
+        .arg("-trimpath")
+        .arg("-ldflags")
+        .arg(&ld)
+        .arg("-o")
+        .arg(&partial)
+        .arg(package)
+        .current_dir(module_dir.path())
+        .env("CGO_ENABLED", "0")
+        // A go.work of the caller's environment must not redirect the pinned modules.
+        .env("GOWORK", "off")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true)
+        .status()
+        .await;
+    let fail = |detail: String| {
+        // The partial file may not exist (go failed before linking); nothing else to clean up.
+        let _ = std::fs::remove_file(&partial);
+        ToolchainError::BuildFailed {
+            component,
+            log: log_path.clone(),
+            detail,
+        }
+    };
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(status) => {
+            return Err(fail(format!(
+                "`go build` exited with {status}: {}",
+                last_line(&log_path)
+            )))
+        }
+        Err(e) => return Err(fail(format!("cannot run {}: {e}", go.display()))),
+    }
+    if let Err(err) = verify(component, &partial) {
+        return Err(fail(format!("the built binary failed verification: {err}")));
+    }
+    std::fs::rename(&partial, &dest).map_err(|e| fail(format!("renaming into place: {e}")))?;
+    task.finish(&format!("built {component} {}", component.pinned_version()));
+    Ok(dest)
+}
+
+pub(crate) fn parent_dir(path: &Path) -> Result<&Path, ToolchainError> {
+    path.parent().ok_or_else(|| ToolchainError::Io {
+        context: format!("{} has no parent directory", path.display()),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
+}
+
+/// Last non-empty line of the build log, for the error message.
+fn last_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_ldflags_stamp_both_version_packages() {
+        let ld = ldflags(Component::KubeApiserver);
+        for pkg in [
+            "k8s.io/component-base/version",
+            "k8s.io/client-go/pkg/version",
+        ] {
+            for kv in [
+                "gitVersion=v1.36.1",
+                "gitMajor=1",
+                "gitMinor=36",
+                "gitTreeState=clean",
+                "gitCommit=0000000000000000000000000000000000000000",
+                "buildDate=1970-01-01T00:00:00Z",
+            ] {
+                assert!(ld.contains(&format!("-X {pkg}.{kv}")), "{pkg}.{kv} in {ld}");
+            }
+        }
+        assert!(ld.starts_with("-s -w "));
+        assert_eq!(ldflags(Component::Etcd), "-s -w");
+        assert_eq!(ldflags(Component::Kwokctl), "-s -w");
+    }
+
+    #[test]
+    fn embedded_modules_pin_the_versions() {
+        assert!(K8S_MODULE
+            .go_mod
+            .contains(&format!("require k8s.io/kubernetes {KUBE_VERSION}")));
+        assert!(KWOK_MODULE.go_mod.contains(&format!(
+            "require sigs.k8s.io/kwok {}",
+            super::super::KWOK_VERSION
+        )));
+        assert!(ETCD_MODULE.go_mod.contains(&format!(
+            "require go.etcd.io/etcd/server/v3 {}",
+            super::super::ETCD_VERSION
+        )));
+        for c in Component::ALL {
+            let (module, package) = recipe(c);
+            assert!(module.tools_go.contains(package), "{c}: {package}");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `install`: resolves every component like [`locate`](super::locate) and provisions what is missing
+//! (build or download), under the cache's install lock so concurrent installers take turns.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::build::{build, find_go};
+use super::download::download;
+use super::locate::lookup;
+use super::lock::InstallLock;
+use super::progress::Progress;
+use super::{Component, Source, SourcePreference, Toolchain, ToolchainError, ToolchainOptions};
+
+/// A component [`install_component`] resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub path: PathBuf,
+    pub source: Source,
+}
+
+/// Makes every component available (explicit, `PATH`, cache, else build or download) and returns
+/// their paths. A second run finds everything and only reports.
+pub async fn install(
+    opts: &ToolchainOptions,
+    progress: Progress,
+) -> Result<Toolchain, ToolchainError> {
+    let _lock = lock(opts, progress).await?;
+    let mut paths = BTreeMap::new();
+    for component in Component::ALL {
+        let installed = provision(opts, component, progress).await?;
+        paths.insert(component, installed.path);
+    }
+    Toolchain::from_fn(|component| {
+        paths.remove(&component).ok_or(ToolchainError::Missing {
+            component,
+            hint: "not provisioned".to_string(),
+        })
+    })
+}
+
+/// Like [`install`] for a single component.
+pub async fn install_component(
+    opts: &ToolchainOptions,
+    component: Component,
+    progress: Progress,
+) -> Result<Installed, ToolchainError> {
+    let _lock = lock(opts, progress).await?;
+    provision(opts, component, progress).await
+}
+
+async fn lock(opts: &ToolchainOptions, progress: Progress) -> Result<InstallLock, ToolchainError> {
+    let path = opts.lock_path();
+    InstallLock::acquire(&path, || {
+        progress.line(&format!(
+            "another install holds {}; waiting for it to finish",
+            path.display()
+        ))
+    })
+    .await
+}
+
+/// Resolves one component, building or downloading it if needed. Callers hold the install lock.
+async fn provision(
+    opts: &ToolchainOptions,
+    component: Component,
+    progress: Progress,
+) -> Result<Installed, ToolchainError> {
+    let version = component.pinned_version();
+    let found = lookup(opts, component);
+    for skipped in &found.skipped {
+        progress.line(&format!("{component}: {skipped}"));
+    }
+    if let Some(found) = found.found? {
+        progress.line(&format!(
+            "{component} {version}: {} ({})",
+            found.path.display(),
+            found.source
+        ));
+        return Ok(Installed {
+            path: found.path,
+            source: found.source,
+        });
+    }
+
+    let built = |go: PathBuf| async move {
+        build(opts, component, &go, progress)
+            .await
+            .map(|path| Installed {
+                path,
+                source: Source::Built,
+            })
+    };
+    let downloaded = || async {
+        download(opts, component, progress)
+            .await
+            .map(|path| Installed {
+                path,
+                source: Source::Downloaded,
+            })
+    };
+    match opts.source {
+        SourcePreference::Build => built(find_go(opts)?).await,
+        SourcePreference::Download => downloaded().await,
+        SourcePreference::Auto if opts.download_base_url.is_some() => downloaded().await,
+        SourcePreference::Auto => match find_go(opts) {
+            Ok(go) => built(go).await,
+            Err(no_go) => {
+                progress.line(&format!("{no_go}; downloading {component} instead"));
+                downloaded()
+                    .await
+                    .map_err(|source| ToolchainError::NoGoAndDownloadFailed {
+                        component,
+                        source: Box::new(source),
+                    })
+            }
+        },
+    }
+}
