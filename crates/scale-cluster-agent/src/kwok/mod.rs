@@ -2,4 +2,14 @@
 //! runtime with the provisioned binaries, assigns each cluster its own port block, reports status from
 //! the real processes and `/readyz`, and populates clusters through kube-rs.
 
+pub mod kwokctl;
+pub mod manager;
+pub mod names;
+pub mod population;
 pub mod ports;
+pub mod profile;
+pub mod status;
+
+pub use manager::{ClusterInfo, ClusterManager, CreateRequest, KwokError};
+pub use population::PopulationProfile;
+pub use profile::ComponentProfile;

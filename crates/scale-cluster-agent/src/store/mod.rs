@@ -1,1 +1,473 @@
-//! The embedded state database (SQLite): the single source of truth for clusters and their port blocks.
+//! The embedded state database (SQLite): the single source of truth for simulated clusters and the
+//! port blocks they own. Every change is one transaction, so a crash between two steps leaves either
+//! the old or the new row, never half of one; port reservation and the name check happen in the same
+//! write transaction, so two processes (or tasks) creating clusters at once never get the same port.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::kwok::ports::{PortBlock, PortRange};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &["CREATE TABLE clusters (
+        name TEXT PRIMARY KEY,
+        first_port INTEGER NOT NULL UNIQUE,
+        component_profile TEXT NOT NULL,
+        population TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        owner_pid INTEGER,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("state database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a cluster named {0:?} already exists")]
+    Duplicate(String),
+    #[error("no cluster named {0:?}")]
+    NotFound(String),
+    #[error(
+        "no free port block left: all {blocks} blocks from port {first} to {last} are taken by clusters \
+         or by other processes; raise --port-blocks or choose another --port-base"
+    )]
+    PortsExhausted { blocks: u16, first: u16, last: u16 },
+    #[error("state database task failed: {0}")]
+    Task(String),
+    #[error("corrupt row for cluster {name:?}: {reason}")]
+    Corrupt { name: String, reason: String },
+}
+
+/// Where a cluster is in its life. Transitional phases (`Creating`, `Deleting`) carry the pid of the
+/// process doing the work, so a crash can be told apart from work still in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Creating,
+    Running,
+    Stopped,
+    Deleting,
+    Failed,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Creating => "creating",
+            Phase::Running => "running",
+            Phase::Stopped => "stopped",
+            Phase::Deleting => "deleting",
+            Phase::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => Phase::Creating,
+            "running" => Phase::Running,
+            "stopped" => Phase::Stopped,
+            "deleting" => Phase::Deleting,
+            "failed" => Phase::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One cluster's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterRecord {
+    pub name: String,
+    pub ports: PortBlock,
+    pub component_profile: String,
+    /// The population profile as JSON (owned by `kwok::population`).
+    pub population: String,
+    pub phase: Phase,
+    pub owner_pid: Option<u32>,
+    pub last_error: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// What a new cluster needs besides its ports.
+#[derive(Debug, Clone)]
+pub struct NewCluster<'a> {
+    pub name: &'a str,
+    pub component_profile: &'a str,
+    pub population: &'a str,
+}
+
+/// Handle to the database; cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, mode 0600, and applies migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+        }
+        // Create the file ourselves so it is never world-readable, even for a moment: it will hold
+        // Rancher credentials. SQLite gives its -wal/-shm files the database file's mode.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| open_err(e.into()))?;
+        let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
+        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Task("state database lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Inserts a cluster in phase `Creating`, owned by this process, with the lowest free port block
+    /// of `range` whose ports `port_is_free` accepts. Name check and reservation are one transaction.
+    pub async fn reserve(
+        &self,
+        new: NewCluster<'_>,
+        range: PortRange,
+        port_is_free: fn(u16) -> bool,
+    ) -> Result<ClusterRecord, StoreError> {
+        let name = new.name.to_string();
+        let profile = new.component_profile.to_string();
+        let population = new.population.to_string();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM clusters WHERE name = ?1)",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if exists {
+                return Err(StoreError::Duplicate(name));
+            }
+            let taken: Vec<u16> = tx
+                .prepare("SELECT first_port FROM clusters")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let block = (0..range.blocks)
+                .filter_map(|i| range.block(i))
+                .find(|b| !taken.iter().any(|t| overlaps(*t, b.first())) && b.all().into_iter().all(port_is_free))
+                .ok_or_else(|| {
+                    let (first, last) = range.span();
+                    StoreError::PortsExhausted {
+                        blocks: range.blocks,
+                        first,
+                        last,
+                    }
+                })?;
+            let now = now_secs();
+            tx.execute(
+                "INSERT INTO clusters (name, first_port, component_profile, population, phase, owner_pid,
+                    last_error, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?7)",
+                params![
+                    name,
+                    block.first(),
+                    profile,
+                    population,
+                    Phase::Creating.as_str(),
+                    std::process::id(),
+                    now
+                ],
+            )?;
+            let record = get_row(&tx, &name)?.ok_or_else(|| StoreError::NotFound(name.clone()))?;
+            tx.commit()?;
+            Ok(record)
+        })
+        .await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| get_row(conn, &name)).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(&format!("{SELECT_ROW} ORDER BY first_port"))?;
+            let rows = stmt.query_map([], row_to_raw)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(RawRow::into_record))
+                .collect()
+        })
+        .await
+    }
+
+    /// Moves a cluster to `phase`. Transitional phases record this process as owner; others clear it.
+    pub async fn set_phase(
+        &self,
+        name: &str,
+        phase: Phase,
+        last_error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let owner = matches!(phase, Phase::Creating | Phase::Deleting).then(std::process::id);
+            let changed = conn.execute(
+                "UPDATE clusters SET phase = ?2, owner_pid = ?3, last_error = ?4, updated_at = ?5 WHERE name = ?1",
+                params![name, phase.as_str(), owner, last_error, now_secs()],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_population(&self, name: &str, population: String) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE clusters SET population = ?2, updated_at = ?3 WHERE name = ?1",
+                params![name, population, now_secs()],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes the row, which frees its port block.
+    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            conn.execute("DELETE FROM clusters WHERE name = ?1", [&name])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Two blocks overlap if their first ports are closer than one block (the stride may have changed
+/// since a block was reserved).
+fn overlaps(first_a: u16, first_b: u16) -> bool {
+    first_a.abs_diff(first_b) < crate::kwok::ports::PORTS_PER_BLOCK
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
+const SELECT_ROW: &str =
+    "SELECT name, first_port, component_profile, population, phase, owner_pid, last_error, \
+                          created_at, updated_at FROM clusters";
+
+struct RawRow {
+    name: String,
+    first_port: u16,
+    component_profile: String,
+    population: String,
+    phase: String,
+    owner_pid: Option<u32>,
+    last_error: Option<String>,
+    created_at: u64,
+    updated_at: u64,
+}
+
+impl RawRow {
+    fn into_record(self) -> Result<ClusterRecord, StoreError> {
+        let phase = Phase::parse(&self.phase).ok_or_else(|| StoreError::Corrupt {
+            name: self.name.clone(),
+            reason: format!("unknown phase {:?}", self.phase),
+        })?;
+        Ok(ClusterRecord {
+            ports: PortBlock::starting_at(self.first_port),
+            name: self.name,
+            component_profile: self.component_profile,
+            population: self.population,
+            phase,
+            owner_pid: self.owner_pid,
+            last_error: self.last_error,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        name: r.get(0)?,
+        first_port: r.get(1)?,
+        component_profile: r.get(2)?,
+        population: r.get(3)?,
+        phase: r.get(4)?,
+        owner_pid: r.get(5)?,
+        last_error: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
+fn get_row(conn: &Connection, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+    conn.query_row(&format!("{SELECT_ROW} WHERE name = ?1"), [name], row_to_raw)
+        .optional()?
+        .map(RawRow::into_record)
+        .transpose()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(name: &str) -> NewCluster<'_> {
+        NewCluster {
+            name,
+            component_profile: "lean",
+            population: "{}",
+        }
+    }
+
+    fn all_free(_: u16) -> bool {
+        true
+    }
+
+    #[tokio::test]
+    async fn reserves_distinct_blocks_and_rejects_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let range = PortRange::new(20000, 10, 3).unwrap();
+        let a = store.reserve(new("a"), range, all_free).await.unwrap();
+        let b = store.reserve(new("b"), range, all_free).await.unwrap();
+        assert_eq!(a.ports.first(), 20000);
+        assert_eq!(b.ports.first(), 20010);
+        assert_eq!(a.phase, Phase::Creating);
+        assert_eq!(a.owner_pid, Some(std::process::id()));
+        assert!(matches!(
+            store.reserve(new("a"), range, all_free).await,
+            Err(StoreError::Duplicate(_))
+        ));
+        store.reserve(new("c"), range, all_free).await.unwrap();
+        assert!(matches!(
+            store.reserve(new("d"), range, all_free).await,
+            Err(StoreError::PortsExhausted {
+                blocks: 3,
+                first: 20000,
+                last: 20025
+            })
+        ));
+        store.remove("b").await.unwrap();
+        let d = store.reserve(new("d"), range, all_free).await.unwrap();
+        assert_eq!(d.ports.first(), 20010, "a freed block is reused");
+    }
+
+    #[tokio::test]
+    async fn skips_ports_in_use_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let range = PortRange::new(20000, 10, 3).unwrap();
+        {
+            let store = Store::open(&path).unwrap();
+            let a = store
+                .reserve(new("a"), range, |p| p != 20013)
+                .await
+                .unwrap();
+            assert_eq!(a.ports.first(), 20000);
+            let b = store
+                .reserve(new("b"), range, |p| p != 20013)
+                .await
+                .unwrap();
+            assert_eq!(b.ports.first(), 20020, "block with a busy port is skipped");
+            store.set_phase("a", Phase::Running, None).await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let a = store.get("a").await.unwrap().unwrap();
+        assert_eq!(a.phase, Phase::Running);
+        assert_eq!(a.owner_pid, None);
+        assert_eq!(store.list().await.unwrap().len(), 2);
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_reservations_from_two_handles_never_share_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let range = PortRange::new(20000, 10, 40).unwrap();
+        // Two independent connections stand in for two processes.
+        let s1 = Store::open(&path).unwrap();
+        let s2 = Store::open(&path).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .reserve(new(&format!("c{i}")), range, all_free)
+                    .await
+                    .unwrap()
+                    .ports
+                    .first()
+            }));
+        }
+        let mut ports = Vec::new();
+        for t in tasks {
+            ports.push(t.await.unwrap());
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 40);
+    }
+}

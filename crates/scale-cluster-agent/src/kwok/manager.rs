@@ -1,0 +1,523 @@
+//! The cluster manager: one object that creates, starts, stops, scales and deletes simulated clusters,
+//! keeping the state database, kwokctl's work dir and the running processes consistent. Every
+//! operation either completes or is rolled back, so a failure leaves no processes, directories or
+//! reserved ports behind; a crash mid-operation is finished or rolled back by [`ClusterManager::recover`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::kwokctl::{Kwokctl, KwokctlError};
+use super::names::{self, InvalidName};
+use super::population::{self, PopulationError, PopulationProfile};
+use super::ports::PortBlock;
+use super::profile::ComponentProfile;
+use super::status::{self, ComponentProcess};
+use crate::config::Settings;
+use crate::store::{ClusterRecord, NewCluster, Phase, Store, StoreError};
+use crate::toolchain::Toolchain;
+
+/// How long kwokctl may take to create or start a cluster (it waits for the apiserver itself).
+const KWOKCTL_START_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long stop/delete may take.
+const KWOKCTL_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Grace period between SIGTERM and SIGKILL when stopping components.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KwokError {
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kwokctl(#[from] KwokctlError),
+    #[error(transparent)]
+    Population(#[from] PopulationError),
+    #[error("invalid population profile: {0}")]
+    InvalidPopulation(String),
+    #[error(
+        "{dir} already exists but the agent has no record of cluster {name:?}; \
+         remove it (e.g. `kwokctl delete cluster --name {name}` with KWOK_WORKDIR set) or pick another name"
+    )]
+    ForeignClusterDir { name: String, dir: PathBuf },
+    #[error("kube-apiserver of cluster {name:?} was not ready on port {port} within {timeout:?}; see {log}")]
+    NotReady {
+        name: String,
+        port: u16,
+        timeout: Duration,
+        log: PathBuf,
+    },
+    #[error("cluster {name:?} is {phase}; {action} needs it {needed}")]
+    WrongPhase {
+        name: String,
+        phase: Phase,
+        action: &'static str,
+        needed: &'static str,
+    },
+    #[error(
+        "port {port} of cluster {name:?} is now in use by another process; stop that process first"
+    )]
+    PortTaken { name: String, port: u16 },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}; rolling back also failed: {1}")]
+    RollbackFailed(Box<KwokError>, Box<KwokError>),
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub name: String,
+    pub profile: ComponentProfile,
+    pub population: PopulationProfile,
+}
+
+/// A cluster as stored plus what is observed right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub phase: Phase,
+    /// `ready`, `degraded`, `stopped`, `creating`, `deleting` or `failed`, from the processes and `/readyz`.
+    pub health: &'static str,
+    pub profile: String,
+    pub ports: PortBlock,
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    pub apiserver_ready: bool,
+    pub components: Vec<ComponentProcess>,
+    pub nodes: u32,
+    pub pods_per_node: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct ClusterManager {
+    store: Store,
+    kwokctl: Kwokctl,
+    toolchain: Toolchain,
+    config_dir: PathBuf,
+    settings: Settings,
+    ready_timeout: Duration,
+}
+
+impl ClusterManager {
+    pub fn new(settings: &Settings, toolchain: Toolchain, store: Store) -> Self {
+        Self {
+            kwokctl: Kwokctl::new(&toolchain, &settings.kwok_workdir),
+            config_dir: settings.data_dir.join("kwokctl"),
+            settings: settings.clone(),
+            toolchain,
+            store,
+            ready_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Replaces the kwokctl driver's binary (tests inject failures with a wrapper).
+    pub fn with_toolchain(mut self, toolchain: Toolchain) -> Self {
+        self.kwokctl = Kwokctl::new(&toolchain, &self.settings.kwok_workdir);
+        self.toolchain = toolchain;
+        self
+    }
+
+    pub fn with_ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn cluster_dir(&self, name: &str) -> PathBuf {
+        self.kwokctl.cluster_dir(name)
+    }
+
+    pub fn kubeconfig_path(&self, name: &str) -> PathBuf {
+        self.cluster_dir(name).join("kubeconfig.yaml")
+    }
+
+    pub fn log_path(&self, name: &str, component: &str) -> PathBuf {
+        self.cluster_dir(name)
+            .join("logs")
+            .join(format!("{component}.log"))
+    }
+
+    fn config_path(&self, name: &str) -> PathBuf {
+        self.config_dir.join(format!("{name}.yaml"))
+    }
+
+    /// Creates, starts, waits for `/readyz` and populates a cluster; on any failure removes every
+    /// trace of it (processes, directories, port reservation) and returns the first error.
+    pub async fn create(&self, req: CreateRequest) -> Result<ClusterInfo, KwokError> {
+        names::validate(&req.name)?;
+        req.population
+            .validate()
+            .map_err(KwokError::InvalidPopulation)?;
+        let population_json = serde_json::to_string(&req.population)
+            .map_err(|e| KwokError::InvalidPopulation(e.to_string()))?;
+        let record = self
+            .store
+            .reserve(
+                NewCluster {
+                    name: &req.name,
+                    component_profile: req.profile.as_str(),
+                    population: &population_json,
+                },
+                self.settings.ports,
+                port_is_free,
+            )
+            .await?;
+        let dir = self.cluster_dir(&req.name);
+        if dir.exists() {
+            self.store.remove(&req.name).await?;
+            return Err(KwokError::ForeignClusterDir {
+                name: req.name,
+                dir,
+            });
+        }
+        match self.bring_up(&req, &record.ports).await {
+            Ok(()) => {
+                self.store
+                    .set_phase(&req.name, Phase::Running, None)
+                    .await?;
+                self.get(&req.name).await
+            }
+            Err(err) => match self.tear_down(&req.name).await {
+                Ok(()) => Err(err),
+                Err(rollback) => {
+                    let _ = self
+                        .store
+                        .set_phase(&req.name, Phase::Failed, Some(err.to_string()))
+                        .await;
+                    Err(KwokError::RollbackFailed(Box::new(err), Box::new(rollback)))
+                }
+            },
+        }
+    }
+
+    async fn bring_up(&self, req: &CreateRequest, ports: &PortBlock) -> Result<(), KwokError> {
+        let config = self.config_path(&req.name);
+        write_file(&config, &req.profile.kwokctl_config(&self.toolchain, ports)).await?;
+        let mut args: Vec<String> = vec![
+            "-c".into(),
+            config.display().to_string(),
+            "create".into(),
+            "cluster".into(),
+            "--name".into(),
+            req.name.clone(),
+            "--runtime".into(),
+            "binary".into(),
+            // Never touch the user's kubeconfig (and no races between parallel creates on it).
+            "--kubeconfig".into(),
+            String::new(),
+            "--kube-apiserver-port".into(),
+            ports.kube_apiserver.to_string(),
+            "--etcd-port".into(),
+            ports.etcd_client.to_string(),
+            "--kube-controller-manager-port".into(),
+            ports.kube_controller_manager.to_string(),
+            "--kube-scheduler-port".into(),
+            ports.kube_scheduler.to_string(),
+            "--controller-port".into(),
+            ports.kwok_controller.to_string(),
+            "--timeout".into(),
+            format!("{}s", KWOKCTL_START_TIMEOUT.as_secs()),
+        ];
+        args.extend(req.profile.create_flags());
+        self.kwokctl
+            .run(&args, KWOKCTL_START_TIMEOUT + Duration::from_secs(10))
+            .await?;
+        self.wait_ready(&req.name, ports.kube_apiserver).await?;
+        let client = population::client(&self.kubeconfig_path(&req.name)).await?;
+        population::apply(&client, &req.population).await?;
+        Ok(())
+    }
+
+    async fn wait_ready(&self, name: &str, port: u16) -> Result<(), KwokError> {
+        let ca = self.cluster_dir(name).join("pki").join("ca.crt");
+        let deadline = Instant::now() + self.ready_timeout;
+        loop {
+            if status::apiserver_ready(port, &ca).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(KwokError::NotReady {
+                    name: name.to_string(),
+                    port,
+                    timeout: self.ready_timeout,
+                    log: self.log_path(name, "kube-apiserver"),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Stops every process of the cluster and removes its directory and config; does not touch the row.
+    async fn tear_down(&self, name: &str) -> Result<(), KwokError> {
+        let dir = self.cluster_dir(name);
+        self.terminate_processes(&dir).await;
+        if dir.exists() {
+            // kwokctl's own delete also cleans what it knows; its failure is not fatal as long as the
+            // processes are gone and the directory is removed below.
+            let args = ["delete", "cluster", "--name", name, "--kubeconfig", ""].map(String::from);
+            if let Err(err) = self.kwokctl.run(&args, KWOKCTL_STOP_TIMEOUT).await {
+                tracing::warn!(cluster = name, error = %err, "kwokctl delete failed; cleaning up directly");
+            }
+        }
+        self.kill_remaining(&dir).await;
+        remove_dir(&dir).await?;
+        remove_file(&self.config_path(name)).await?;
+        Ok(())
+    }
+
+    /// SIGTERM every live component, then wait up to [`TERM_GRACE`] for them to exit.
+    async fn terminate_processes(&self, dir: &Path) {
+        let live = status::live_pids(dir);
+        for (_, pid) in &live {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline && !status::live_pids(dir).is_empty() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn kill_remaining(&self, dir: &Path) {
+        let live = status::live_pids(dir);
+        for (_, pid) in &live {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline && !status::live_pids(dir).is_empty() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn record(&self, name: &str) -> Result<ClusterRecord, KwokError> {
+        self.store
+            .get(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()).into())
+    }
+
+    /// Stops a running cluster's processes (SIGTERM, then kwokctl's SIGKILL for stragglers).
+    pub async fn stop(&self, name: &str) -> Result<ClusterInfo, KwokError> {
+        let record = self.record(name).await?;
+        require_phase(
+            &record,
+            "stop",
+            &[Phase::Running, Phase::Stopped],
+            "running",
+        )?;
+        let dir = self.cluster_dir(name);
+        self.terminate_processes(&dir).await;
+        let args = ["stop", "cluster", "--name", name].map(String::from);
+        self.kwokctl.run(&args, KWOKCTL_STOP_TIMEOUT).await?;
+        self.kill_remaining(&dir).await;
+        self.store.set_phase(name, Phase::Stopped, None).await?;
+        self.get(name).await
+    }
+
+    /// Starts a stopped cluster on its own ports and waits for `/readyz`; objects are kept in etcd.
+    pub async fn start(&self, name: &str) -> Result<ClusterInfo, KwokError> {
+        let record = self.record(name).await?;
+        require_phase(
+            &record,
+            "start",
+            &[Phase::Stopped, Phase::Running],
+            "stopped",
+        )?;
+        let dir = self.cluster_dir(name);
+        let running = status::live_pids(&dir);
+        if running.is_empty() {
+            if let Some(port) = record.ports.all().into_iter().find(|p| !port_is_free(*p)) {
+                return Err(KwokError::PortTaken {
+                    name: name.to_string(),
+                    port,
+                });
+            }
+        }
+        let args = ["start", "cluster", "--name", name, "--timeout", "180s"].map(String::from);
+        self.kwokctl
+            .run(&args, KWOKCTL_START_TIMEOUT + Duration::from_secs(10))
+            .await?;
+        self.wait_ready(name, record.ports.kube_apiserver).await?;
+        self.store.set_phase(name, Phase::Running, None).await?;
+        self.get(name).await
+    }
+
+    /// Deletes a cluster everywhere; the row goes last, so its ports stay reserved until the
+    /// processes that held them are gone.
+    pub async fn delete(&self, name: &str) -> Result<(), KwokError> {
+        self.record(name).await?;
+        self.store.set_phase(name, Phase::Deleting, None).await?;
+        self.tear_down(name).await?;
+        self.store.remove(name).await?;
+        Ok(())
+    }
+
+    /// Sets the node count (pods follow, per the stored profile) and records it.
+    pub async fn scale(&self, name: &str, nodes: u32) -> Result<ClusterInfo, KwokError> {
+        let record = self.record(name).await?;
+        require_phase(&record, "scale", &[Phase::Running], "running")?;
+        let mut profile = stored_population(&record)?;
+        profile.nodes = nodes;
+        let client = population::client(&self.kubeconfig_path(name)).await?;
+        population::scale_nodes(&client, &profile).await?;
+        let json = serde_json::to_string(&profile)
+            .map_err(|e| KwokError::InvalidPopulation(e.to_string()))?;
+        self.store.set_population(name, json).await?;
+        self.get(name).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<ClusterInfo, KwokError> {
+        let record = self.record(name).await?;
+        Ok(self.observe(record).await)
+    }
+
+    pub async fn list(&self) -> Result<Vec<ClusterInfo>, KwokError> {
+        let records = self.store.list().await?;
+        let observed = records.into_iter().map(|r| self.observe(r));
+        Ok(futures::future::join_all(observed).await)
+    }
+
+    async fn observe(&self, record: ClusterRecord) -> ClusterInfo {
+        let dir = self.cluster_dir(&record.name);
+        let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
+        let components = status::component_processes(&dir, profile.components());
+        let apiserver_ready = components
+            .iter()
+            .any(|c| c.name == "kube-apiserver" && c.alive)
+            && status::apiserver_ready(
+                record.ports.kube_apiserver,
+                &dir.join("pki").join("ca.crt"),
+            )
+            .await;
+        let all_alive = components.iter().all(|c| c.alive);
+        let health = match record.phase {
+            Phase::Running if apiserver_ready && all_alive => "ready",
+            Phase::Running => "degraded",
+            Phase::Stopped => "stopped",
+            Phase::Creating => "creating",
+            Phase::Deleting => "deleting",
+            Phase::Failed => "failed",
+        };
+        let population = stored_population(&record).unwrap_or_default();
+        ClusterInfo {
+            server: format!("https://127.0.0.1:{}", record.ports.kube_apiserver),
+            kubeconfig: dir.join("kubeconfig.yaml"),
+            name: record.name,
+            phase: record.phase,
+            health,
+            profile: record.component_profile,
+            ports: record.ports,
+            apiserver_ready,
+            components,
+            nodes: population.nodes,
+            pods_per_node: population.pods_per_node,
+            last_error: record.last_error,
+        }
+    }
+
+    /// Finishes what a crashed process left half-done: a `creating` cluster whose creator is gone is
+    /// rolled back, a `deleting` one is deleted. Returns the names it cleaned up.
+    pub async fn recover(&self) -> Result<Vec<String>, KwokError> {
+        let mut cleaned = Vec::new();
+        for record in self.store.list().await? {
+            let orphaned = matches!(record.phase, Phase::Creating | Phase::Deleting)
+                && !record.owner_pid.is_some_and(process_alive);
+            if orphaned {
+                tracing::warn!(cluster = %record.name, phase = %record.phase, "cleaning up after an interrupted operation");
+                self.tear_down(&record.name).await?;
+                self.store.remove(&record.name).await?;
+                cleaned.push(record.name);
+            }
+        }
+        Ok(cleaned)
+    }
+}
+
+fn stored_population(record: &ClusterRecord) -> Result<PopulationProfile, KwokError> {
+    serde_json::from_str(&record.population).map_err(|e| {
+        StoreError::Corrupt {
+            name: record.name.clone(),
+            reason: format!("population: {e}"),
+        }
+        .into()
+    })
+}
+
+fn require_phase(
+    record: &ClusterRecord,
+    action: &'static str,
+    allowed: &[Phase],
+    needed: &'static str,
+) -> Result<(), KwokError> {
+    if allowed.contains(&record.phase) {
+        Ok(())
+    } else {
+        Err(KwokError::WrongPhase {
+            name: record.name.clone(),
+            phase: record.phase,
+            action,
+            needed,
+        })
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// A port is free if nothing listens on it on loopback or on the wildcard address.
+pub fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+async fn write_file(path: &Path, contents: &str) -> Result<(), KwokError> {
+    let io = |source| KwokError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    tokio::fs::write(path, contents).await.map_err(io)
+}
+
+async fn remove_dir(path: &Path) -> Result<(), KwokError> {
+    match tokio::fs::remove_dir_all(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(KwokError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn remove_file(path: &Path) -> Result<(), KwokError> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(KwokError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
