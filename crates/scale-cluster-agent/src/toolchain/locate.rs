@@ -1,6 +1,7 @@
 //! Finding binaries without building or downloading anything: explicit paths, `PATH`, the versioned
 //! cache. Also the per-component status report.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -40,8 +41,27 @@ pub(crate) struct Lookup {
 /// Finds every component without building or downloading; the first missing or unusable one is an
 /// error telling the user to run `scale-cluster-agent toolchain install`.
 pub fn locate(opts: &ToolchainOptions) -> Result<Toolchain, ToolchainError> {
+    // A bad explicit path is reported before any missing component: installing would not fix it.
+    let mut lookups: BTreeMap<Component, Lookup> = Component::ALL
+        .iter()
+        .map(|&c| (c, lookup(opts, c)))
+        .collect();
+    if let Some(c) = Component::ALL
+        .into_iter()
+        .find(|c| lookups.get(c).is_some_and(|l| l.found.is_err()))
+    {
+        if let Some(Lookup {
+            found: Err(err), ..
+        }) = lookups.remove(&c)
+        {
+            return Err(err);
+        }
+    }
     Toolchain::from_fn(|component| {
-        let lookup = lookup(opts, component);
+        let lookup = lookups.remove(&component).unwrap_or_else(|| Lookup {
+            found: Ok(None),
+            skipped: Vec::new(),
+        });
         match lookup.found? {
             Some(found) => Ok(found.path),
             None => Err(ToolchainError::Missing {
