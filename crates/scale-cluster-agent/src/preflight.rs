@@ -1,1 +1,0 @@
-//! Host preflight checks: limits that bite when many clusters run on one machine.
