@@ -25,8 +25,12 @@ use crate::toolchain::Toolchain;
 const KWOKCTL_START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long stop/delete may take.
 const KWOKCTL_STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Grace period between SIGTERM and SIGKILL when stopping components.
-const TERM_GRACE: Duration = Duration::from_secs(10);
+/// Grace period between SIGTERM and SIGKILL when stopping a cluster that keeps its data. kube-apiserver
+/// drains watches for well over 10 s on SIGTERM; etcd, the one whose data matters, recovers from its
+/// WAL after SIGKILL anyway (kwokctl itself only ever SIGKILLs), so the grace is kept short.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+/// How long to wait for SIGKILLed processes to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
@@ -262,14 +266,25 @@ impl ClusterManager {
         }
     }
 
-    /// Stops every process of the cluster and removes its directory and config; does not touch the row.
+    /// Kills every process of the cluster and removes its directory and config; does not touch the row.
     async fn tear_down(&self, name: &str) -> Result<(), KwokError> {
         let dir = self.cluster_dir(name);
-        self.terminate_processes(&dir).await;
+        // The data is about to be removed: no need for a graceful shutdown.
+        self.kill_remaining(&dir).await;
         if dir.exists() {
             // kwokctl's own delete also cleans what it knows; its failure is not fatal as long as the
             // processes are gone and the directory is removed below.
-            let args = ["delete", "cluster", "--name", name, "--kubeconfig", ""].map(String::from);
+            // kwokctl rejects an empty --kubeconfig here; a path that never exists keeps it away
+            // from the user's ~/.kube/config.
+            let unused = self.config_dir.join("never-written.kubeconfig");
+            let args = [
+                "delete".to_string(),
+                "cluster".into(),
+                "--name".into(),
+                name.into(),
+                "--kubeconfig".into(),
+                unused.display().to_string(),
+            ];
             if let Err(err) = self.kwokctl.run(&args, KWOKCTL_STOP_TIMEOUT).await {
                 tracing::warn!(cluster = name, error = %err, "kwokctl delete failed; cleaning up directly");
             }
@@ -286,10 +301,7 @@ impl ClusterManager {
         for (_, pid) in &live {
             let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
         }
-        let deadline = Instant::now() + TERM_GRACE;
-        while Instant::now() < deadline && !status::live_pids(dir).is_empty() {
-            tokio::time::sleep(POLL).await;
-        }
+        wait_gone(dir, TERM_GRACE).await;
     }
 
     async fn kill_remaining(&self, dir: &Path) {
@@ -297,10 +309,7 @@ impl ClusterManager {
         for (_, pid) in &live {
             let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
-        let deadline = Instant::now() + TERM_GRACE;
-        while Instant::now() < deadline && !status::live_pids(dir).is_empty() {
-            tokio::time::sleep(POLL).await;
-        }
+        wait_gone(dir, KILL_WAIT).await;
     }
 
     async fn record(&self, name: &str) -> Result<ClusterRecord, KwokError> {
@@ -444,6 +453,14 @@ impl ClusterManager {
             }
         }
         Ok(cleaned)
+    }
+}
+
+/// Polls until no process of the cluster in `dir` is left, or `timeout` passes.
+async fn wait_gone(dir: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !status::live_pids(dir).is_empty() {
+        tokio::time::sleep(POLL).await;
     }
 }
 

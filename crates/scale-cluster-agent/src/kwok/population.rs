@@ -325,9 +325,10 @@ async fn apply_node(
             container_runtime_version: "kwok://v0.8.0".into(),
             kubelet_version: t.kubelet_version.clone(),
             kube_proxy_version: t.kubelet_version.clone(),
-            machine_id: format!("{index:032x}"),
+            // Not all digits: kwok's stage templates would read such an ID back as a number.
+            machine_id: format!("sim{index:029x}"),
             system_uuid: format!("00000000-0000-0000-0000-{index:012x}"),
-            boot_id: format!("{index:032x}"),
+            boot_id: format!("boot{index:028x}"),
             ..Default::default()
         }),
         ..Default::default()
