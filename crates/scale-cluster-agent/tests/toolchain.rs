@@ -507,3 +507,54 @@ fn support_toolchain_is_complete_and_stamped() {
         );
     }
 }
+
+/// Two CLI processes installing into one cache take turns on the lock: every file is fetched once
+/// and both succeed.
+#[tokio::test]
+async fn concurrent_install_processes_share_one_download() {
+    let mirror = Mirror::start(mirror_files(&[])).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+            .args(["toolchain", "install", "--source", "download", "--plain"])
+            .env("SCA_CACHE_DIR", tmp.path())
+            .env("SCA_DOWNLOAD_BASE_URL", &mirror.base_url)
+            // An empty PATH keeps host binaries (e.g. a kubectl) out of the picture.
+            .env("PATH", "")
+            .env("HOME", tmp.path())
+            .output()
+    };
+    let (a, b) = tokio::join!(spawn(), spawn());
+    for out in [a.unwrap(), b.unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("kube-apiserver"), "{table}");
+    }
+    assert_eq!(mirror.total_hits(), 14);
+    let mut opts = ToolchainOptions::new(tmp.path());
+    opts.search_path = Some(OsString::new());
+    let tc = toolchain::locate(&opts).unwrap();
+    assert_eq!(tc.etcd, Component::Etcd.cache_path(tmp.path()));
+}
+
+/// A Kubernetes component built by the build path carries the version stamps, so `--version` (and
+/// the apiserver's `/version`, from the same variables) report the pin, never `v0.0.0-master`.
+/// Fast when Go's build cache is warm (e.g. after `toolchain install`).
+#[tokio::test]
+async fn builds_kube_scheduler_with_version_stamps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = ToolchainOptions::new(tmp.path());
+    opts.search_path = Some(OsString::new());
+    opts.source = SourcePreference::Build;
+    opts.go = Some(real_go());
+    let installed = toolchain::install_component(&opts, Component::KubeScheduler, Progress::Plain)
+        .await
+        .unwrap();
+    assert_eq!(installed.source, Source::Built);
+    let out = run_version(Component::KubeScheduler, &installed.path);
+    assert_eq!(out.trim(), "Kubernetes v1.36.1");
+}

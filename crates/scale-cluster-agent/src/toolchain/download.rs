@@ -344,6 +344,16 @@ mod tests {
     }
 
     #[test]
+    fn mirror_layout_names_the_pins() {
+        for c in Component::ALL {
+            assert!(MIRROR_LAYOUT.contains(c.pinned_version()), "{c}");
+            let path = artifact(c, Some("BASE")).url.replace(arch(), "{arch}");
+            let dir = &path[..path.rfind('/').unwrap()];
+            assert!(MIRROR_LAYOUT.contains(dir), "{c}: {dir}");
+        }
+    }
+
+    #[test]
     fn checksum_formats() {
         let d = "a".repeat(64);
         assert_eq!(

@@ -82,6 +82,7 @@ async fn provision(
         });
     }
 
+    remove_stale_partials(opts, component);
     let built = |go: PathBuf| async move {
         build(opts, component, &go, progress)
             .await
@@ -114,5 +115,27 @@ async fn provision(
                     })
             }
         },
+    }
+}
+
+/// Removes temporary files an interrupted build or download left next to the cache entry. Only
+/// called under the install lock, so no other installer is writing them.
+fn remove_stale_partials(opts: &ToolchainOptions, component: Component) {
+    let dest = component.cache_path(&opts.cache_dir);
+    let Some(Ok(entries)) = dest.parent().map(std::fs::read_dir) else {
+        return;
+    };
+    let prefixes = [
+        format!(".{component}.partial-"),
+        format!(".{component}.download-"),
+        format!(".{component}.extract-"),
+    ];
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            // Best effort: a leftover we cannot remove is hidden and harmless.
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
