@@ -232,10 +232,10 @@ async fn run_client(
                 let _active = GaugeGuard::new(metrics.clone(), |m| &m.sessions_active);
                 let ended = match websocket {
                     Websocket::Plain(websocket) => {
-                        serve(websocket, &config, &router, &metrics, &shutdown).await
+                        serve(*websocket, &config, &router, &metrics, &shutdown).await
                     }
                     Websocket::Tls(websocket) => {
-                        serve(websocket, &config, &router, &metrics, &shutdown).await
+                        serve(*websocket, &config, &router, &metrics, &shutdown).await
                     }
                 };
                 match ended {
@@ -296,8 +296,9 @@ where
 }
 
 enum Websocket {
-    Plain(WebSocketStream<TcpStream>),
-    Tls(WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>),
+    // Boxed: both are large and differ a lot in size; they are moved only once.
+    Plain(Box<WebSocketStream<TcpStream>>),
+    Tls(Box<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 fn upgrade_request(config: &ClientConfig) -> Result<Request, SessionError> {
@@ -367,7 +368,7 @@ async fn open_websocket(
         match tls.as_ref().filter(|_| secure) {
             None => upgrade(request, socket, websocket_config)
                 .await
-                .map(Websocket::Plain),
+                .map(|websocket| Websocket::Plain(Box::new(websocket))),
             Some(tls) => {
                 let server_name = rustls_pki_types::ServerName::try_from(host.clone())
                     .map_err(|error| SessionError::Tls(error.to_string()))?;
@@ -377,7 +378,7 @@ async fn open_websocket(
                     .map_err(|error| SessionError::Tls(error.to_string()))?;
                 upgrade(request, stream, websocket_config)
                     .await
-                    .map(Websocket::Tls)
+                    .map(|websocket| Websocket::Tls(Box::new(websocket)))
             }
         }
     };

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
+    pub(crate) pauses_sent: AtomicU64,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -45,6 +46,8 @@ pub struct MetricsSnapshot {
     pub bytes_sent: u64,
     /// Sessions ended by a malformed or unexpected frame.
     pub protocol_errors: u64,
+    /// Pause messages sent because a local target fell behind.
+    pub pauses_sent: u64,
 }
 
 impl Metrics {
@@ -66,6 +69,7 @@ impl Metrics {
             bytes_received: load(&self.bytes_received),
             bytes_sent: load(&self.bytes_sent),
             protocol_errors: load(&self.protocol_errors),
+            pauses_sent: load(&self.pauses_sent),
         }
     }
 }

@@ -263,7 +263,10 @@ impl SessionShared {
                     metrics::add(&self.metrics.bytes_received, bytes.len());
                     match stream.offer(bytes) {
                         OfferOutcome::Buffered => {}
-                        OfferOutcome::SendPause => self.send(conn_id, Payload::Pause).await,
+                        OfferOutcome::SendPause => {
+                            metrics::bump(&self.metrics.pauses_sent);
+                            self.send(conn_id, Payload::Pause).await
+                        }
                         OfferOutcome::Overflow => {
                             self.forget(&stream);
                             tracing::warn!(conn_id, "server ignored Pause; closing stream");
