@@ -29,6 +29,8 @@ struct FakeSession {
     next_id: i64,
 }
 
+// tungstenite's handshake callback signature fixes the large `Err` type.
+#[allow(clippy::result_large_err)]
 impl FakeServer {
     async fn start() -> Self {
         Self {
