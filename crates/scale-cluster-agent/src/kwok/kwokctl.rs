@@ -72,6 +72,16 @@ impl Kwokctl {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // If the agent dies (even by SIGKILL) kwokctl dies with it instead of finishing a create
+        // behind the back of the recovery that the next agent start runs. The signal fires when the
+        // spawning thread exits: that is a runtime worker thread, which lives as long as the runtime.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
+                    .map_err(std::io::Error::from)
+            });
+        }
         let joined = args.join(" ");
         tracing::debug!(args = %joined, "running kwokctl");
         let child = cmd.spawn().map_err(|source| KwokctlError::Spawn {

@@ -196,8 +196,11 @@ impl ClusterManager {
                     .await?;
                 self.get(&req.name).await
             }
-            Err(err) => match self.tear_down(&req.name).await {
-                Ok(()) => Err(err),
+            Err(err) => match self.tear_down(&req.name, &record.ports).await {
+                Ok(()) => {
+                    self.store.remove(&req.name).await?;
+                    Err(err)
+                }
                 Err(rollback) => {
                     let _ = self
                         .store
@@ -267,7 +270,7 @@ impl ClusterManager {
     }
 
     /// Kills every process of the cluster and removes its directory and config; does not touch the row.
-    async fn tear_down(&self, name: &str) -> Result<(), KwokError> {
+    async fn tear_down(&self, name: &str, ports: &PortBlock) -> Result<(), KwokError> {
         let dir = self.cluster_dir(name);
         // The data is about to be removed: no need for a graceful shutdown.
         self.kill_remaining(&dir).await;
@@ -290,6 +293,7 @@ impl ClusterManager {
             }
         }
         self.kill_remaining(&dir).await;
+        wait_ports_free(ports).await;
         remove_dir(&dir).await?;
         remove_file(&self.config_path(name)).await?;
         Ok(())
@@ -297,17 +301,15 @@ impl ClusterManager {
 
     /// SIGTERM every live component, then wait up to [`TERM_GRACE`] for them to exit.
     async fn terminate_processes(&self, dir: &Path) {
-        let live = status::live_pids(dir);
-        for (_, pid) in &live {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+        for pid in status::processes_in(dir) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
         wait_gone(dir, TERM_GRACE).await;
     }
 
     async fn kill_remaining(&self, dir: &Path) {
-        let live = status::live_pids(dir);
-        for (_, pid) in &live {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        for pid in status::processes_in(dir) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         wait_gone(dir, KILL_WAIT).await;
     }
@@ -333,6 +335,7 @@ impl ClusterManager {
         let args = ["stop", "cluster", "--name", name].map(String::from);
         self.kwokctl.run(&args, KWOKCTL_STOP_TIMEOUT).await?;
         self.kill_remaining(&dir).await;
+        wait_ports_free(&record.ports).await;
         self.store.set_phase(name, Phase::Stopped, None).await?;
         self.get(name).await
     }
@@ -347,8 +350,7 @@ impl ClusterManager {
             "stopped",
         )?;
         let dir = self.cluster_dir(name);
-        let running = status::live_pids(&dir);
-        if running.is_empty() {
+        if status::processes_in(&dir).is_empty() {
             if let Some(port) = record.ports.all().into_iter().find(|p| !port_is_free(*p)) {
                 return Err(KwokError::PortTaken {
                     name: name.to_string(),
@@ -368,9 +370,9 @@ impl ClusterManager {
     /// Deletes a cluster everywhere; the row goes last, so its ports stay reserved until the
     /// processes that held them are gone.
     pub async fn delete(&self, name: &str) -> Result<(), KwokError> {
-        self.record(name).await?;
+        let record = self.record(name).await?;
         self.store.set_phase(name, Phase::Deleting, None).await?;
-        self.tear_down(name).await?;
+        self.tear_down(name, &record.ports).await?;
         self.store.remove(name).await?;
         Ok(())
     }
@@ -447,7 +449,7 @@ impl ClusterManager {
                 && !record.owner_pid.is_some_and(process_alive);
             if orphaned {
                 tracing::warn!(cluster = %record.name, phase = %record.phase, "cleaning up after an interrupted operation");
-                self.tear_down(&record.name).await?;
+                self.tear_down(&record.name, &record.ports).await?;
                 self.store.remove(&record.name).await?;
                 cleaned.push(record.name);
             }
@@ -459,7 +461,16 @@ impl ClusterManager {
 /// Polls until no process of the cluster in `dir` is left, or `timeout` passes.
 async fn wait_gone(dir: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline && !status::live_pids(dir).is_empty() {
+    while Instant::now() < deadline && !status::processes_in(dir).is_empty() {
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A multi-threaded process shows as a zombie before its last thread has closed its sockets: wait
+/// (bounded) until the block's ports can really be bound again.
+async fn wait_ports_free(ports: &PortBlock) {
+    let deadline = Instant::now() + KILL_WAIT;
+    while Instant::now() < deadline && !ports.all().into_iter().all(port_is_free) {
         tokio::time::sleep(POLL).await;
     }
 }

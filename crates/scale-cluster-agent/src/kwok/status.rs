@@ -1,7 +1,7 @@
 //! Cluster status from reality: each component's pid file checked against `/proc` (a zombie or a
 //! recycled pid counts as dead), and the apiserver's `/readyz` over TLS with the cluster's own CA.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -29,18 +29,20 @@ pub fn component_processes(cluster_dir: &Path, components: &[&str]) -> Vec<Compo
         .collect()
 }
 
-/// Every pid recorded under `<cluster_dir>/pids` whose process is still one of this cluster's.
-pub fn live_pids(cluster_dir: &Path) -> Vec<(String, u32)> {
-    let Ok(entries) = std::fs::read_dir(cluster_dir.join("pids")) else {
+/// Every live (non-zombie) process whose command line mentions a path inside `cluster_dir`: every
+/// kwokctl component gets such a path, so this also finds processes whose pid file was never written
+/// (kwokctl killed between starting a process and recording it).
+pub fn processes_in(cluster_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let inside = inside_prefix(cluster_dir);
     entries
         .filter_map(Result::ok)
-        .filter_map(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let name = file.strip_suffix(".pid")?.to_string();
-            let pid = read_pid(&e.path())?;
-            is_cluster_process(pid, &name, cluster_dir).then_some((name, pid))
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            !is_zombie(*pid)
+                && cmdline(*pid).is_some_and(|args| args.iter().any(|a| a.contains(&inside)))
         })
         .collect()
 }
@@ -49,31 +51,49 @@ fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// True if `pid` runs, is not a zombie, and is this cluster's `component`: its command line names the
-/// component binary and mentions the cluster directory (every kwokctl component gets a path inside
-/// it), which rules out a recycled pid.
+/// True if `pid` runs, is not a zombie, and is this cluster's `component`: its program name is the
+/// component and its arguments mention a path inside the cluster directory, which rules out a
+/// recycled pid.
 pub fn is_cluster_process(pid: u32, component: &str, cluster_dir: &Path) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+    if is_zombie(pid) {
         return false;
+    }
+    let Some(args) = cmdline(pid) else {
+        return false;
+    };
+    let inside = inside_prefix(cluster_dir);
+    let program = args
+        .first()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or_default();
+    program == component && args.iter().skip(1).any(|a| a.contains(&inside))
+}
+
+/// `<dir>/`, so that cluster `a` never claims the processes of cluster `ab`.
+fn inside_prefix(cluster_dir: &Path) -> String {
+    format!("{}/", cluster_dir.to_string_lossy().trim_end_matches('/'))
+}
+
+/// True for a zombie (exited, not yet reaped) or a vanished process.
+pub fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
     };
     // The state field follows the parenthesised command name, which may itself contain spaces.
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, Some("Z") | Some("X") | None) {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
-        return false;
-    };
-    let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
-    let Some(argv0) = args.next() else {
-        return false;
-    };
-    let program = argv0.rsplit('/').next().unwrap_or_default().to_string();
-    let dir = cluster_dir.to_string_lossy();
-    program == component && args.any(|a| a.contains(dir.as_ref()))
+    matches!(state, Some("Z") | Some("X") | None)
+}
+
+fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
 }
 
 /// GETs `https://127.0.0.1:<port>/readyz`, trusting only the cluster CA at `ca_file`.

@@ -28,16 +28,20 @@ pub fn toolchain() -> Toolchain {
     TOOLCHAIN
         .get_or_init(|| {
             let opts = ToolchainOptions::from_settings(&settings());
-            // A private runtime: callers may be sync tests or inside their own runtime's blocking
-            // section, so don't depend on an ambient one.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("starting a runtime for the toolchain install: {e}"));
+            // A private runtime on its own thread: callers may be inside another runtime, where a
+            // runtime can be neither driven nor dropped.
             std::thread::scope(|s| {
-                s.spawn(|| runtime.block_on(toolchain::install(&opts, Progress::Plain)))
-                    .join()
-                    .unwrap_or_else(|_| panic!("toolchain install panicked"))
+                s.spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap_or_else(|e| {
+                            panic!("starting a runtime for the toolchain install: {e}")
+                        })
+                        .block_on(toolchain::install(&opts, Progress::Plain))
+                })
+                .join()
+                .unwrap_or_else(|_| panic!("toolchain install panicked"))
             })
             .unwrap_or_else(|e| panic!("toolchain install failed: {e}"))
         })
