@@ -490,8 +490,10 @@ mod tests {
     fn rejects_typos_bad_names_and_bad_quantities() {
         assert!(serde_yaml::from_str::<PopulationProfile>("node: 3").is_err());
         assert!(serde_yaml::from_str::<PopulationProfile>("podsPerNod: 3").is_err());
-        let mut p = PopulationProfile::default();
-        p.namespaces = vec!["Bad_NS".into()];
+        let p = PopulationProfile {
+            namespaces: vec!["Bad_NS".into()],
+            ..Default::default()
+        };
         assert!(p.validate().is_err());
         let mut p = PopulationProfile::default();
         p.node.memory = "lots".into();
