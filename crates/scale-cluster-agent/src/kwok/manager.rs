@@ -86,6 +86,15 @@ pub struct CreateRequest {
     pub population: PopulationProfile,
 }
 
+/// Durations since a create started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateTimings {
+    /// Until kube-apiserver answered `/readyz`.
+    pub ready: Duration,
+    /// Until the population was applied (the create returned).
+    pub populated: Duration,
+}
+
 /// A cluster as stored plus what is observed right now.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterInfo {
@@ -163,6 +172,12 @@ impl ClusterManager {
     /// Creates, starts, waits for `/readyz` and populates a cluster; on any failure removes every
     /// trace of it (processes, directories, port reservation) and returns the first error.
     pub async fn create(&self, req: CreateRequest) -> Result<ClusterInfo, KwokError> {
+        self.create_timed(req).await.map(|(info, _)| info)
+    }
+
+    /// [`Self::create`], also reporting how long each step took (for benchmarks and progress).
+    pub async fn create_timed(&self, req: CreateRequest) -> Result<(ClusterInfo, CreateTimings), KwokError> {
+        let started = Instant::now();
         names::validate(&req.name)?;
         req.population
             .validate()
@@ -189,12 +204,12 @@ impl ClusterManager {
                 dir,
             });
         }
-        match self.bring_up(&req, &record.ports).await {
-            Ok(()) => {
+        match self.bring_up(&req, &record.ports, started).await {
+            Ok(timings) => {
                 self.store
                     .set_phase(&req.name, Phase::Running, None)
                     .await?;
-                self.get(&req.name).await
+                Ok((self.get(&req.name).await?, timings))
             }
             Err(err) => match self.tear_down(&req.name, &record.ports).await {
                 Ok(()) => {
@@ -212,7 +227,12 @@ impl ClusterManager {
         }
     }
 
-    async fn bring_up(&self, req: &CreateRequest, ports: &PortBlock) -> Result<(), KwokError> {
+    async fn bring_up(
+        &self,
+        req: &CreateRequest,
+        ports: &PortBlock,
+        started: Instant,
+    ) -> Result<CreateTimings, KwokError> {
         let config = self.config_path(&req.name);
         write_file(&config, &req.profile.kwokctl_config(&self.toolchain, ports)).await?;
         let mut args: Vec<String> = vec![
@@ -245,9 +265,13 @@ impl ClusterManager {
             .run(&args, KWOKCTL_START_TIMEOUT + Duration::from_secs(10))
             .await?;
         self.wait_ready(&req.name, ports.kube_apiserver).await?;
+        let ready = started.elapsed();
         let client = population::client(&self.kubeconfig_path(&req.name)).await?;
         population::apply(&client, &req.population).await?;
-        Ok(())
+        Ok(CreateTimings {
+            ready,
+            populated: started.elapsed(),
+        })
     }
 
     async fn wait_ready(&self, name: &str, port: u16) -> Result<(), KwokError> {

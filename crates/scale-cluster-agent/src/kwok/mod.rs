@@ -10,6 +10,6 @@ pub mod ports;
 pub mod profile;
 pub mod status;
 
-pub use manager::{ClusterInfo, ClusterManager, CreateRequest, KwokError};
+pub use manager::{ClusterInfo, ClusterManager, CreateRequest, CreateTimings, KwokError};
 pub use population::PopulationProfile;
 pub use profile::ComponentProfile;

@@ -1,0 +1,244 @@
+//! Benchmark of simulated-cluster creation and footprint, `lean` against `full` (kwokctl's default
+//! component set) in the same run:
+//!
+//! ```text
+//! cargo bench -p scale-cluster-agent --bench kwok_clusters -- [--clusters N] [--parallel P] [--settle SECS]
+//! ```
+//!
+//! For each profile it creates N clusters one by one, deletes them, creates N again in bulk (P at a
+//! time), lets them idle, then sums RSS and PSS (`/proc/<pid>/smaps_rollup`) over every process of each
+//! cluster. Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed
+//! (`scale-cluster-agent toolchain install`) and enough inotify instances (`preflight --fix`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::StreamExt;
+use scale_cluster_agent::config::Settings;
+use scale_cluster_agent::kwok::ports::PortRange;
+use scale_cluster_agent::kwok::status::processes_in;
+use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile, CreateRequest, PopulationProfile};
+use scale_cluster_agent::store::Store;
+use scale_cluster_agent::toolchain::{self, ToolchainOptions};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Clusters per profile and phase.
+    #[arg(long, default_value_t = 10)]
+    clusters: usize,
+    /// Concurrent creations in the bulk phase.
+    #[arg(long, default_value_t = 2)]
+    parallel: usize,
+    /// Idle seconds before memory is sampled.
+    #[arg(long, default_value_t = 30)]
+    settle: u64,
+    /// First port of the benchmark's port range.
+    #[arg(long, default_value_t = 24000)]
+    port_base: u16,
+    // `cargo bench` passes `--bench`; accept and ignore it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    rss_kib: u64,
+    pss_kib: u64,
+}
+
+struct ProfileResult {
+    profile: ComponentProfile,
+    serial_ready: Vec<f64>,
+    serial_total: f64,
+    bulk_ready: Vec<f64>,
+    bulk_total: f64,
+    per_cluster: Vec<Memory>,
+    per_component: Vec<(String, Memory)>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = scale_cluster_agent::config::home_dir()?;
+    let settings = Settings {
+        data_dir: dir.path().join("data"),
+        kwok_workdir: dir.path().join("kwok"),
+        cache_dir: scale_cluster_agent::config::default_cache_dir(&home),
+        ports: PortRange::new(args.port_base, 10, args.clusters as u16)?,
+        toolchain: Default::default(),
+    };
+    let toolchain = toolchain::locate(&ToolchainOptions::from_settings(&settings))
+        .context("run `scale-cluster-agent toolchain install` first")?;
+    let manager = ClusterManager::new(&settings, toolchain, Store::open(&settings.state_db())?);
+
+    let mut results = Vec::new();
+    for profile in [ComponentProfile::Lean, ComponentProfile::Full] {
+        eprintln!("== {profile}: {} clusters one by one", args.clusters);
+        let names: Vec<String> = (0..args.clusters).map(|i| format!("bench-{profile}-{i:03}")).collect();
+        let started = Instant::now();
+        let mut serial_ready = Vec::new();
+        for name in &names {
+            let (_, timings) = manager.create_timed(request(name, profile)).await?;
+            serial_ready.push(timings.ready.as_secs_f64());
+        }
+        let serial_total = started.elapsed().as_secs_f64();
+        delete_all(&manager, &names).await?;
+
+        eprintln!("== {profile}: {} clusters in bulk, {} at a time", args.clusters, args.parallel);
+        let started = Instant::now();
+        let outcomes: Vec<_> = futures::stream::iter(names.iter())
+            .map(|name| manager.create_timed(request(name, profile)))
+            .buffer_unordered(args.parallel)
+            .collect()
+            .await;
+        let bulk_total = started.elapsed().as_secs_f64();
+        let mut bulk_ready = Vec::new();
+        for outcome in outcomes {
+            bulk_ready.push(outcome?.1.ready.as_secs_f64());
+        }
+
+        eprintln!("== {profile}: idle {} s, then sampling memory", args.settle);
+        tokio::time::sleep(Duration::from_secs(args.settle)).await;
+        let mut per_cluster = Vec::new();
+        let mut per_component: Vec<(String, Memory)> = Vec::new();
+        for name in &names {
+            let cluster_dir = manager.cluster_dir(name).join("");
+            let mut total = Memory::default();
+            for pid in processes_in(&cluster_dir) {
+                let mem = memory_of(pid)?;
+                let component = component_of(pid);
+                total.rss_kib += mem.rss_kib;
+                total.pss_kib += mem.pss_kib;
+                match per_component.iter_mut().find(|(c, _)| *c == component) {
+                    Some((_, m)) => {
+                        m.rss_kib += mem.rss_kib;
+                        m.pss_kib += mem.pss_kib;
+                    }
+                    None => per_component.push((component, mem)),
+                }
+            }
+            if total.rss_kib == 0 {
+                bail!("no processes found for {name}");
+            }
+            per_cluster.push(total);
+        }
+        per_component.sort_by(|a, b| a.0.cmp(&b.0));
+        delete_all(&manager, &names).await?;
+        results.push(ProfileResult {
+            profile,
+            serial_ready,
+            serial_total,
+            bulk_ready,
+            bulk_total,
+            per_cluster,
+            per_component,
+        });
+    }
+    print_report(&args, &results);
+    Ok(())
+}
+
+fn request(name: &str, profile: ComponentProfile) -> CreateRequest {
+    CreateRequest {
+        name: name.to_string(),
+        profile,
+        population: PopulationProfile::default(),
+    }
+}
+
+async fn delete_all(manager: &ClusterManager, names: &[String]) -> anyhow::Result<()> {
+    for name in names {
+        manager.delete(name).await?;
+    }
+    Ok(())
+}
+
+fn memory_of(pid: u32) -> anyhow::Result<Memory> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("reading smaps_rollup of pid {pid}"))?;
+    let field = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(Memory {
+        rss_kib: field("Rss:"),
+        pss_kib: field("Pss:"),
+    })
+}
+
+fn component_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|raw| {
+            let argv0 = raw.split(|b| *b == 0).next()?.to_vec();
+            let argv0 = String::from_utf8_lossy(&argv0).into_owned();
+            Path::new(&argv0).file_name().map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| format!("pid {pid}"))
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted.get(rank).copied().unwrap_or(f64::NAN)
+}
+
+fn mean_mib(values: &[Memory], f: impl Fn(&Memory) -> u64) -> f64 {
+    values.iter().map(&f).sum::<u64>() as f64 / values.len().max(1) as f64 / 1024.0
+}
+
+fn print_report(args: &Args, results: &[ProfileResult]) {
+    println!(
+        "Command: `cargo bench -p scale-cluster-agent --bench kwok_clusters -- --clusters {} --parallel {} --settle {}`\n",
+        args.clusters, args.parallel, args.settle
+    );
+    println!("| profile | one by one: ready p50 / p95 (s) | one by one: total (s) | bulk ×{}: ready p50 / p95 (s) | bulk: total (s) | RSS / cluster (MiB) | PSS / cluster (MiB) |", args.parallel);
+    println!("|---|---|---|---|---|---|---|");
+    for r in results {
+        println!(
+            "| {} | {:.2} / {:.2} | {:.1} | {:.2} / {:.2} | {:.1} | {:.1} | {:.1} |",
+            r.profile,
+            percentile(&r.serial_ready, 50.0),
+            percentile(&r.serial_ready, 95.0),
+            r.serial_total,
+            percentile(&r.bulk_ready, 50.0),
+            percentile(&r.bulk_ready, 95.0),
+            r.bulk_total,
+            mean_mib(&r.per_cluster, |m| m.rss_kib),
+            mean_mib(&r.per_cluster, |m| m.pss_kib),
+        );
+    }
+    if let [lean, full] = results {
+        println!(
+            "\nlean / full: PSS {:.2}×, RSS {:.2}×, one-by-one ready p50 {:.2}×\n",
+            mean_mib(&lean.per_cluster, |m| m.pss_kib) / mean_mib(&full.per_cluster, |m| m.pss_kib),
+            mean_mib(&lean.per_cluster, |m| m.rss_kib) / mean_mib(&full.per_cluster, |m| m.rss_kib),
+            percentile(&lean.serial_ready, 50.0) / percentile(&full.serial_ready, 50.0),
+        );
+    }
+    println!("Per component, mean per cluster (MiB):\n");
+    println!("| profile | component | RSS | PSS |");
+    println!("|---|---|---|---|");
+    for r in results {
+        let n = r.per_cluster.len().max(1) as f64;
+        for (component, m) in &r.per_component {
+            println!(
+                "| {} | {} | {:.1} | {:.1} |",
+                r.profile,
+                component,
+                m.rss_kib as f64 / n / 1024.0,
+                m.pss_kib as f64 / n / 1024.0
+            );
+        }
+    }
+}
