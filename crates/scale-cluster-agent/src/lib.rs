@@ -11,5 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod kwok;
 pub mod preflight;
+pub mod rancher;
 pub mod store;
 pub mod toolchain;

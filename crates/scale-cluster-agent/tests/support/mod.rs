@@ -8,6 +8,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod rancher_sim;
+
 use std::sync::OnceLock;
 
 use clap::Parser;

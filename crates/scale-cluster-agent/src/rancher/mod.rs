@@ -1,0 +1,620 @@
+//! Rancher management-API client: everything the agent asks Rancher before it opens tunnels.
+//!
+//! It finds or creates the imported cluster by name through the v3 API (idempotent across retries,
+//! restarts and concurrent callers), waits for the cluster registration token (Rancher creates it
+//! asynchronously; 2.8–2.12 expose `status.token`, 2.13+ fill it in from a Secret), reads the
+//! agent's inputs from the import manifest, reports cluster state and conditions, and deletes.
+//!
+//! TLS is verified by default: public roots, a CA file, or the `CATTLE_CA_CHECKSUM` pin checked
+//! against `/v3/settings/cacerts` the way Rancher computes it; [`TlsMode::Insecure`] only on
+//! request. Timeouts, connection errors and 5xx answers are retried with backoff; 401, 403, 404
+//! and 409/422 become their own [`RancherError`] variants. Tokens are never logged or printed.
+//!
+//! - [`config`] holds the URL, [`ApiToken`], [`TlsMode`], retries and timeouts.
+//! - [`error`] holds [`RancherError`].
+//! - [`model`] holds the typed results and the v3 JSON they come from.
+//! - `manifest` reads the import manifest; `tls` holds trust and the checksum rule.
+
+pub mod config;
+pub mod error;
+mod manifest;
+pub mod model;
+mod tls;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+pub use config::{ApiToken, RancherConfig, RetryPolicy, TlsMode};
+pub use error::RancherError;
+pub use model::{Condition, RancherCluster, Registration, RegistrationToken};
+pub use tls::ca_checksum;
+
+use manifest::ImportManifest;
+use model::{ClusterResource, Collection, ErrorBody, Setting, TokenResource};
+
+/// The CRT Rancher creates for every cluster; preferred when several exist.
+const DEFAULT_TOKEN_NAME: &str = "default-token";
+
+/// A client for one Rancher server. Cheap to clone; clones share connections and name locks.
+#[derive(Clone)]
+pub struct RancherClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    transport: Transport,
+    token: ApiToken,
+    registration_timeout: Duration,
+    /// One lock per cluster name being ensured, so concurrent callers in this process never race
+    /// each other into Rancher (whose own uniqueness check is not atomic).
+    creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for RancherClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RancherClient")
+            .field("url", &self.inner.transport.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RancherClient {
+    /// Builds the HTTP client for `config.tls`. With [`TlsMode::CaChecksum`] this already talks to
+    /// Rancher: it fetches `cacerts` and fails with [`RancherError::CaChecksumMismatch`] unless the
+    /// checksum matches.
+    pub async fn new(config: RancherConfig) -> Result<Self, RancherError> {
+        let base = parse_base_url(&config.url)?;
+        let timeout = config.request_timeout;
+        let http = match &config.tls {
+            TlsMode::PublicRoots => tls::public_client(timeout)?,
+            TlsMode::CaFile(path) => {
+                let pem = tokio::fs::read_to_string(path).await.map_err(|source| {
+                    RancherError::CaFile {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                tls::pinned_client(tls::parse_ca(&pem, &path.display().to_string())?, timeout)?
+            }
+            TlsMode::CaChecksum(expected) => {
+                let bootstrap = Transport {
+                    base: base.clone(),
+                    http: tls::unverified_client(timeout)?,
+                    retry: config.retry.clone(),
+                };
+                let pem = bootstrap.ca_certs().await?;
+                let expected = expected.trim().to_ascii_lowercase();
+                let actual = ca_checksum(&pem);
+                if actual != expected {
+                    return Err(RancherError::CaChecksumMismatch { expected, actual });
+                }
+                tls::pinned_client(tls::parse_ca(&pem, "/v3/settings/cacerts")?, timeout)?
+            }
+            TlsMode::Insecure => {
+                tracing::warn!(url = %base, "Rancher TLS certificate verification is disabled");
+                tls::unverified_client(timeout)?
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                transport: Transport {
+                    base,
+                    http,
+                    retry: config.retry,
+                },
+                token: config.token,
+                registration_timeout: config.registration_timeout,
+                creating: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The Rancher base URL this client talks to.
+    pub fn url(&self) -> &str {
+        &self.inner.transport.base
+    }
+
+    /// Returns the imported cluster named `name`, creating it (`POST /v3/clusters` with
+    /// `importedConfig`) only when no live cluster has that name. Safe to call again after any
+    /// failure or restart: a create that Rancher refuses because the name now exists is answered
+    /// by looking the cluster up again.
+    pub async fn ensure_imported_cluster(
+        &self,
+        name: &str,
+    ) -> Result<RancherCluster, RancherError> {
+        if name.trim().is_empty() {
+            return Err(RancherError::Invalid {
+                path: "/v3/clusters".into(),
+                status: 422,
+                code: "MissingRequired".into(),
+                message: "cluster name is empty".into(),
+            });
+        }
+        let lock = self.name_lock(name);
+        let result = {
+            let _guard = lock.lock().await;
+            self.find_or_create(name).await
+        };
+        self.release_name_lock(name, lock);
+        result
+    }
+
+    async fn find_or_create(&self, name: &str) -> Result<RancherCluster, RancherError> {
+        if let Some(cluster) = self.find_cluster(name).await? {
+            return Ok(cluster);
+        }
+        let body = serde_json::json!({"type": "cluster", "name": name, "importedConfig": {}});
+        match self
+            .request_json::<ClusterResource>(
+                Method::POST,
+                "/v3/clusters",
+                "/v3/clusters",
+                &[],
+                Some(&body),
+            )
+            .await
+        {
+            Ok(created) => {
+                tracing::info!(cluster = %created.id, name, "created imported cluster in Rancher");
+                Ok(created.into())
+            }
+            Err(conflict @ RancherError::Conflict { .. }) => {
+                // Someone else (or an earlier attempt of this request) created it first.
+                match self.find_cluster(name).await? {
+                    Some(cluster) => Ok(cluster),
+                    None => Err(conflict),
+                }
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn name_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    fn release_name_lock(&self, name: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self
+            .inner
+            .creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The map and `lock` are the only holders: nobody else waits on this name.
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(name);
+        }
+    }
+
+    /// The live (not being removed) cluster with exactly this name. If Rancher holds several (its
+    /// uniqueness check can race), the oldest wins so every caller settles on the same one.
+    pub async fn find_cluster(&self, name: &str) -> Result<Option<RancherCluster>, RancherError> {
+        let clusters: Collection<ClusterResource> = self
+            .request_json(
+                Method::GET,
+                "/v3/clusters",
+                "/v3/clusters",
+                &[("name", name)],
+                None,
+            )
+            .await?;
+        let mut matching: Vec<ClusterResource> = clusters
+            .data
+            .into_iter()
+            .filter(|c| c.name == name && !c.is_removing())
+            .collect();
+        if matching.len() > 1 {
+            tracing::warn!(
+                name,
+                count = matching.len(),
+                "Rancher has several clusters with this name; using the oldest"
+            );
+        }
+        matching.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        Ok(matching.into_iter().next().map(Into::into))
+    }
+
+    /// The cluster with this id, `None` once it is gone.
+    pub async fn cluster(&self, id: &str) -> Result<Option<RancherCluster>, RancherError> {
+        let path = cluster_path(id)?;
+        match self
+            .request_json::<ClusterResource>(Method::GET, &path, &path, &[], None)
+            .await
+        {
+            Ok(cluster) => Ok(Some(cluster.into())),
+            Err(RancherError::NotFound { .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Deletes the cluster. Already gone counts as done.
+    pub async fn delete_cluster(&self, id: &str) -> Result<(), RancherError> {
+        let path = cluster_path(id)?;
+        match self
+            .request(Method::DELETE, &path, &path, &[], None, true)
+            .await
+        {
+            Ok(_) | Err(RancherError::NotFound { .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Waits for the cluster's registration token, then reads the agent's inputs from the import
+    /// manifest. 404 if the cluster does not exist; [`RancherError::Timeout`] if no token appears
+    /// within the configured registration timeout.
+    pub async fn registration(&self, cluster_id: &str) -> Result<Registration, RancherError> {
+        if self.cluster(cluster_id).await?.is_none() {
+            return Err(RancherError::NotFound {
+                what: format!("cluster {cluster_id}"),
+            });
+        }
+        let token = self.wait_for_token(cluster_id).await?;
+        let transport = &self.inner.transport;
+        let path = format!("/v3/import/{token}_{cluster_id}.yaml");
+        let label = format!("/v3/import/<token>_{cluster_id}.yaml");
+        let yaml = self
+            .request(Method::GET, &path, &label, &[], None, false)
+            .await?;
+        let yaml = String::from_utf8(yaml).map_err(|_| RancherError::Manifest {
+            cluster_id: cluster_id.to_owned(),
+            reason: "not UTF-8".into(),
+        })?;
+        let manifest = ImportManifest::parse(&yaml).map_err(|reason| RancherError::Manifest {
+            cluster_id: cluster_id.to_owned(),
+            reason,
+        })?;
+        if manifest
+            .credentials_token
+            .as_deref()
+            .is_some_and(|t| t != token)
+        {
+            return Err(RancherError::Manifest {
+                cluster_id: cluster_id.to_owned(),
+                reason: "the cattle-credentials token differs from the registration token".into(),
+            });
+        }
+        Ok(Registration {
+            cluster_id: cluster_id.to_owned(),
+            import_url: format!("{}{path}", transport.base),
+            token: RegistrationToken::new(token),
+            server_url: manifest.server_url,
+            ca_checksum: manifest.ca_checksum,
+            strict_verify: manifest.strict_verify,
+        })
+    }
+
+    async fn wait_for_token(&self, cluster_id: &str) -> Result<String, RancherError> {
+        let timeout = self.inner.registration_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let tokens: Collection<TokenResource> = self
+                .request_json(
+                    Method::GET,
+                    "/v3/clusterregistrationtokens",
+                    "/v3/clusterregistrationtokens",
+                    &[("clusterId", cluster_id)],
+                    None,
+                )
+                .await?;
+            let usable = tokens
+                .data
+                .iter()
+                .filter(|t| t.value().is_some())
+                .min_by_key(|t| t.name != DEFAULT_TOKEN_NAME);
+            if let Some(value) = usable.and_then(TokenResource::value) {
+                return Ok(value.to_owned());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RancherError::Timeout {
+                    what: format!("registration token of cluster {cluster_id}"),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The `cacerts` setting (the PEM Rancher's agents pin), over this client's verified TLS.
+    pub async fn ca_certs(&self) -> Result<String, RancherError> {
+        self.inner.transport.ca_certs().await
+    }
+
+    async fn request_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        label: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, RancherError> {
+        let bytes = self.request(method, path, label, query, body, true).await?;
+        decode(&bytes, label)
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        label: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        authenticated: bool,
+    ) -> Result<Vec<u8>, RancherError> {
+        let token = authenticated.then_some(&self.inner.token);
+        self.inner
+            .transport
+            .send(method, path, label, query, body, token)
+            .await
+    }
+}
+
+/// The HTTP side: one base URL, one reqwest client, retries.
+struct Transport {
+    base: String,
+    http: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+impl Transport {
+    async fn ca_certs(&self) -> Result<String, RancherError> {
+        let path = "/v3/settings/cacerts";
+        let bytes = self.send(Method::GET, path, path, &[], None, None).await?;
+        let setting: Setting = decode(&bytes, path)?;
+        if setting.value.trim().is_empty() {
+            return Err(RancherError::InvalidCaCert {
+                origin: path.into(),
+                reason:
+                    "the cacerts setting is empty (Rancher uses a publicly trusted certificate)"
+                        .into(),
+            });
+        }
+        Ok(setting.value)
+    }
+
+    /// Sends one request, retrying timeouts, connection errors and 5xx with backoff, and maps
+    /// the final answer's status to a result. `label` is the path as it may appear in errors and
+    /// logs (with any token removed).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        label: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        token: Option<&ApiToken>,
+    ) -> Result<Vec<u8>, RancherError> {
+        let url = format!("{}{path}", self.base);
+        let attempts = self.retry.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = self.http.request(method.clone(), &url).query(query);
+            if let Some(token) = token {
+                request = request.bearer_auth(token.expose());
+            }
+            if let Some(body) = body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+            }
+            tracing::debug!(%method, path = label, attempt, "Rancher request");
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    response.bytes().await.map(|body| (status, body.to_vec()))
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok((status, _)) if status.is_server_error() && attempt < attempts => {
+                    tracing::debug!(path = label, %status, attempt, "Rancher server error, retrying");
+                }
+                Ok((status, body)) => return check(status, body, label, attempt),
+                Err(error) => {
+                    if let Some(reason) = tls::certificate_error(&error) {
+                        return Err(RancherError::UntrustedCertificate {
+                            url: self.base.clone(),
+                            reason,
+                        });
+                    }
+                    if error.is_builder() || attempt >= attempts {
+                        return Err(RancherError::Unreachable {
+                            url: self.base.clone(),
+                            attempts: attempt,
+                            source: error.without_url(),
+                        });
+                    }
+                    tracing::debug!(path = label, attempt, error = %error.without_url(), "Rancher request failed, retrying");
+                }
+            }
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+        }
+    }
+}
+
+/// Maps a final HTTP answer to the body or a specific error.
+fn check(
+    status: StatusCode,
+    body: Vec<u8>,
+    label: &str,
+    attempts: u32,
+) -> Result<Vec<u8>, RancherError> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+    let message = if parsed.code.is_empty() && parsed.message.is_empty() {
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+            .trim()
+            .to_owned()
+    } else {
+        [parsed.message.as_str(), parsed.field_name.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let path = label.to_owned();
+    Err(match status {
+        StatusCode::UNAUTHORIZED => RancherError::Unauthorized { path, message },
+        StatusCode::FORBIDDEN => RancherError::Forbidden { path, message },
+        StatusCode::NOT_FOUND => RancherError::NotFound {
+            what: if message.is_empty() { path } else { message },
+        },
+        StatusCode::CONFLICT => RancherError::Conflict {
+            path,
+            code: parsed.code,
+            message,
+        },
+        StatusCode::UNPROCESSABLE_ENTITY
+            if matches!(
+                parsed.code.as_str(),
+                "NotUnique" | "Conflict" | "AlreadyExists"
+            ) =>
+        {
+            RancherError::Conflict {
+                path,
+                code: parsed.code,
+                message,
+            }
+        }
+        s if s.is_server_error() => RancherError::Server {
+            path,
+            status: s.as_u16(),
+            attempts,
+            message,
+        },
+        s => RancherError::Invalid {
+            path,
+            status: s.as_u16(),
+            code: parsed.code,
+            message,
+        },
+    })
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8], label: &str) -> Result<T, RancherError> {
+    serde_json::from_slice(body).map_err(|e| RancherError::Decode {
+        path: label.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_base_url(url: &str) -> Result<String, RancherError> {
+    let invalid = |reason: &str| RancherError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| invalid(&e.to_string()))?;
+    if parsed.scheme() != "https" {
+        return Err(invalid("Rancher is only reachable over https"));
+    }
+    if parsed.host_str().is_none() {
+        return Err(invalid("no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid("must not have a query or fragment"));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `/v3/clusters/<id>`, refusing ids that would leave that path.
+fn cluster_path(id: &str) -> Result<String, RancherError> {
+    let valid = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid {
+        return Err(RancherError::NotFound {
+            what: format!("cluster {id:?} (not a valid cluster id)"),
+        });
+    }
+    Ok(format!("/v3/clusters/{id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_must_be_https_and_loses_trailing_slash() {
+        assert_eq!(
+            parse_base_url("https://rancher.example.com/").expect("valid"),
+            "https://rancher.example.com"
+        );
+        assert!(matches!(
+            parse_base_url("http://rancher"),
+            Err(RancherError::InvalidUrl { .. })
+        ));
+        assert!(parse_base_url("rancher.example.com").is_err());
+    }
+
+    #[test]
+    fn status_mapping() {
+        let body = |s: &str| s.as_bytes().to_vec();
+        let unauthorized = check(
+            StatusCode::UNAUTHORIZED,
+            body(r#"{"type":"error","status":"401","message":"must authenticate"}"#),
+            "/v3/clusters",
+            1,
+        );
+        assert!(
+            matches!(unauthorized, Err(RancherError::Unauthorized { ref message, .. }) if message == "must authenticate")
+        );
+        let not_unique = check(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            body(r#"{"type":"error","status":422,"code":"NotUnique","fieldName":"Cluster name"}"#),
+            "/v3/clusters",
+            1,
+        );
+        assert!(
+            matches!(not_unique, Err(RancherError::Conflict { ref code, .. }) if code == "NotUnique")
+        );
+        let missing = check(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            body(r#"{"code":"MissingRequired","fieldName":"name"}"#),
+            "/v3/clusters",
+            1,
+        );
+        assert!(matches!(
+            missing,
+            Err(RancherError::Invalid { status: 422, .. })
+        ));
+        assert!(matches!(
+            check(StatusCode::FORBIDDEN, body("{}"), "/x", 1),
+            Err(RancherError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            check(StatusCode::NOT_FOUND, body("{}"), "/x", 1),
+            Err(RancherError::NotFound { .. })
+        ));
+        assert!(matches!(
+            check(StatusCode::BAD_GATEWAY, body("upstream down"), "/x", 3),
+            Err(RancherError::Server { status: 502, attempts: 3, ref message, .. }) if message == "upstream down"
+        ));
+    }
+
+    #[test]
+    fn cluster_ids_cannot_escape_the_path() {
+        assert_eq!(
+            cluster_path("c-abcde").expect("valid"),
+            "/v3/clusters/c-abcde"
+        );
+        for bad in ["", "../settings", "c-a/b", "c?x"] {
+            assert!(cluster_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

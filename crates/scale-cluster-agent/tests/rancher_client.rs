@@ -1,0 +1,332 @@
+//! The Rancher management-API client against the real rancher-sim test peer
+//! (tests/rancher-sim): find-or-create, registration tokens in both Rancher styles, the import
+//! manifest, TLS trust modes, error variants, retries and deletion.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use scale_cluster_agent::rancher::{
+    ca_checksum, ApiToken, RancherClient, RancherConfig, RancherError, RetryPolicy, TlsMode,
+};
+use support::rancher_sim::{self, eventually, RancherSim, SimOptions};
+
+fn sim() -> RancherSim {
+    rancher_sim::start(SimOptions::default())
+}
+
+/// How many clusters the sim holds with this name (raw API, not the client under test).
+async fn clusters_named(sim: &RancherSim, name: &str) -> Vec<String> {
+    let all = sim.get_v3("clusters").await;
+    all["data"]
+        .as_array()
+        .expect("data array")
+        .iter()
+        .filter(|c| c["name"] == name)
+        .map(|c| c["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn find_or_create_is_idempotent_sequentially_and_concurrently() {
+    let sim = sim();
+    let client = sim.client().await;
+
+    let first = client
+        .ensure_imported_cluster("sim-00001")
+        .await
+        .expect("create");
+    assert!(first.id.starts_with("c-"), "{first:?}");
+    assert_eq!(first.name, "sim-00001");
+    assert_eq!(first.state, "pending");
+    let again = client
+        .ensure_imported_cluster("sim-00001")
+        .await
+        .expect("find");
+    assert_eq!(again.id, first.id);
+
+    // Ten concurrent callers: five share one client (its per-name lock), five use their own
+    // clients, so Rancher's NotUnique answer and the look-up-again path are exercised too.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let client = if i % 2 == 0 {
+            client.clone()
+        } else {
+            sim.client().await
+        };
+        tasks.push(tokio::spawn(async move {
+            client.ensure_imported_cluster("sim-00002").await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.expect("task").expect("ensure").id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "all callers got the same cluster: {ids:?}");
+    assert_eq!(clusters_named(&sim, "sim-00002").await, ids);
+    assert_eq!(clusters_named(&sim, "sim-00001").await, vec![first.id]);
+}
+
+#[tokio::test]
+async fn registration_reads_token_and_manifest_fields() {
+    let sim = sim();
+    let client = sim.client().await;
+    let cluster = client
+        .ensure_imported_cluster("reg-1")
+        .await
+        .expect("create");
+
+    let registration = client
+        .registration(&cluster.id)
+        .await
+        .expect("registration");
+    let token = registration.token.expose().to_owned();
+    assert_eq!(token.len(), 54, "Rancher-style 54-character token");
+    assert_eq!(registration.cluster_id, cluster.id);
+    assert_eq!(
+        registration.import_url,
+        format!("{}/v3/import/{token}_{}.yaml", sim.url, cluster.id)
+    );
+    assert_eq!(registration.server_url, sim.url);
+    assert_eq!(
+        registration.ca_checksum.as_deref(),
+        Some(sim.ca_checksum.as_str())
+    );
+    assert!(registration.strict_verify);
+
+    // The token is the one the API lists for the cluster's default-token.
+    let tokens = sim
+        .get_v3(&format!(
+            "clusterregistrationtokens?clusterId={}",
+            cluster.id
+        ))
+        .await;
+    let default = tokens["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|t| t["name"] == "default-token")
+        .expect("default-token");
+    assert_eq!(default["token"], token.as_str());
+    assert!(!format!("{registration:?}").contains(&token));
+}
+
+/// 2.8–2.12 expose status.token directly; 2.13+ first show tokenSecretName with a "{token}"
+/// placeholder and only later the value. With a long token delay the client must wait in both.
+#[tokio::test]
+async fn registration_token_in_both_rancher_styles() {
+    for (version, tls_mode, strict, in_secret) in [
+        ("v2.8.9", "system-store", false, false),
+        ("v2.12.3", "strict", true, false),
+        ("v2.13.1", "strict", true, true),
+    ] {
+        let sim = rancher_sim::start(SimOptions {
+            rancher_version: version.into(),
+            token_delay: Duration::from_millis(1500),
+            agent_tls_mode: tls_mode.into(),
+            ..SimOptions::default()
+        });
+        let client = sim.client().await;
+        let cluster = client
+            .ensure_imported_cluster("styles")
+            .await
+            .expect("create");
+        let started = Instant::now();
+        let registration = client.registration(&cluster.id).await.expect(version);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "{version}: the token cannot be ready before the delay"
+        );
+        let token = registration.token.expose();
+        assert!(!token.contains('{') && token.len() == 54, "{version}");
+        assert_eq!(registration.strict_verify, strict, "{version}");
+        assert_eq!(
+            registration.ca_checksum.as_deref(),
+            Some(sim.ca_checksum.as_str())
+        );
+
+        let listed = sim
+            .get_v3(&format!(
+                "clusterregistrationtokens?clusterId={}",
+                cluster.id
+            ))
+            .await;
+        let has_secret_name = listed["data"][0].get("tokenSecretName").is_some();
+        assert_eq!(has_secret_name, in_secret, "{version}: token style");
+    }
+}
+
+#[tokio::test]
+async fn ca_checksum_pin_accepts_the_right_ca_and_rejects_a_mismatch() {
+    let sim = sim();
+    assert_eq!(ca_checksum(sim.ca_pem.trim_end()), sim.ca_checksum);
+
+    let mut config = sim.config();
+    config.tls = TlsMode::CaChecksum(sim.ca_checksum.to_uppercase());
+    let pinned = RancherClient::new(config).await.expect("matching checksum");
+    let cluster = pinned
+        .ensure_imported_cluster("pinned")
+        .await
+        .expect("works");
+    assert_eq!(
+        pinned.ca_certs().await.expect("cacerts"),
+        sim.ca_pem.trim_end()
+    );
+    assert!(pinned.cluster(&cluster.id).await.expect("read").is_some());
+
+    let mut config = sim.config();
+    let wrong = "0".repeat(64);
+    config.tls = TlsMode::CaChecksum(wrong.clone());
+    match RancherClient::new(config).await {
+        Err(RancherError::CaChecksumMismatch { expected, actual }) => {
+            assert_eq!(expected, wrong);
+            assert_eq!(actual, sim.ca_checksum);
+        }
+        other => panic!("expected CaChecksumMismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tls_is_verified_unless_insecure_is_chosen() {
+    let sim = sim();
+    let mut config = sim.config();
+    config.tls = TlsMode::PublicRoots;
+    let public = RancherClient::new(config).await.expect("client");
+    match public.find_cluster("x").await {
+        Err(RancherError::UntrustedCertificate { url, reason }) => {
+            assert_eq!(url, sim.url);
+            assert!(reason.contains("UnknownIssuer"), "{reason}");
+        }
+        other => panic!("expected UntrustedCertificate, got {other:?}"),
+    }
+
+    let mut config = sim.config();
+    config.tls = TlsMode::Insecure;
+    let insecure = RancherClient::new(config).await.expect("client");
+    assert!(insecure
+        .find_cluster("x")
+        .await
+        .expect("unverified works")
+        .is_none());
+}
+
+#[tokio::test]
+async fn wrong_token_is_unauthorized_and_never_printed() {
+    let sim = sim();
+    let secret = "wrongsecretvalue0123456789";
+    let mut config = sim.config();
+    config.token = ApiToken::new(format!("token-simtst:{secret}")).expect("token form");
+    let client = RancherClient::new(config).await.expect("client");
+    let error = client
+        .ensure_imported_cluster("nope")
+        .await
+        .expect_err("401");
+    assert!(
+        matches!(&error, RancherError::Unauthorized { message, .. } if message == "must authenticate"),
+        "{error:?}"
+    );
+    let shown = format!("{error} {error:?} {client:?}");
+    assert!(shown.contains("check that the token"), "{shown}");
+    assert!(
+        !shown.contains(secret) && !shown.contains("token-simtst"),
+        "{shown}"
+    );
+    assert!(clusters_named(&sim, "nope").await.is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_rancher_fails_clearly_after_bounded_retries() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut config = RancherConfig::new(
+        format!("https://127.0.0.1:{port}"),
+        ApiToken::new(rancher_sim::API_TOKEN).expect("token"),
+        TlsMode::Insecure,
+    );
+    config.retry = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(100),
+    };
+    let client = RancherClient::new(config).await.expect("client");
+    let started = Instant::now();
+    match client.ensure_imported_cluster("x").await {
+        Err(error @ RancherError::Unreachable { attempts: 3, .. }) => {
+            assert!(
+                error.to_string().contains(&format!("127.0.0.1:{port}")),
+                "{error}"
+            );
+        }
+        other => panic!("expected Unreachable after 3 attempts, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "backed off between attempts"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn delete_removes_the_cluster_and_frees_its_name() {
+    let sim = sim();
+    let client = sim.client().await;
+    let cluster = client
+        .ensure_imported_cluster("doomed")
+        .await
+        .expect("create");
+    client.delete_cluster(&cluster.id).await.expect("delete");
+    // While Rancher finishes the removal the old cluster no longer owns the name.
+    let replacement = client
+        .ensure_imported_cluster("doomed")
+        .await
+        .expect("recreate");
+    assert_ne!(replacement.id, cluster.id);
+    eventually(Duration::from_secs(10), "cluster removed", || async {
+        client
+            .cluster(&cluster.id)
+            .await
+            .expect("read")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(clusters_named(&sim, "doomed").await, vec![replacement.id]);
+    // Deleting again is not an error; registration of a deleted cluster is NotFound.
+    client
+        .delete_cluster(&cluster.id)
+        .await
+        .expect("idempotent delete");
+    assert!(matches!(
+        client.registration(&cluster.id).await,
+        Err(RancherError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn clusters_and_tokens_survive_a_rancher_restart() {
+    let mut sim = sim();
+    let client = sim.client().await;
+    let cluster = client
+        .ensure_imported_cluster("durable")
+        .await
+        .expect("create");
+    let before = client
+        .registration(&cluster.id)
+        .await
+        .expect("registration");
+    sim.restart();
+    let after_client = sim.client().await;
+    let found = after_client
+        .ensure_imported_cluster("durable")
+        .await
+        .expect("find after restart");
+    assert_eq!(found.id, cluster.id);
+    let after = after_client.registration(&cluster.id).await.expect("again");
+    assert_eq!(after.token, before.token);
+    assert_eq!(after.ca_checksum, before.ca_checksum);
+}

@@ -1,0 +1,314 @@
+//! The rancher-sim test peer (`tests/rancher-sim`, Go): built once per test binary, started on a
+//! free loopback port with a temporary state dir, killed when dropped.
+//!
+//! ```ignore
+//! let sim = rancher_sim::start(SimOptions::default());
+//! let client = sim.client().await;          // RancherClient pinned to the sim's CA file
+//! let stats = sim.stats("c-xxxxx").await;   // /sim/clusters/<id>/stats
+//! ```
+//!
+//! Building needs `go` on PATH (and the Go module proxy or a warm module cache); a missing `go` or
+//! a failing build panics with the build log, never skips.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use scale_cluster_agent::rancher::{
+    ca_checksum, ApiToken, RancherClient, RancherCluster, RancherConfig, TlsMode,
+};
+
+/// The API token every simulator started here accepts.
+pub const API_TOKEN: &str = "token-simtst:a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6q7r8s9t0u1v2w3x4y5z6";
+
+/// How to start the simulator.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// `--rancher-version`, e.g. `v2.12.3` (status.token) or `v2.14.0` (token in a Secret).
+    pub rancher_version: String,
+    pub probe_interval: Duration,
+    /// Delay before a registration token's value appears.
+    pub token_delay: Duration,
+    /// `strict` or `system-store` (drives STRICT_VERIFY in the manifest).
+    pub agent_tls_mode: String,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            rancher_version: "v2.14.0".into(),
+            probe_interval: Duration::from_secs(1),
+            token_delay: Duration::from_millis(300),
+            agent_tls_mode: "strict".into(),
+        }
+    }
+}
+
+/// A running rancher-sim. Dropping it kills the process and removes the state dir.
+pub struct RancherSim {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// The sim CA as written to `ca.crt` (with its trailing newline).
+    pub ca_pem: String,
+    /// CATTLE_CA_CHECKSUM of the sim's cacerts, computed here from the file independently.
+    pub ca_checksum: String,
+    pub token: String,
+    pub state_dir: PathBuf,
+    pub pid: u32,
+    port: u16,
+    options: SimOptions,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn sim_module() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/rancher-sim")
+}
+
+fn cache_dir() -> PathBuf {
+    // target/<profile>/deps/<test binary> -> target/<profile>/rancher-sim
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .join("rancher-sim")
+}
+
+/// Builds the simulator once per test process; a file lock keeps parallel test binaries from
+/// writing the same binary at once. Go's build cache makes the repeat builds cheap.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let dir = cache_dir();
+        std::fs::create_dir_all(&dir).expect("create rancher-sim cache dir");
+        let lock = std::fs::File::create(dir.join(".build.lock")).expect("create lock file");
+        fs4::fs_std::FileExt::lock_exclusive(&lock).expect("lock rancher-sim build");
+        let output = dir.join("rancher-sim");
+        let result = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&output)
+            .arg(".")
+            .current_dir(sim_module())
+            // Never fetch another toolchain; a too-old `go` must fail here, loudly.
+            .env("GOTOOLCHAIN", "local")
+            .output();
+        match result {
+            Err(error) => panic!(
+                "cannot run `go` to build tests/rancher-sim (is Go installed and on PATH?): {error}"
+            ),
+            Ok(out) if !out.status.success() => panic!(
+                "go build of tests/rancher-sim failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Ok(_) => {}
+        }
+        fs4::fs_std::FileExt::unlock(&lock).expect("unlock rancher-sim build");
+        output
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Starts a simulator with a fresh state dir on a free loopback port.
+pub fn start(options: SimOptions) -> RancherSim {
+    let dir = tempfile::tempdir().expect("state dir");
+    let state_dir = dir.path().to_path_buf();
+    for _ in 0..5 {
+        let port = free_port();
+        if let Some(child) = launch(&options, &state_dir, port) {
+            let ca_pem = std::fs::read_to_string(state_dir.join("ca.crt")).expect("read sim CA");
+            return RancherSim {
+                url: format!("https://127.0.0.1:{port}"),
+                ca_checksum: file_checksum(&ca_pem),
+                ca_pem,
+                token: API_TOKEN.into(),
+                state_dir,
+                pid: child.id(),
+                port,
+                options,
+                child: Some(child),
+                _dir: dir,
+            };
+        }
+    }
+    panic!("rancher-sim did not start on any free port");
+}
+
+/// sha256 of the CA file bytes. The file ends in one newline and the setting value is the same
+/// PEM without it, so this equals Rancher's checksum of the setting, derived independently.
+fn file_checksum(pem: &str) -> String {
+    use sha2::Digest;
+    assert!(pem.ends_with('\n') && !pem.ends_with("\n\n"));
+    let checksum = hex::encode(sha2::Sha256::digest(pem.as_bytes()));
+    assert_eq!(checksum, ca_checksum(pem.trim_end()));
+    checksum
+}
+
+/// Starts the process and waits until it wrote its address for `port`; `None` if it exited
+/// (port taken) or never came up.
+fn launch(options: &SimOptions, state_dir: &Path, port: u16) -> Option<Child> {
+    let address_file = state_dir.join("address");
+    let _ = std::fs::remove_file(&address_file);
+    let mut child = Command::new(binary())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--token")
+        .arg(API_TOKEN)
+        .arg("--rancher-version")
+        .arg(&options.rancher_version)
+        .arg("--probe-interval")
+        .arg(format!("{}ms", options.probe_interval.as_millis()))
+        .arg("--token-delay")
+        .arg(format!("{}ms", options.token_delay.as_millis()))
+        .arg("--agent-tls-mode")
+        .arg(&options.agent_tls_mode)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rancher-sim");
+    let want = format!("https://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut log = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = stderr.read_to_string(&mut log);
+            }
+            eprintln!("rancher-sim exited ({status}) on port {port}:\n{log}");
+            return None;
+        }
+        let written = std::fs::read_to_string(&address_file).unwrap_or_default();
+        if written.trim() == want && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Drain stderr so the process never blocks on a full pipe.
+            if let Some(mut stderr) = child.stderr.take() {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+                });
+            }
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+impl RancherSim {
+    /// Kills the process (like a crash: SIGKILL), keeping the state dir.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills and starts again on the same port with the same state dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(child) = launch(&self.options, &self.state_dir, self.port) {
+                self.pid = child.id();
+                self.child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("rancher-sim did not restart on port {}", self.port);
+    }
+
+    /// A plain HTTP client trusting the sim CA.
+    pub fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("sim CA");
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client")
+    }
+
+    /// The configuration of a client pinned to the sim CA file.
+    pub fn config(&self) -> RancherConfig {
+        RancherConfig::new(
+            self.url.clone(),
+            ApiToken::new(self.token.clone()).expect("valid token"),
+            TlsMode::CaFile(self.state_dir.join("ca.crt")),
+        )
+    }
+
+    pub async fn client(&self) -> RancherClient {
+        RancherClient::new(self.config())
+            .await
+            .expect("client for rancher-sim")
+    }
+
+    /// `/sim/clusters/<id>/stats`: connects, params history, pings, nodes seen, last error, ...
+    pub async fn stats(&self, cluster_id: &str) -> serde_json::Value {
+        let url = format!("{}/sim/clusters/{cluster_id}/stats", self.url);
+        let response = self.http().get(&url).send().await.expect("stats request");
+        assert_eq!(response.status(), 200, "stats of {cluster_id}");
+        let body = response.bytes().await.expect("stats body");
+        serde_json::from_slice(&body).expect("stats JSON")
+    }
+
+    /// The cluster as the management API shows it (`None` once deleted).
+    pub async fn cluster(&self, id: &str) -> Option<RancherCluster> {
+        self.client().await.cluster(id).await.expect("read cluster")
+    }
+
+    /// Raw `GET /v3/<path>` with the API token, as JSON.
+    pub async fn get_v3(&self, path_and_query: &str) -> serde_json::Value {
+        let url = format!("{}/v3/{path_and_query}", self.url);
+        let response = self
+            .http()
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("v3 request");
+        assert!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        let body = response.bytes().await.expect("v3 body");
+        serde_json::from_slice(&body).expect("v3 JSON")
+    }
+}
+
+/// Polls `check` until it returns `Some`, panicking after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for RancherSim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
