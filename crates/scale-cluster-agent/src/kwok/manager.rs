@@ -176,7 +176,10 @@ impl ClusterManager {
     }
 
     /// [`Self::create`], also reporting how long each step took (for benchmarks and progress).
-    pub async fn create_timed(&self, req: CreateRequest) -> Result<(ClusterInfo, CreateTimings), KwokError> {
+    pub async fn create_timed(
+        &self,
+        req: CreateRequest,
+    ) -> Result<(ClusterInfo, CreateTimings), KwokError> {
         let started = Instant::now();
         names::validate(&req.name)?;
         req.population

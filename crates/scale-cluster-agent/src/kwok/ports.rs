@@ -73,7 +73,7 @@ impl PortRange {
     pub fn span(&self) -> (u16, u16) {
         (
             self.base,
-            self.base + (self.blocks - 1) * self.stride + PORTS_PER_BLOCK - 1,
+            self.base + (self.blocks - 1) * self.stride + (PORTS_PER_BLOCK - 1),
         )
     }
 }

@@ -19,14 +19,9 @@ use crate::toolchain::Toolchain;
 /// kube-controller-manager controllers the `lean` profile keeps: service-account tokens that Rancher
 /// waits for, default service accounts, the root CA ConfigMap, namespace deletion, garbage collection
 /// and the aggregated admin/edit/view roles Rancher's role templates bind to.
-pub const LEAN_CONTROLLERS: &[&str] = &[
-    "serviceaccount-controller",
-    "serviceaccount-token-controller",
-    "root-ca-certificate-publisher-controller",
-    "namespace-controller",
-    "garbage-collector-controller",
-    "clusterrole-aggregation-controller",
-];
+pub const LEAN_CONTROLLERS: &str = "serviceaccount-controller,serviceaccount-token-controller,\
+root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,\
+clusterrole-aggregation-controller";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -102,17 +97,25 @@ options:
             kubectl = yaml_path(&toolchain.kubectl),
         );
         if self == ComponentProfile::Lean {
-            doc.push_str(&format!(
-                "componentsPatches:
-- name: kube-controller-manager
-  extraArgs:
-  - key: controllers
-    value: {controllers}
-  - key: leader-elect
-    value: \"false\"
-",
-                controllers = LEAN_CONTROLLERS.join(","),
-            ));
+            doc.push_str("componentsPatches:\n");
+            for patch in LEAN_PATCHES {
+                doc.push_str(&format!("- name: {}\n", patch.component));
+                if !patch.args.is_empty() {
+                    doc.push_str("  extraArgs:\n");
+                    for (key, value) in patch.args {
+                        doc.push_str(&format!("  - key: {key}\n    value: {}\n", yaml_str(value)));
+                    }
+                }
+                if !patch.envs.is_empty() {
+                    doc.push_str("  extraEnvs:\n");
+                    for (name, value) in patch.envs {
+                        doc.push_str(&format!(
+                            "  - name: {name}\n    value: {}\n",
+                            yaml_str(value)
+                        ));
+                    }
+                }
+            }
         }
         doc
     }
@@ -120,8 +123,55 @@ options:
 
 /// Quotes a path as a YAML string.
 fn yaml_path(path: &Path) -> String {
-    serde_json::to_string(&path.to_string_lossy()).unwrap_or_default()
+    yaml_str(&path.to_string_lossy())
 }
+
+/// Quotes a string for YAML (a JSON string is a valid YAML flow scalar).
+fn yaml_str(value: &str) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Extra flags and environment for one component.
+struct Patch {
+    component: &'static str,
+    args: &'static [(&'static str, &'static str)],
+    envs: &'static [(&'static str, &'static str)],
+}
+
+/// What `lean` changes, each measured with `cargo bench --bench kwok_clusters` (docs/benchmarks.md):
+/// a lower GC target everywhere (GOGC=25; a GOMEMLIMIT near the live heap made kube-apiserver burn
+/// ~14% CPU idle in GC, so none is set), no API priority-and-fairness, no profiling endpoints, and no
+/// apiserver watch cache (the small clusters are listed from etcd directly).
+const LEAN_PATCHES: &[Patch] = &[
+    Patch {
+        component: "kube-apiserver",
+        args: &[
+            ("enable-priority-and-fairness", "false"),
+            ("profiling", "false"),
+            ("watch-cache", "false"),
+        ],
+        envs: &[("GOGC", "25")],
+    },
+    Patch {
+        component: "kube-controller-manager",
+        args: &[
+            ("controllers", LEAN_CONTROLLERS),
+            ("leader-elect", "false"),
+            ("profiling", "false"),
+        ],
+        envs: &[("GOGC", "25")],
+    },
+    Patch {
+        component: "kwok-controller",
+        args: &[],
+        envs: &[("GOGC", "25")],
+    },
+    Patch {
+        component: "etcd",
+        args: &[],
+        envs: &[("GOGC", "25")],
+    },
+];
 
 impl fmt::Display for ComponentProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -142,5 +192,77 @@ impl FromStr for ComponentProfile {
             "lean" => Ok(ComponentProfile::Lean),
             other => Err(UnknownProfile(other.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kwok::ports::PortBlock;
+    use std::path::PathBuf;
+
+    fn toolchain() -> Toolchain {
+        let p = |n: &str| PathBuf::from(format!("/cache/{n}"));
+        Toolchain {
+            kwokctl: p("kwokctl"),
+            kwok: p("kwok"),
+            kube_apiserver: p("kube-apiserver"),
+            kube_controller_manager: p("kube-controller-manager"),
+            kube_scheduler: p("kube-scheduler"),
+            kubectl: p("kubectl"),
+            etcd: p("etcd"),
+        }
+    }
+
+    #[test]
+    fn configs_are_valid_yaml_with_local_binaries_and_loopback() {
+        for profile in [ComponentProfile::Full, ComponentProfile::Lean] {
+            let text = profile.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000));
+            let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            assert_eq!(doc["options"]["bindAddress"], "127.0.0.1");
+            assert_eq!(doc["options"]["etcdPeerPort"], 9002);
+            assert_eq!(
+                doc["options"]["kubeApiserverBinary"],
+                "/cache/kube-apiserver"
+            );
+            assert!(
+                !text.contains("https://"),
+                "nothing may be downloaded: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn lean_restricts_the_controller_manager() {
+        let text =
+            ComponentProfile::Lean.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000));
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let patches = doc["componentsPatches"].as_sequence().unwrap();
+        let kcm = patches
+            .iter()
+            .find(|p| p["name"] == "kube-controller-manager")
+            .unwrap();
+        let args = kcm["extraArgs"].as_sequence().unwrap();
+        let arg = |key: &str| {
+            args.iter()
+                .find(|a| a["key"] == key)
+                .map(|a| a["value"].as_str().unwrap().to_string())
+        };
+        assert_eq!(arg("leader-elect").as_deref(), Some("false"));
+        let controllers = arg("controllers").unwrap();
+        for needed in [
+            "serviceaccount-token-controller",
+            "namespace-controller",
+            "garbage-collector-controller",
+        ] {
+            assert!(controllers.split(',').any(|c| c == needed), "{controllers}");
+        }
+        assert!(ComponentProfile::Full
+            .kwokctl_config(&toolchain(), &PortBlock::starting_at(9000))
+            .find("componentsPatches")
+            .is_none());
+        assert!(!ComponentProfile::Lean
+            .components()
+            .contains(&"kube-scheduler"));
     }
 }
