@@ -19,7 +19,9 @@ use futures::StreamExt;
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::status::processes_in;
-use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile, CreateRequest, PopulationProfile};
+use scale_cluster_agent::kwok::{
+    ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
+};
 use scale_cluster_agent::store::Store;
 use scale_cluster_agent::toolchain::{self, ToolchainOptions};
 
@@ -81,7 +83,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for profile in [ComponentProfile::Lean, ComponentProfile::Full] {
         eprintln!("== {profile}: {} clusters one by one", args.clusters);
-        let names: Vec<String> = (0..args.clusters).map(|i| format!("bench-{profile}-{i:03}")).collect();
+        let names: Vec<String> = (0..args.clusters)
+            .map(|i| format!("bench-{profile}-{i:03}"))
+            .collect();
         let started = Instant::now();
         let mut serial_ready = Vec::new();
         for name in &names {
@@ -91,7 +95,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let serial_total = started.elapsed().as_secs_f64();
         delete_all(&manager, &names).await?;
 
-        eprintln!("== {profile}: {} clusters in bulk, {} at a time", args.clusters, args.parallel);
+        eprintln!(
+            "== {profile}: {} clusters in bulk, {} at a time",
+            args.clusters, args.parallel
+        );
         let started = Instant::now();
         let outcomes: Vec<_> = futures::stream::iter(names.iter())
             .map(|name| manager.create_timed(request(name, profile)))
@@ -181,7 +188,9 @@ fn component_of(pid: u32) -> String {
         .and_then(|raw| {
             let argv0 = raw.split(|b| *b == 0).next()?.to_vec();
             let argv0 = String::from_utf8_lossy(&argv0).into_owned();
-            Path::new(&argv0).file_name().map(|f| f.to_string_lossy().into_owned())
+            Path::new(&argv0)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| format!("pid {pid}"))
 }
