@@ -4,9 +4,12 @@
 //! - [`toolchain`]: the binaries every cluster runs (found, built from pinned Go modules, or downloaded).
 //! - [`kwok`]: the KWOK cluster manager (ports, kwokctl driver, profiles, status, population).
 //! - [`store`]: the embedded database that is the single source of truth for cluster state.
+//! - [`rancher`]: the Rancher management-API client (imported clusters, registration tokens).
+//! - [`agent`]: the per-cluster lifecycle (reconcile loop) and the two tunnels per cluster.
 //! - [`preflight`]: host limits that bite when many clusters run on one machine.
 //! - [`cli`]: the clap commands; thin wrappers over the modules above.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod kwok;

@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::kwok::ports::{PortBlock, PortRange};
 
+mod agent;
+pub use agent::{AgentPhase, AgentRecord, RancherRegistration};
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE clusters (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE clusters (
         name TEXT PRIMARY KEY,
         first_port INTEGER NOT NULL UNIQUE,
         component_profile TEXT NOT NULL,
@@ -25,7 +29,23 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE clusters (
         last_error TEXT,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
-    );"];
+    );",
+    "CREATE TABLE agent_clusters (
+        name TEXT PRIMARY KEY,
+        profile TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        rancher_cluster_id TEXT,
+        registration_token TEXT,
+        server_url TEXT,
+        ca_checksum TEXT,
+        tunnel_params TEXT,
+        last_error TEXT,
+        attempts INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        active_at INTEGER
+    );",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -150,7 +170,7 @@ impl Store {
         })
     }
 
-    async fn with_conn<T: Send + 'static>(
+    pub(crate) async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -359,7 +379,7 @@ fn get_row(conn: &Connection, name: &str) -> Result<Option<ClusterRecord>, Store
         .transpose()
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

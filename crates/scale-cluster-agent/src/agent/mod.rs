@@ -1,0 +1,344 @@
+//! The agent: registers simulated clusters with Rancher and plays the cattle-cluster-agent of each.
+//!
+//! Desired state lives in the store (`agent_clusters`); [`Agent`] is the handle the HTTP API and the
+//! CLI use to change it, and a reconcile loop ([`reconcile`]) drives every cluster through
+//! `pending → provisioning → registering → connecting → active`, retrying failures with backoff.
+//! Every step is idempotent, so a restart (or `kill -9`) simply resumes from the stored phase.
+//!
+//! - [`prepare`]: what the real agent finds inside its cluster (namespace, service account, token
+//!   Secret, CA) and the tunnel params built from it.
+//! - [`tunnels`]: the two remotedialer sessions per cluster (main: spliced to that cluster's own
+//!   apiserver only; steve: answers Rancher's `/ping`).
+
+pub mod prepare;
+mod reconcile;
+pub mod tunnels;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::kwok::{names, ClusterManager, ComponentProfile, PopulationProfile};
+use crate::rancher::RancherClient;
+use crate::store::{AgentPhase, AgentRecord, Store, StoreError};
+
+/// Most clusters one bulk request may add.
+pub const MAX_BULK: usize = 1000;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Clusters brought up at once (KWOK creation and Rancher registration).
+    pub concurrency: usize,
+    /// What each new cluster contains.
+    pub population: PopulationProfile,
+    /// How often an active cluster is checked in Rancher (deleted there? still active?).
+    pub rancher_poll: Duration,
+    /// How long to wait for Rancher to report a connected cluster `active`.
+    pub active_timeout: Duration,
+    /// Backoff before a failed cluster is retried: `base * 2^attempts`, capped, with full jitter.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// Tunnel options shared by every cluster (keepalive, reconnect backoff).
+    pub tunnel: tunnels::TunnelOptions,
+    /// How the tunnels verify Rancher: the same trust as the management API client.
+    pub rancher_tls: crate::rancher::TlsMode,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 3,
+            population: PopulationProfile::default(),
+            rancher_poll: Duration::from_secs(30),
+            active_timeout: Duration::from_secs(300),
+            retry_base: Duration::from_secs(2),
+            retry_cap: Duration::from_secs(120),
+            tunnel: tunnels::TunnelOptions::default(),
+            rancher_tls: crate::rancher::TlsMode::PublicRoots,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    InvalidName(#[from] names::InvalidName),
+    #[error("invalid bulk request: {0}")]
+    InvalidBulk(String),
+    #[error("a cluster named {0:?} already exists")]
+    Duplicate(String),
+    #[error("no cluster named {0:?}")]
+    NotFound(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for AgentError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Duplicate(name) => AgentError::Duplicate(name),
+            StoreError::NotFound(name) => AgentError::NotFound(name),
+            other => AgentError::Store(other),
+        }
+    }
+}
+
+/// A cluster as the API shows it: never any token or params.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterView {
+    pub name: String,
+    pub phase: AgentPhase,
+    pub profile: String,
+    pub rancher_cluster_id: Option<String>,
+    /// Rancher's own `state` of the cluster, as last seen.
+    pub rancher_state: Option<String>,
+    /// The simulated cluster's apiserver, once it runs.
+    pub apiserver: Option<String>,
+    pub tunnels: tunnels::TunnelsView,
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub created_at: u64,
+    pub active_at: Option<u64>,
+}
+
+/// Health of the agent process.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Health {
+    pub status: &'static str,
+    pub clusters: usize,
+    pub active: usize,
+    pub failed: usize,
+    pub tunnels_connected: usize,
+}
+
+/// Cheap-to-clone handle on the running agent.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    manager: ClusterManager,
+    rancher: RancherClient,
+    config: AgentConfig,
+    tunnels: tunnels::TunnelSet,
+    /// Rancher's state per cluster, from the last poll.
+    rancher_states: Mutex<HashMap<String, String>>,
+    /// Names with a worker task, so each cluster has at most one.
+    workers: Mutex<HashMap<String, CancellationToken>>,
+    bring_up_permits: Semaphore,
+    wake: Notify,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// Starts the agent: rolls back KWOK work a crash left half-done, then spawns the reconcile
+    /// loop, which re-adopts every stored cluster (restarting stopped KWOK clusters, reopening
+    /// tunnels with the stored params).
+    pub async fn start(
+        config: AgentConfig,
+        manager: ClusterManager,
+        rancher: RancherClient,
+    ) -> Result<(Agent, tokio::task::JoinHandle<()>), AgentError> {
+        manager
+            .recover()
+            .await
+            .map_err(|e| AgentError::Store(StoreError::Task(e.to_string())))?;
+        let agent = Agent {
+            inner: Arc::new(Inner {
+                store: manager.store().clone(),
+                tunnels: tunnels::TunnelSet::new(config.tunnel.clone()),
+                bring_up_permits: Semaphore::new(config.concurrency.max(1)),
+                manager,
+                rancher,
+                config,
+                rancher_states: Mutex::new(HashMap::new()),
+                workers: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        let task = tokio::spawn(reconcile::run(agent.clone()));
+        Ok((agent, task))
+    }
+
+    fn check_running(&self) -> Result<(), AgentError> {
+        if self.inner.shutdown.is_cancelled() {
+            Err(AgentError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Adds one cluster; the reconcile loop brings it up in the background.
+    pub async fn create(
+        &self,
+        name: &str,
+        profile: ComponentProfile,
+    ) -> Result<ClusterView, AgentError> {
+        self.check_running()?;
+        names::validate(name)?;
+        self.inner
+            .store
+            .insert_agent_clusters(vec![name.to_string()], profile.as_str().to_string())
+            .await?;
+        self.inner.wake.notify_one();
+        self.get(name).await
+    }
+
+    /// Adds `count` clusters named `<prefix>-NNNNN`, numbered after the highest existing one, all or
+    /// none.
+    pub async fn create_bulk(
+        &self,
+        count: usize,
+        prefix: &str,
+        profile: ComponentProfile,
+    ) -> Result<Vec<ClusterView>, AgentError> {
+        self.check_running()?;
+        if count == 0 || count > MAX_BULK {
+            return Err(AgentError::InvalidBulk(format!(
+                "count must be between 1 and {MAX_BULK}, got {count}"
+            )));
+        }
+        let existing = self.inner.store.agent_clusters().await?;
+        let highest = existing
+            .iter()
+            .filter_map(|c| {
+                c.name
+                    .strip_prefix(prefix)?
+                    .strip_prefix('-')?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let batch: Vec<String> = (highest + 1..=highest + count)
+            .map(|i| format!("{prefix}-{i:05}"))
+            .collect();
+        for name in &batch {
+            names::validate(name)
+                .map_err(|e| AgentError::InvalidBulk(format!("prefix {prefix:?}: {e}")))?;
+        }
+        self.inner
+            .store
+            .insert_agent_clusters(batch.clone(), profile.as_str().to_string())
+            .await?;
+        self.inner.wake.notify_one();
+        let mut views = Vec::with_capacity(batch.len());
+        for name in &batch {
+            views.push(self.get(name).await?);
+        }
+        Ok(views)
+    }
+
+    /// Marks a cluster for deletion: its tunnels close, it is removed from Rancher and KWOK, and
+    /// its ports are freed, in the background.
+    pub async fn delete(&self, name: &str) -> Result<ClusterView, AgentError> {
+        self.check_running()?;
+        if self.inner.store.agent_cluster(name).await?.is_none() {
+            return Err(AgentError::NotFound(name.to_string()));
+        }
+        self.inner
+            .store
+            .set_agent_phase(name, AgentPhase::Deleting, None)
+            .await?;
+        // A worker busy bringing the cluster up stops at its next step; the loop then deletes.
+        if let Some(worker) = self
+            .inner
+            .workers
+            .lock()
+            .ok()
+            .and_then(|w| w.get(name).cloned())
+        {
+            worker.cancel();
+        }
+        self.inner.wake.notify_one();
+        self.get(name).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<ClusterView, AgentError> {
+        let record = self
+            .inner
+            .store
+            .agent_cluster(name)
+            .await?
+            .ok_or_else(|| AgentError::NotFound(name.to_string()))?;
+        Ok(self.view(record).await)
+    }
+
+    pub async fn list(&self) -> Result<Vec<ClusterView>, AgentError> {
+        let mut views = Vec::new();
+        for record in self.inner.store.agent_clusters().await? {
+            views.push(self.view(record).await);
+        }
+        Ok(views)
+    }
+
+    pub async fn health(&self) -> Result<Health, AgentError> {
+        let clusters = self.inner.store.agent_clusters().await?;
+        Ok(Health {
+            status: if self.inner.shutdown.is_cancelled() {
+                "shutting-down"
+            } else {
+                "ok"
+            },
+            clusters: clusters.len(),
+            active: clusters
+                .iter()
+                .filter(|c| c.phase == AgentPhase::Active)
+                .count(),
+            failed: clusters
+                .iter()
+                .filter(|c| c.phase == AgentPhase::Failed)
+                .count(),
+            tunnels_connected: self.inner.tunnels.connected_count(),
+        })
+    }
+
+    /// Tunnel metrics shared by every session.
+    pub fn tunnel_metrics(&self) -> remotedialer::MetricsSnapshot {
+        self.inner.tunnels.metrics()
+    }
+
+    /// Stops the reconcile loop and closes every tunnel. KWOK clusters keep running; the next
+    /// start re-adopts them.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.wake.notify_waiters();
+        self.inner.tunnels.close_all().await;
+    }
+
+    async fn view(&self, record: AgentRecord) -> ClusterView {
+        let apiserver = match self.inner.manager.store().get(&record.name).await {
+            Ok(Some(kwok)) => Some(format!("https://127.0.0.1:{}", kwok.ports.kube_apiserver)),
+            _ => None,
+        };
+        let rancher_state = self
+            .inner
+            .rancher_states
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&record.name).cloned());
+        ClusterView {
+            tunnels: self.inner.tunnels.view(&record.name),
+            name: record.name,
+            phase: record.phase,
+            profile: record.profile,
+            rancher_cluster_id: record.rancher_cluster_id,
+            rancher_state,
+            apiserver,
+            last_error: record.last_error,
+            attempts: record.attempts,
+            created_at: record.created_at,
+            active_at: record.active_at,
+        }
+    }
+}

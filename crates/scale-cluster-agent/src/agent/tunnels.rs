@@ -1,0 +1,344 @@
+//! The two remotedialer tunnels per simulated cluster, as the real cattle-cluster-agent holds them:
+//!
+//! - **main**: `X-API-Tunnel-Token` + `X-API-Tunnel-Params`; Rancher dials the cluster's apiserver
+//!   through it. Only the address advertised in the params (that cluster's own apiserver) is
+//!   dialed; any other address gets an error on that stream, so Rancher can reach nothing else on
+//!   this host.
+//! - **steve**: `Authorization: Bearer stv-cluster-<token>`; every stream is answered in process:
+//!   `GET /ping` → `200 pong` (Rancher's Connected probe), anything else → 503.
+//!
+//! Both reconnect with jittered backoff and give up only on a rejection (HTTP 4xx), which the agent
+//! then inspects (Rancher answers 400 `cluster not found` once a cluster is deleted there).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use remotedialer::{
+    spawn_client, Backoff, ClientConfig, ClientHandle, ClientStatus, ConnectRequest,
+    ConnectionState, InProcessHandler, Keepalive, Metrics, MetricsSnapshot, Route, SessionError,
+    TlsMode,
+};
+use serde::Serialize;
+
+/// Options shared by every tunnel.
+#[derive(Debug, Clone, Default)]
+pub struct TunnelOptions {
+    pub keepalive: Keepalive,
+    pub backoff: Backoff,
+}
+
+/// What one cluster's tunnels need. `Debug` leaves the secrets out.
+#[derive(Clone)]
+pub struct TunnelSpec {
+    /// `CATTLE_SERVER`, e.g. `https://rancher.example.com`.
+    pub server_url: String,
+    pub registration_token: String,
+    /// base64 JSON `{"cluster":{"address","token","caCert"}}`, byte-identical on every reconnect.
+    pub params: String,
+    /// `host:port` advertised in the params: the only address the main tunnel dials.
+    pub apiserver_address: String,
+    pub tls: TlsMode,
+}
+
+impl std::fmt::Debug for TunnelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelSpec")
+            .field("server_url", &self.server_url)
+            .field("apiserver_address", &self.apiserver_address)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("tunnel TLS: {0}")]
+    Tls(#[from] remotedialer::TlsError),
+    #[error("invalid Rancher server url {0:?}: expected https://host[:port]")]
+    ServerUrl(String),
+    #[error("{tunnel} tunnel was rejected by Rancher: {error}")]
+    Rejected {
+        tunnel: &'static str,
+        error: SessionError,
+    },
+    #[error("{tunnel} tunnel not connected within {timeout:?}{}", last.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    NotConnected {
+        tunnel: &'static str,
+        timeout: Duration,
+        last: Option<SessionError>,
+    },
+}
+
+/// Connection state of a cluster's tunnels, for the API.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TunnelsView {
+    pub main: &'static str,
+    pub steve: &'static str,
+}
+
+struct Tunnels {
+    main: ClientHandle,
+    steve: ClientHandle,
+}
+
+/// Every open tunnel pair, by cluster name.
+pub struct TunnelSet {
+    options: TunnelOptions,
+    metrics: Arc<Metrics>,
+    open: Mutex<HashMap<String, Tunnels>>,
+    /// One rustls config per Rancher server and trust mode, shared by every tunnel: building one
+    /// (and fetching `cacerts` for a checksum) per cluster would cost memory and requests.
+    tls: tokio::sync::Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+}
+
+impl TunnelSet {
+    pub fn new(options: TunnelOptions) -> Self {
+        Self {
+            options,
+            metrics: Arc::new(Metrics::new()),
+            open: Mutex::new(HashMap::new()),
+            tls: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The shared TLS config for tunnels to `server_url` under `mode`, built on first use.
+    pub async fn shared_tls(
+        &self,
+        server_url: &str,
+        mode: TlsMode,
+    ) -> Result<TlsMode, TunnelError> {
+        let url = tunnel_url(server_url)?;
+        let key = format!("{url} {mode:?}");
+        let mut cache = self.tls.lock().await;
+        if let Some(config) = cache.get(&key) {
+            return Ok(TlsMode::Custom(config.clone()));
+        }
+        let config = remotedialer::client_tls_config(&mode, &url).await?;
+        cache.insert(key, config.clone());
+        Ok(TlsMode::Custom(config))
+    }
+
+    /// Opens both tunnels of `name` unless they are open already.
+    pub fn open(&self, name: &str, spec: &TunnelSpec) -> Result<(), TunnelError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.contains_key(name) {
+            return Ok(());
+        }
+        let url = tunnel_url(&spec.server_url)?;
+        let base = |url: &str| {
+            let mut config = ClientConfig::new(url);
+            config.tls = spec.tls.clone();
+            config.keepalive = self.options.keepalive.clone();
+            config.backoff = self.options.backoff;
+            config.give_up = Some(Arc::new(SessionError::is_rejection));
+            config
+        };
+        let main = base(&url)
+            .header("X-API-Tunnel-Token", spec.registration_token.clone())
+            .header("X-API-Tunnel-Params", spec.params.clone());
+        let steve = base(&url).header(
+            "Authorization",
+            format!("Bearer stv-cluster-{}", spec.registration_token),
+        );
+        let allowed = spec.apiserver_address.clone();
+        let main_router = move |request: &ConnectRequest| {
+            if request.proto == "tcp" && request.address == allowed {
+                Route::Dial(allowed.clone())
+            } else {
+                Route::Deny(format!(
+                    "{}/{} is not this cluster's apiserver; the tunnel reaches nothing else",
+                    request.proto, request.address
+                ))
+            }
+        };
+        let ping = ping_handler();
+        let steve_router = move |_: &ConnectRequest| Route::Handle(ping.clone());
+        open.insert(
+            name.to_string(),
+            Tunnels {
+                main: spawn_client(main, Arc::new(main_router), self.metrics.clone()),
+                steve: spawn_client(steve, Arc::new(steve_router), self.metrics.clone()),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn is_open(&self, name: &str) -> bool {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    /// Current status of (main, steve).
+    pub fn status(&self, name: &str) -> Option<(ClientStatus, ClientStatus)> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(name).map(|t| (t.main.status(), t.steve.status()))
+    }
+
+    /// Waits until both tunnels are connected; a rejection fails at once.
+    pub async fn wait_connected(&self, name: &str, timeout: Duration) -> Result<(), TunnelError> {
+        let receivers = {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.get(name).map(|t| {
+                [
+                    ("main", t.main.watch_status()),
+                    ("steve", t.steve.watch_status()),
+                ]
+            })
+        };
+        let Some(receivers) = receivers else {
+            return Err(TunnelError::NotConnected {
+                tunnel: "main",
+                timeout,
+                last: None,
+            });
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (tunnel, mut rx) in receivers {
+            loop {
+                let status = rx.borrow_and_update().clone();
+                if status.state == ConnectionState::Connected {
+                    break;
+                }
+                if let Some(error) = status.last_error.clone().filter(SessionError::is_rejection) {
+                    return Err(TunnelError::Rejected { tunnel, error });
+                }
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => {
+                        return Err(TunnelError::NotConnected {
+                            tunnel,
+                            timeout,
+                            last: status.last_error,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes both tunnels of `name` (all streams end; Rancher sees the sessions go).
+    pub async fn close(&self, name: &str) {
+        let tunnels = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(t) = tunnels {
+            tokio::join!(t.main.shutdown(), t.steve.shutdown());
+        }
+    }
+
+    pub async fn close_all(&self) {
+        let all: Vec<Tunnels> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        futures::future::join_all(all.into_iter().map(|t| async move {
+            tokio::join!(t.main.shutdown(), t.steve.shutdown());
+        }))
+        .await;
+    }
+
+    pub fn view(&self, name: &str) -> TunnelsView {
+        match self.status(name) {
+            Some((main, steve)) => TunnelsView {
+                main: state_name(&main.state),
+                steve: state_name(&steve.state),
+            },
+            None => TunnelsView {
+                main: "closed",
+                steve: "closed",
+            },
+        }
+    }
+
+    /// Number of connected tunnels (two per fully connected cluster).
+    pub fn connected_count(&self) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values()
+            .flat_map(|t| [t.main.status().state, t.steve.status().state])
+            .filter(|s| *s == ConnectionState::Connected)
+            .count()
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+}
+
+fn state_name(state: &ConnectionState) -> &'static str {
+    match state {
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Connected => "connected",
+        ConnectionState::Backoff { .. } => "backoff",
+        ConnectionState::Stopped => "stopped",
+    }
+}
+
+/// `wss://host[:port]/v3/connect` from `CATTLE_SERVER`; the agent always speaks TLS to Rancher.
+pub fn tunnel_url(server_url: &str) -> Result<String, TunnelError> {
+    let rest = server_url
+        .strip_prefix("https://")
+        .ok_or_else(|| TunnelError::ServerUrl(server_url.to_string()))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(TunnelError::ServerUrl(server_url.to_string()));
+    }
+    Ok(format!("wss://{authority}/v3/connect"))
+}
+
+/// The steve tunnel's in-process HTTP server: `GET /ping` → `200 pong`, anything else → 503.
+fn ping_handler() -> InProcessHandler {
+    InProcessHandler::new(|stream| async move {
+        let service =
+            hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let (status, body) =
+                    if request.method() == Method::GET && request.uri().path() == "/ping" {
+                        (StatusCode::OK, "pong")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not served by the simulated cluster agent",
+                        )
+                    };
+                let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                *response.status_mut() = status;
+                Ok::<_, Infallible>(response)
+            });
+        if let Err(error) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(%error, "steve stream ended");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_urls() {
+        assert_eq!(
+            tunnel_url("https://rancher.example.com").unwrap(),
+            "wss://rancher.example.com/v3/connect"
+        );
+        assert_eq!(
+            tunnel_url("https://127.0.0.1:8443/").unwrap(),
+            "wss://127.0.0.1:8443/v3/connect"
+        );
+        assert!(tunnel_url("http://rancher").is_err());
+        assert!(tunnel_url("https://").is_err());
+    }
+}
