@@ -6,10 +6,12 @@
 //! - [`store`]: the embedded database that is the single source of truth for cluster state.
 //! - [`rancher`]: the Rancher management-API client (imported clusters, registration tokens).
 //! - [`agent`]: the per-cluster lifecycle (reconcile loop) and the two tunnels per cluster.
+//! - [`api`]: the agent's HTTP API (axum server, discovery file, typed client for the CLI).
 //! - [`preflight`]: host limits that bite when many clusters run on one machine.
 //! - [`cli`]: the clap commands; thin wrappers over the modules above.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod kwok;

@@ -1,0 +1,223 @@
+//! [`AgentClient`]: typed calls onto a running agent's API, as the CLI makes them.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health};
+use crate::kwok::ComponentProfile;
+
+/// Per-request limit: the API answers from the state database, so anything slower means the agent
+/// is stuck, and the CLI should say so rather than hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The agent refused the request; `reason` is its own explanation.
+    #[error("{reason}")]
+    Api {
+        status: u16,
+        /// Machine code, e.g. `duplicate` or `not_found`.
+        code: String,
+        reason: String,
+    },
+    #[error("unexpected answer from the agent at {url} (HTTP {status}): {detail}")]
+    Protocol {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(#[source] reqwest::Error),
+}
+
+impl ClientError {
+    /// The agent's error code, when the agent answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one agent, e.g. at the URL from [`super::discovery::read`].
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AgentClient {
+    /// `url` is the API base, e.g. `http://127.0.0.1:8765`.
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            // The agent listens on loopback; a proxy from the environment would only get in the way.
+            .no_proxy()
+            .build()
+            .map_err(ClientError::Setup)?;
+        Ok(Self {
+            base: url.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /health`. A stopping agent answers 503 with a health body; that is returned as `Ok`
+    /// with `status == "shutting-down"`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        let (status, body, url) = self.send(Method::GET, "/health", None::<&()>).await?;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Ok(health) = serde_json::from_slice::<Health>(&body) {
+                return Ok(health);
+            }
+        }
+        decode(status, &body, &url)
+    }
+
+    pub async fn list(&self) -> Result<Vec<Cluster>, ClientError> {
+        self.call(Method::GET, "/clusters", None::<&()>).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Cluster, ClientError> {
+        self.call(Method::GET, &cluster_path(name), None::<&()>)
+            .await
+    }
+
+    /// `None` leaves the profile to the agent's default.
+    pub async fn create(
+        &self,
+        name: &str,
+        profile: Option<ComponentProfile>,
+    ) -> Result<Cluster, ClientError> {
+        let request = CreateRequest {
+            name: name.to_string(),
+            profile: profile.map(|p| p.as_str().to_string()),
+        };
+        self.call(Method::POST, "/clusters", Some(&request)).await
+    }
+
+    /// `count` clusters named `<prefix>-NNNNN`; `None` leaves the profile to the agent's default.
+    pub async fn create_bulk(
+        &self,
+        count: usize,
+        prefix: &str,
+        profile: Option<ComponentProfile>,
+    ) -> Result<Vec<Cluster>, ClientError> {
+        let request = BulkCreateRequest {
+            count,
+            prefix: prefix.to_string(),
+            profile: profile.map(|p| p.as_str().to_string()),
+        };
+        self.call(Method::POST, "/clusters/bulk", Some(&request))
+            .await
+    }
+
+    /// Marks the cluster for deletion; the agent removes it in the background.
+    pub async fn delete(&self, name: &str) -> Result<Cluster, ClientError> {
+        self.call(Method::DELETE, &cluster_path(name), None::<&()>)
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes, url) = self.send(method, path, body).await?;
+        decode(status, &bytes, &url)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(StatusCode, bytes::Bytes, String), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            let json = serde_json::to_vec(body).map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                status: 0,
+                detail: format!("cannot encode the request: {e}"),
+            })?;
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(json);
+        }
+        let unreachable = |source| ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        Ok((status, bytes, url))
+    }
+}
+
+/// Names are RFC 1123 labels when valid; anything else is percent-encoded so it reaches the
+/// agent intact and is rejected there with a proper reason.
+fn cluster_path(name: &str) -> String {
+    let mut path = String::from("/clusters/");
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path
+}
+
+fn decode<T: DeserializeOwned>(
+    status: StatusCode,
+    body: &[u8],
+    url: &str,
+) -> Result<T, ClientError> {
+    if status.is_success() {
+        return serde_json::from_slice(body).map_err(|e| ClientError::Protocol {
+            url: url.to_string(),
+            status: status.as_u16(),
+            detail: format!("cannot decode the answer: {e}"),
+        });
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(error) => Err(ClientError::Api {
+            status: status.as_u16(),
+            code: error.error,
+            reason: error.reason,
+        }),
+        Err(_) => Err(ClientError::Protocol {
+            url: url.to_string(),
+            status: status.as_u16(),
+            detail: String::from_utf8_lossy(body).chars().take(200).collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_into_one_path_segment() {
+        assert_eq!(cluster_path("sim-00001"), "/clusters/sim-00001");
+        assert_eq!(cluster_path("a/b c"), "/clusters/a%2Fb%20c");
+        assert_eq!(cluster_path(""), "/clusters/");
+    }
+}

@@ -1,0 +1,134 @@
+//! How the CLI finds a running agent: the agent writes `<data_dir>/agent.json`
+//! (`{"url": "http://127.0.0.1:PORT", "pid": N}`) once its API listens, and removes it on a clean
+//! exit. A file left by an agent that died (`kill -9`) names a dead pid and is ignored, so the CLI
+//! never waits on an address nobody serves.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name inside the data directory.
+pub const FILE_NAME: &str = "agent.json";
+
+/// Where a running agent's API is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Discovery {
+    /// Base URL of the API, e.g. `http://127.0.0.1:8765`.
+    pub url: String,
+    /// Process id of the agent.
+    pub pid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `<data_dir>/agent.json`.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE_NAME)
+}
+
+/// Announces this process's API at `url`. The file is mode 0600 and replaced atomically (temporary
+/// file + rename), so a reader sees either the old or the new content, never half of it.
+pub fn write(data_dir: &Path, url: &str) -> Result<Discovery, DiscoveryError> {
+    let discovery = Discovery {
+        url: url.to_string(),
+        pid: std::process::id(),
+    };
+    let target = path(data_dir);
+    let fail = |source| DiscoveryError::Write {
+        path: target.clone(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(fail)?;
+    // The pid keeps two processes writing at once from sharing a temporary file.
+    let temp = data_dir.join(format!(".{FILE_NAME}.{}.tmp", discovery.pid));
+    let body = serde_json::to_vec(&discovery).map_err(|e| fail(e.into()))?;
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &target)
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(fail(source));
+    }
+    Ok(discovery)
+}
+
+/// The running agent announced in `data_dir`, if any: `None` when there is no file, it does not
+/// parse, or its pid is not alive.
+pub fn read(data_dir: &Path) -> Option<Discovery> {
+    let text = std::fs::read(path(data_dir)).ok()?;
+    let discovery: Discovery = serde_json::from_slice(&text).ok()?;
+    pid_alive(discovery.pid).then_some(discovery)
+}
+
+/// Removes the file if this process wrote it. Another agent's file is left alone: an agent that
+/// started on the same directory after this one must stay discoverable.
+pub fn remove(data_dir: &Path) -> Result<(), DiscoveryError> {
+    let target = path(data_dir);
+    let ours = std::fs::read(&target)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Discovery>(&text).ok())
+        .is_some_and(|d| d.pid == std::process::id());
+    if !ours {
+        return Ok(());
+    }
+    match std::fs::remove_file(&target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DiscoveryError::Remove {
+            path: target,
+            source,
+        }),
+    }
+}
+
+/// Whether a process with this pid exists (signal 0 probes without sending anything). `EPERM`
+/// means it exists but belongs to someone else.
+fn pid_alive(pid: u32) -> bool {
+    // Pid 0 and values past i32::MAX would address process groups or be invalid, never an agent.
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Ok(()) => true,
+        Err(errno) => errno == nix::errno::Errno::EPERM,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_pids_are_never_alive() {
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
+        assert!(pid_alive(std::process::id()));
+    }
+}

@@ -1,0 +1,506 @@
+//! The agent's HTTP API (axum), listening on loopback by default.
+//!
+//! | method & path            | success                        |
+//! |--------------------------|--------------------------------|
+//! | `GET /health`            | 200 [`Health`] (503 while shutting down) |
+//! | `GET /metrics`           | 200 Prometheus text exposition |
+//! | `GET /clusters`          | 200 `[Cluster]`                |
+//! | `GET /clusters/{name}`   | 200 [`Cluster`]                |
+//! | `POST /clusters`         | 201 [`Cluster`] from [`CreateRequest`] |
+//! | `POST /clusters/bulk`    | 201 `[Cluster]` from [`BulkCreateRequest`] |
+//! | `DELETE /clusters/{name}`| 202 [`Cluster`] in phase `deleting` |
+//!
+//! Every failure is JSON [`ErrorBody`] `{"error": CODE, "reason": TEXT}`, never axum's plain-text
+//! default:
+//!
+//! | status | `error`                  | when |
+//! |--------|--------------------------|------|
+//! | 400    | `invalid_name`           | a cluster name that is not a lowercase RFC 1123 label |
+//! | 400    | `unknown_profile`        | a profile other than `full` / `lean` |
+//! | 400    | `invalid_bulk`           | bulk `count` outside 1..=[`MAX_BULK`], or a prefix giving invalid names |
+//! | 400    | `malformed_json`         | a body that is not JSON (or is empty) |
+//! | 400    | `invalid_body`           | JSON of the wrong shape: missing field, wrong type, unknown field |
+//! | 400    | `invalid_path`           | a path parameter that cannot be decoded |
+//! | 400    | `unreadable_body`        | the body could not be read |
+//! | 413    | `body_too_large`         | a body over axum's limit (2 MB) |
+//! | 415    | `unsupported_media_type` | a body without `Content-Type: application/json` |
+//! | 404    | `not_found`              | no cluster of that name |
+//! | 404    | `no_route`               | no such endpoint |
+//! | 405    | `method_not_allowed`     | the endpoint exists, the method does not |
+//! | 409    | `duplicate`              | a cluster of that name already exists |
+//! | 503    | `shutting_down`          | the agent is stopping and takes no changes |
+//! | 500    | `store_error`            | the state database failed |
+//!
+//! Responses are built from the [`Cluster`] wire type, which carries no token or tunnel params.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::str::FromStr;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health};
+use crate::agent::{Agent, AgentError, MAX_BULK};
+use crate::kwok::ComponentProfile;
+use crate::store::AgentPhase;
+
+/// Every phase, so `/metrics` reports zeros too: a series that appears only once non-zero breaks
+/// `rate()` and alerting on absence.
+const PHASES: [AgentPhase; 7] = [
+    AgentPhase::Pending,
+    AgentPhase::Provisioning,
+    AgentPhase::Registering,
+    AgentPhase::Connecting,
+    AgentPhase::Active,
+    AgentPhase::Failed,
+    AgentPhase::Deleting,
+];
+
+/// Prometheus text exposition format, version 0.0.4.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+struct ApiState {
+    agent: Agent,
+    default_profile: ComponentProfile,
+}
+
+impl ApiState {
+    fn profile(&self, requested: Option<&str>) -> Result<ComponentProfile, ApiError> {
+        match requested {
+            None => Ok(self.default_profile),
+            Some(name) => ComponentProfile::from_str(name)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "unknown_profile", e)),
+        }
+    }
+}
+
+/// The router over `agent`; `default_profile` applies to creations that name none.
+pub fn router(agent: Agent, default_profile: ComponentProfile) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/clusters", get(list).post(create))
+        // The static segment wins over `{name}` for every method, so a cluster that is really
+        // named `bulk` is served here too.
+        .route(
+            "/clusters/bulk",
+            post(create_bulk)
+                .get(|state| get_named(state, "bulk".to_string()))
+                .delete(|state| delete_named(state, "bulk".to_string())),
+        )
+        .route("/clusters/{name}", get(get_cluster).delete(delete))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(ApiState {
+            agent,
+            default_profile,
+        })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    agent: Agent,
+    default_profile: ComponentProfile,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(agent, default_profile))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A failed request: status, machine code and human reason.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, reason: impl ToString) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            reason: self.reason,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(err: AgentError) -> Self {
+        let (status, code) = match &err {
+            AgentError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            AgentError::InvalidBulk(_) => (StatusCode::BAD_REQUEST, "invalid_bulk"),
+            AgentError::Duplicate(_) => (StatusCode::CONFLICT, "duplicate"),
+            AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AgentError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            AgentError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        ApiError::new(status, code, err)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match &rejection {
+            JsonRejection::JsonSyntaxError(_) => "malformed_json",
+            // axum answers 422 here; to a client a missing or mistyped field is as bad a request
+            // as broken JSON, and one status for both keeps the contract simple.
+            JsonRejection::JsonDataError(_) => "invalid_body",
+            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                "body_too_large"
+            }
+            _ => "unreadable_body",
+        };
+        let status = match rejection.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            other => other,
+        };
+        ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn health(State(state): State<ApiState>) -> ApiResult<(StatusCode, Json<Health>)> {
+    let health = Health::from(state.agent.health().await?);
+    let status = if health.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(health)))
+}
+
+async fn list(State(state): State<ApiState>) -> ApiResult<Json<Vec<Cluster>>> {
+    let clusters = state.agent.list().await?;
+    Ok(Json(clusters.into_iter().map(Cluster::from).collect()))
+}
+
+async fn get_cluster(
+    state: State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Cluster>> {
+    let Path(name) = name?;
+    get_named(state, name).await
+}
+
+async fn get_named(State(state): State<ApiState>, name: String) -> ApiResult<Json<Cluster>> {
+    Ok(Json(state.agent.get(&name).await?.into()))
+}
+
+async fn create(
+    State(state): State<ApiState>,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(request) = body?;
+    let profile = state.profile(request.profile.as_deref())?;
+    let cluster = Cluster::from(state.agent.create(&request.name, profile).await?);
+    let mut response = (StatusCode::CREATED, Json(&cluster)).into_response();
+    // Names are RFC 1123 labels, always valid in a header and a path.
+    if let Ok(location) = HeaderValue::from_str(&format!("/clusters/{}", cluster.name)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+async fn create_bulk(
+    State(state): State<ApiState>,
+    body: Result<Json<BulkCreateRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Vec<Cluster>>)> {
+    let Json(request) = body?;
+    let profile = state.profile(request.profile.as_deref())?;
+    // The agent checks the count too; checking first keeps a bad count from being reported as
+    // whatever else is wrong with the request.
+    if request.count == 0 || request.count > MAX_BULK {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_bulk",
+            format!(
+                "count must be between 1 and {MAX_BULK}, got {}",
+                request.count
+            ),
+        ));
+    }
+    let clusters = state
+        .agent
+        .create_bulk(request.count, &request.prefix, profile)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(clusters.into_iter().map(Cluster::from).collect()),
+    ))
+}
+
+async fn delete(
+    state: State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<(StatusCode, Json<Cluster>)> {
+    let Path(name) = name?;
+    delete_named(state, name).await
+}
+
+async fn delete_named(
+    State(state): State<ApiState>,
+    name: String,
+) -> ApiResult<(StatusCode, Json<Cluster>)> {
+    let cluster = state.agent.delete(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(cluster.into())))
+}
+
+async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
+    let clusters = state.agent.list().await?;
+    let health = state.agent.health().await?;
+    let phases: Vec<(&str, usize)> = PHASES
+        .iter()
+        .map(|phase| {
+            let count = clusters.iter().filter(|c| c.phase == *phase).count();
+            (phase.as_str(), count)
+        })
+        .collect();
+    let text = exposition(
+        &phases,
+        health.tunnels_connected,
+        state.agent.tunnel_metrics(),
+    );
+    Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
+}
+
+/// The Prometheus text for the given counts.
+fn exposition(
+    phases: &[(&str, usize)],
+    tunnels_connected: usize,
+    tunnel: remotedialer::MetricsSnapshot,
+) -> String {
+    // Destructured so a counter added to the snapshot cannot be forgotten here.
+    let remotedialer::MetricsSnapshot {
+        connect_attempts,
+        connect_failures,
+        sessions_established,
+        sessions_active,
+        reconnects,
+        streams_opened,
+        streams_active,
+        streams_failed,
+        bytes_received,
+        bytes_sent,
+        protocol_errors,
+        pauses_sent,
+    } = tunnel;
+    let mut out = String::new();
+    family(
+        &mut out,
+        "sca_clusters",
+        "gauge",
+        "Clusters the agent manages, by lifecycle phase.",
+    );
+    for (phase, count) in phases {
+        // `writeln!` into a String cannot fail.
+        let _ = writeln!(out, "sca_clusters{{phase=\"{phase}\"}} {count}");
+    }
+    let simple: [(&str, &str, &str, i128); 13] = [
+        (
+            "sca_tunnels_connected",
+            "gauge",
+            "Tunnels connected now (two per fully connected cluster).",
+            tunnels_connected as i128,
+        ),
+        (
+            "sca_tunnel_connect_attempts_total",
+            "counter",
+            "Websocket connects tried (first connects and reconnects).",
+            connect_attempts.into(),
+        ),
+        (
+            "sca_tunnel_connect_failures_total",
+            "counter",
+            "Connects that did not reach an open session.",
+            connect_failures.into(),
+        ),
+        (
+            "sca_tunnel_sessions_established_total",
+            "counter",
+            "Sessions that completed the websocket upgrade.",
+            sessions_established.into(),
+        ),
+        (
+            "sca_tunnel_sessions_active",
+            "gauge",
+            "Tunnel sessions open now.",
+            sessions_active.into(),
+        ),
+        (
+            "sca_tunnel_reconnects_total",
+            "counter",
+            "Connect attempts made after an earlier attempt or session of the same tunnel.",
+            reconnects.into(),
+        ),
+        (
+            "sca_tunnel_streams_opened_total",
+            "counter",
+            "Streams Rancher opened through the tunnels.",
+            streams_opened.into(),
+        ),
+        (
+            "sca_tunnel_streams_active",
+            "gauge",
+            "Streams open now (including ones still dialing).",
+            streams_active.into(),
+        ),
+        (
+            "sca_tunnel_streams_failed_total",
+            "counter",
+            "Streams whose target was denied, refused or failed to dial.",
+            streams_failed.into(),
+        ),
+        (
+            "sca_tunnel_received_bytes_total",
+            "counter",
+            "Data payload bytes received from Rancher.",
+            bytes_received.into(),
+        ),
+        (
+            "sca_tunnel_sent_bytes_total",
+            "counter",
+            "Data payload bytes sent to Rancher.",
+            bytes_sent.into(),
+        ),
+        (
+            "sca_tunnel_protocol_errors_total",
+            "counter",
+            "Sessions ended by a malformed or unexpected frame.",
+            protocol_errors.into(),
+        ),
+        (
+            "sca_tunnel_pauses_sent_total",
+            "counter",
+            "Pause messages sent because a local target fell behind.",
+            pauses_sent.into(),
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such endpoint; see /health, /metrics, /clusters, /clusters/{name}, /clusters/bulk",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn agent_errors_map_to_statuses_and_codes() {
+        let cases = [
+            (
+                AgentError::InvalidBulk("x".into()),
+                StatusCode::BAD_REQUEST,
+                "invalid_bulk",
+            ),
+            (
+                AgentError::Duplicate("a".into()),
+                StatusCode::CONFLICT,
+                "duplicate",
+            ),
+            (
+                AgentError::NotFound("a".into()),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                AgentError::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+            ),
+            (
+                AgentError::Store(StoreError::Task("worker panicked".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let text = err.to_string();
+            let api = ApiError::from(err);
+            assert_eq!((api.status, api.code), (status, code), "{text}");
+            assert_eq!(api.reason, text);
+        }
+    }
+
+    #[test]
+    fn exposition_lists_every_phase_and_counter() {
+        let snapshot = remotedialer::MetricsSnapshot {
+            connect_attempts: 7,
+            sessions_active: -1,
+            ..Default::default()
+        };
+        let text = exposition(&[("active", 2), ("failed", 0)], 4, snapshot);
+        assert!(
+            text.contains("sca_clusters{phase=\"active\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sca_clusters{phase=\"failed\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nsca_tunnels_connected 4\n"), "{text}");
+        assert!(
+            text.contains("\nsca_tunnel_connect_attempts_total 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nsca_tunnel_sessions_active -1\n"), "{text}");
+        let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(families, 14, "{text}");
+    }
+}
