@@ -443,7 +443,16 @@ mod tests {
 
     #[test]
     fn agent_errors_map_to_statuses_and_codes() {
+        let invalid = crate::kwok::names::InvalidName {
+            name: "A".into(),
+            reason: "it has uppercase letters",
+        };
         let cases = [
+            (
+                AgentError::InvalidName(invalid),
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+            ),
             (
                 AgentError::InvalidBulk("x".into()),
                 StatusCode::BAD_REQUEST,
