@@ -75,6 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cache_dir: scale_cluster_agent::config::default_cache_dir(&home),
         ports: PortRange::new(args.port_base, 10, args.clusters as u16)?,
         toolchain: Default::default(),
+        file: Default::default(),
     };
     let toolchain = toolchain::locate(&ToolchainOptions::from_settings(&settings))
         .context("run `scale-cluster-agent toolchain install` first")?;

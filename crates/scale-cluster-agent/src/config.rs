@@ -1,16 +1,34 @@
-//! Where the agent keeps things on disk, and the defaults every command shares. Flags and environment
-//! variables (declared on [`GlobalArgs`]) override the built-in defaults.
+//! Configuration: a YAML file (`--config`, `SCA_CONFIG`), environment variables and flags, where a
+//! flag or its environment variable wins over the file, and the file over the built-in defaults.
+//!
+//! [`GlobalArgs`] and [`Settings`] are what every command shares (where things live, the port range);
+//! [`RancherArgs`] and [`AgentSettings`] are what the long-running agent (`serve`, `up`) adds: the
+//! Rancher URL and token, how Rancher's TLS is verified, and the agent's own options. The Rancher
+//! token is read from the environment, a token file or the config file, never from a flag (a flag
+//! would show in `ps`), and is never printed.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
+use anyhow::{bail, Context};
 use clap::Args;
+use serde::Deserialize;
 
 use crate::kwok::ports::PortRange;
+use crate::kwok::ComponentProfile;
+use crate::rancher::{ApiToken, RancherConfig, TlsMode};
 use crate::toolchain::ToolchainArgs;
+
+/// Default address of the agent's HTTP API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8089";
 
 /// Options every subcommand accepts.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
+    /// YAML configuration file (see the README for its keys).
+    #[arg(long, env = "SCA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
     /// Directory holding the agent's state database.
     #[arg(long, env = "SCA_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -23,20 +41,75 @@ pub struct GlobalArgs {
     #[arg(long, env = "SCA_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
 
-    /// First port of the first cluster's port block.
-    #[arg(long, env = "SCA_PORT_BASE", default_value_t = PortRange::DEFAULT.base, global = true)]
-    pub port_base: u16,
+    /// First port of the first cluster's port block [default: 8001].
+    #[arg(long, env = "SCA_PORT_BASE", global = true)]
+    pub port_base: Option<u16>,
 
-    /// Distance between two clusters' port blocks (at least 6).
-    #[arg(long, env = "SCA_PORT_STRIDE", default_value_t = PortRange::DEFAULT.stride, global = true)]
-    pub port_stride: u16,
+    /// Distance between two clusters' port blocks, at least 6 [default: 10].
+    #[arg(long, env = "SCA_PORT_STRIDE", global = true)]
+    pub port_stride: Option<u16>,
 
-    /// Maximum number of port blocks (clusters) in the range.
-    #[arg(long, env = "SCA_PORT_BLOCKS", default_value_t = PortRange::DEFAULT.blocks, global = true)]
-    pub port_blocks: u16,
+    /// Maximum number of port blocks (clusters) in the range [default: 1000].
+    #[arg(long, env = "SCA_PORT_BLOCKS", global = true)]
+    pub port_blocks: Option<u16>,
 
     #[command(flatten)]
     pub toolchain: ToolchainArgs,
+}
+
+/// The YAML configuration file. Every key is optional; unknown keys are an error.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    pub kwok_workdir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub ports: PortsFile,
+    #[serde(default)]
+    pub rancher: RancherFile,
+    #[serde(default)]
+    pub agent: AgentFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortsFile {
+    pub base: Option<u16>,
+    pub stride: Option<u16>,
+    pub blocks: Option<u16>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RancherFile {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub ca_checksum: Option<String>,
+    pub insecure_skip_tls_verify: Option<bool>,
+}
+
+impl std::fmt::Debug for RancherFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RancherFile")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("ca_checksum", &self.ca_checksum)
+            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentFile {
+    pub listen: Option<SocketAddr>,
+    pub profile: Option<ComponentProfile>,
+    pub concurrency: Option<usize>,
 }
 
 /// Resolved settings.
@@ -47,33 +120,194 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     pub ports: PortRange,
     pub toolchain: ToolchainArgs,
+    /// The configuration file as read (empty without `--config`).
+    pub file: ConfigFile,
 }
 
 impl Settings {
     pub fn from_args(args: &GlobalArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_config_file(path)?,
+            None => ConfigFile::default(),
+        };
         let home = home_dir()?;
-        let ports = PortRange::new(args.port_base, args.port_stride, args.port_blocks)?;
+        let ports = PortRange::new(
+            args.port_base
+                .or(file.ports.base)
+                .unwrap_or(PortRange::DEFAULT.base),
+            args.port_stride
+                .or(file.ports.stride)
+                .unwrap_or(PortRange::DEFAULT.stride),
+            args.port_blocks
+                .or(file.ports.blocks)
+                .unwrap_or(PortRange::DEFAULT.blocks),
+        )?;
         Ok(Self {
             data_dir: args
                 .data_dir
                 .clone()
+                .or_else(|| file.data_dir.clone())
                 .unwrap_or_else(|| home.join(".local/share/scale-cluster-agent")),
             kwok_workdir: args
                 .kwok_workdir
                 .clone()
+                .or_else(|| file.kwok_workdir.clone())
                 .unwrap_or_else(|| home.join(".kwok")),
             cache_dir: args
                 .cache_dir
                 .clone()
+                .or_else(|| file.cache_dir.clone())
                 .unwrap_or_else(|| default_cache_dir(&home)),
             ports,
             toolchain: args.toolchain.clone(),
+            file,
         })
     }
 
     /// Path of the state database.
     pub fn state_db(&self) -> PathBuf {
         self.data_dir.join("state.db")
+    }
+}
+
+fn read_config_file(path: &Path) -> anyhow::Result<ConfigFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Options of the long-running agent (`serve`, `up`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RancherArgs {
+    /// Rancher server URL, e.g. https://rancher.example.com (token: env SCA_RANCHER_TOKEN, a token
+    /// file, or the config file).
+    #[arg(long, env = "SCA_RANCHER_URL")]
+    pub rancher_url: Option<String>,
+
+    /// File holding the Rancher API token (`token-xxxxx:secret`).
+    #[arg(long, env = "SCA_RANCHER_TOKEN_FILE")]
+    pub rancher_token_file: Option<PathBuf>,
+
+    /// Trust only the CA certificate(s) in this PEM file for Rancher.
+    #[arg(long, env = "SCA_RANCHER_CA_FILE")]
+    pub rancher_ca_file: Option<PathBuf>,
+
+    /// Trust Rancher's own CA after checking its SHA-256 checksum (as CATTLE_CA_CHECKSUM).
+    #[arg(long, env = "SCA_RANCHER_CA_CHECKSUM")]
+    pub rancher_ca_checksum: Option<String>,
+
+    /// Do not verify Rancher's certificate at all (throwaway test setups only).
+    #[arg(long, env = "SCA_RANCHER_INSECURE_SKIP_TLS_VERIFY")]
+    pub rancher_insecure_skip_tls_verify: bool,
+
+    /// Address of the agent's HTTP API [default: 127.0.0.1:8089].
+    #[arg(long, env = "SCA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Component profile of new clusters: lean or full [default: lean].
+    #[arg(long, env = "SCA_PROFILE")]
+    pub profile: Option<ComponentProfile>,
+
+    /// Clusters brought up at once [default: 3].
+    #[arg(long, env = "SCA_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+
+    /// Seconds between checks of each active cluster in Rancher (deleted there?) [default: 30].
+    #[arg(long, env = "SCA_RANCHER_POLL_SECONDS")]
+    pub rancher_poll_seconds: Option<u64>,
+
+    /// Longest wait, in seconds, between two tunnel reconnect attempts (full jitter below it)
+    /// [default: 30].
+    #[arg(long, env = "SCA_RECONNECT_MAX_SECONDS")]
+    pub reconnect_max_seconds: Option<u64>,
+}
+
+/// Resolved agent options.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub rancher: RancherConfig,
+    pub listen: SocketAddr,
+    pub profile: ComponentProfile,
+    pub concurrency: usize,
+    pub rancher_poll: std::time::Duration,
+    pub reconnect_max: std::time::Duration,
+}
+
+impl RancherArgs {
+    /// True when a Rancher URL is configured (by flag, env or file).
+    pub fn has_rancher(&self, settings: &Settings) -> bool {
+        self.rancher_url.is_some() || settings.file.rancher.url.is_some()
+    }
+
+    pub fn resolve(&self, settings: &Settings) -> anyhow::Result<AgentSettings> {
+        let file = &settings.file.rancher;
+        let Some(url) = self.rancher_url.clone().or_else(|| file.url.clone()) else {
+            bail!("no Rancher URL: pass --rancher-url, set SCA_RANCHER_URL, or put rancher.url in the config file");
+        };
+        let token = self.token(file)?;
+        let ca_file = self
+            .rancher_ca_file
+            .clone()
+            .or_else(|| file.ca_file.clone());
+        let ca_checksum = self
+            .rancher_ca_checksum
+            .clone()
+            .or_else(|| file.ca_checksum.clone());
+        let insecure =
+            self.rancher_insecure_skip_tls_verify || file.insecure_skip_tls_verify.unwrap_or(false);
+        let tls = match (ca_file, ca_checksum, insecure) {
+            (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
+                bail!("choose one way to verify Rancher: a CA file, a CA checksum, or insecure")
+            }
+            (Some(path), None, false) => TlsMode::CaFile(path),
+            (None, Some(checksum), false) => TlsMode::CaChecksum(checksum),
+            (None, None, true) => TlsMode::Insecure,
+            (None, None, false) => TlsMode::PublicRoots,
+        };
+        let agent = &settings.file.agent;
+        let listen = match self.listen.or(agent.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse()?,
+        };
+        let concurrency = self.concurrency.or(agent.concurrency).unwrap_or(3);
+        if concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        Ok(AgentSettings {
+            rancher: RancherConfig::new(url, token, tls),
+            listen,
+            profile: self.profile.or(agent.profile).unwrap_or_default(),
+            concurrency,
+            rancher_poll: std::time::Duration::from_secs(
+                self.rancher_poll_seconds.unwrap_or(30).max(1),
+            ),
+            reconnect_max: std::time::Duration::from_secs(
+                self.reconnect_max_seconds.unwrap_or(30).max(1),
+            ),
+        })
+    }
+
+    /// The token from (in order) SCA_RANCHER_TOKEN, the token file flag/env, the config file's
+    /// `token`, or its `tokenFile`.
+    fn token(&self, file: &RancherFile) -> anyhow::Result<ApiToken> {
+        if let Ok(token) = std::env::var("SCA_RANCHER_TOKEN") {
+            if !token.trim().is_empty() {
+                return Ok(ApiToken::new(token.trim())?);
+            }
+        }
+        if let Some(path) = self
+            .rancher_token_file
+            .as_ref()
+            .or(file.token_file.as_ref())
+        {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the Rancher token file {}", path.display()))?;
+            return Ok(ApiToken::new(text.trim())?);
+        }
+        if let Some(token) = &file.token {
+            return Ok(ApiToken::new(token.trim())?);
+        }
+        bail!("no Rancher API token: set SCA_RANCHER_TOKEN, pass --rancher-token-file, or put rancher.token in the config file")
     }
 }
 
@@ -92,4 +326,72 @@ pub fn home_dir() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| {
             anyhow::anyhow!("HOME is not set; pass --data-dir, --kwok-workdir and --cache-dir")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        global: GlobalArgs,
+        #[command(flatten)]
+        rancher: RancherArgs,
+    }
+
+    fn parse(args: &[&str]) -> (Settings, RancherArgs) {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
+        (Settings::from_args(&cli.global).unwrap(), cli.rancher)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "ports: {base: 30000, blocks: 5}\nrancher: {url: 'https://r.example', token: token-abc:secret}\n\
+             agent: {concurrency: 7, profile: full}\n",
+        )
+        .unwrap();
+        let config = file.to_str().unwrap();
+        let (settings, rancher) = parse(&["--config", config, "--port-blocks", "9"]);
+        assert_eq!(settings.ports.base, 30000);
+        assert_eq!(settings.ports.stride, 10);
+        assert_eq!(settings.ports.blocks, 9, "the flag wins");
+        let agent = rancher.resolve(&settings).unwrap();
+        assert_eq!(agent.rancher.url, "https://r.example");
+        assert_eq!(agent.concurrency, 7);
+        assert_eq!(agent.profile, ComponentProfile::Full);
+        assert_eq!(agent.listen.to_string(), DEFAULT_LISTEN);
+        assert!(matches!(agent.rancher.tls, TlsMode::PublicRoots));
+        assert!(
+            !format!("{:?} {:?}", settings.file, agent).contains("secret"),
+            "the token is never shown"
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "rancher: {urll: x}\n").unwrap();
+        let cli = Cli::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
+        let err = Settings::from_args(&cli.global).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+
+        std::fs::write(&file, "rancher: {url: 'https://r', token: 'token-a:b', caFile: /x, insecureSkipTlsVerify: true}\n").unwrap();
+        let (settings, rancher) = parse(&["--config", file.to_str().unwrap()]);
+        let err = rancher.resolve(&settings).unwrap_err();
+        assert!(err.to_string().contains("choose one way"), "{err}");
+
+        let (settings, rancher) = parse(&[]);
+        assert!(rancher
+            .resolve(&settings)
+            .unwrap_err()
+            .to_string()
+            .contains("no Rancher URL"));
+    }
 }

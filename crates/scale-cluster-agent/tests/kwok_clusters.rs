@@ -175,9 +175,9 @@ async fn running_pods(client: &Client) -> Vec<Pod> {
 
 /// Waits until exactly `nodes` nodes are Ready and `nodes * pods_per_node` pods are Running, each on
 /// one of those nodes.
-async fn wait_population(client: &Client, nodes: u32, pods_per_node: u32) {
+async fn wait_population(client: &Client, cluster: &str, nodes: u32, pods_per_node: u32) {
     let expected: BTreeSet<String> = (0..nodes)
-        .map(scale_cluster_agent::kwok::population::node_name)
+        .map(|i| scale_cluster_agent::kwok::population::node_name(cluster, i))
         .collect();
     eventually(&format!("{nodes} Ready nodes"), || async {
         (ready_node_names(client).await == expected).then_some(())
@@ -235,16 +235,16 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
             .get("sim-app")
             .await
             .expect("population service account");
-        wait_population(&client, 2, 3).await;
+        wait_population(&client, &info.name, 2, 3).await;
     }
 
     // Scale up, then down: nodes and their pods follow.
     let client = client_for(&env.manager, "life-a").await;
     let info = env.manager.scale("life-a", 4).await.unwrap();
     assert_eq!(info.nodes, 4);
-    wait_population(&client, 4, 3).await;
+    wait_population(&client, "life-a", 4, 3).await;
     env.manager.scale("life-a", 1).await.unwrap();
-    wait_population(&client, 1, 3).await;
+    wait_population(&client, "life-a", 1, 3).await;
     assert_eq!(
         env.manager.get("life-a").await.unwrap().nodes,
         1,
@@ -268,7 +268,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
         "a restarted cluster keeps its ports"
     );
     let client = client_for(&env.manager, "life-b").await;
-    wait_population(&client, 2, 3).await;
+    wait_population(&client, "life-b", 2, 3).await;
 
     // State survives a new manager (a restart of the CLI / agent).
     let reopened = ClusterManager::new(
@@ -328,11 +328,17 @@ async fn full_and_lean_profiles() {
         "{lean:?}"
     );
     // lean has no scheduler: the agent's own binding puts its pods on nodes.
-    wait_population(&client_for(&env.manager, "prof-lean").await, 1, 3).await;
+    wait_population(
+        &client_for(&env.manager, "prof-lean").await,
+        "prof-lean",
+        1,
+        3,
+    )
+    .await;
 
     // full: the real scheduler binds a pod that names no node.
     let client = client_for(&env.manager, "prof-full").await;
-    wait_population(&client, 1, 3).await;
+    wait_population(&client, "prof-full", 1, 3).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "sim-workloads");
     let unbound: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "needs-scheduling"},
@@ -342,7 +348,7 @@ async fn full_and_lean_profiles() {
     pods.create(&PostParams::default(), &unbound).await.unwrap();
     eventually("the scheduler to bind the pod", || async {
         let pod = pods.get("needs-scheduling").await.ok()?;
-        (pod.spec?.node_name.as_deref() == Some("sim-node-0000")).then_some(())
+        (pod.spec?.node_name.as_deref() == Some("prof-full-node-0000")).then_some(())
     })
     .await;
 

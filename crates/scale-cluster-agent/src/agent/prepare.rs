@@ -18,6 +18,9 @@ use crate::kwok::population::FIELD_MANAGER;
 pub const NAMESPACE: &str = "cattle-system";
 pub const SERVICE_ACCOUNT: &str = "cattle";
 const TOKEN_SECRET: &str = "cattle-token";
+/// Not Rancher's own `cattle-admin-binding` (to its `cattle-admin` role), which Rancher applies
+/// from the import manifest later: a roleRef cannot change, so the names must differ.
+const BINDING: &str = "cattle-cluster-admin";
 /// The label Rancher's `EnsureSecretForServiceAccount` puts on the token Secret it reuses.
 const SA_NAME_LABEL: &str = "cattle.io/service-account.name";
 const TOKEN_WAIT: Duration = Duration::from_secs(60);
@@ -103,7 +106,7 @@ pub async fn prepare(client: &Client) -> Result<String, PrepareError> {
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     let binding = ClusterRoleBinding {
         metadata: ObjectMeta {
-            name: Some("cattle-admin-binding".into()),
+            name: Some(BINDING.into()),
             ..Default::default()
         },
         role_ref: RoleRef {
@@ -119,7 +122,7 @@ pub async fn prepare(client: &Client) -> Result<String, PrepareError> {
         }]),
     };
     bindings
-        .patch("cattle-admin-binding", &apply, &Patch::Apply(&binding))
+        .patch(BINDING, &apply, &Patch::Apply(&binding))
         .await
         .map_err(api_err(
             "applying cluster role binding cattle-admin-binding",

@@ -132,7 +132,7 @@ impl TunnelSet {
         let base = |url: &str| {
             let mut config = ClientConfig::new(url);
             config.tls = spec.tls.clone();
-            config.keepalive = self.options.keepalive.clone();
+            config.keepalive = self.options.keepalive;
             config.backoff = self.options.backoff;
             config.give_up = Some(Arc::new(SessionError::is_rejection));
             config

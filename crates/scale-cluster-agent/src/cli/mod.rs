@@ -2,6 +2,7 @@
 
 mod cluster;
 mod preflight;
+pub mod serve;
 mod toolchain;
 mod up;
 
@@ -38,9 +39,11 @@ pub enum Command {
     Toolchain(toolchain::ToolchainCommand),
     /// Check host limits that bite with many clusters, and say how to fix them.
     Preflight(preflight::PreflightArgs),
-    /// Manage simulated KWOK clusters.
+    /// Manage simulated clusters (through the running agent when there is one, else KWOK only).
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Run the agent: register clusters with Rancher, hold their tunnels, serve the HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 /// Entry point used by `main`.
@@ -69,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Toolchain(cmd) => toolchain::run(&settings, cmd).await,
         Command::Preflight(args) => preflight::run(&settings, args).await,
         Command::Cluster(cmd) => cluster::run(&settings, cmd).await,
+        Command::Serve(args) => serve::run(&settings, args).await,
     }
 }
 

@@ -1,13 +1,19 @@
 //! `scale-cluster-agent up`: the main job with embedded defaults. Provisions the toolchain if
-//! anything is missing, makes sure `--count` clusters named `<prefix>-NNN` exist and run, and prints
-//! how to reach each one. Running it again is safe: existing clusters are started, not recreated.
+//! anything is missing and makes sure `--count` clusters named `<prefix>-NNNNN` exist. With a Rancher
+//! URL configured it runs the agent in the foreground, registers every cluster with Rancher, shows
+//! them going Active and keeps their tunnels up until Ctrl-C; without one it creates the KWOK
+//! clusters, prints how to reach each one and exits. Running it again is safe: existing clusters are
+//! started or re-adopted, never recreated.
 
 use anyhow::bail;
 use clap::Args;
 
 use super::cluster::{create_many, open_manager};
-use crate::config::Settings;
+use super::serve::{shutdown_signal, RunningAgent};
+use crate::agent::{AgentError, ClusterView};
+use crate::config::{AgentSettings, RancherArgs, Settings};
 use crate::kwok::{ComponentProfile, PopulationProfile};
+use crate::store::AgentPhase;
 use crate::store::Phase;
 use crate::toolchain::{self, Progress, ToolchainOptions};
 
@@ -25,18 +31,26 @@ pub struct UpArgs {
     /// How many clusters to create at once.
     #[arg(long, default_value_t = 3)]
     pub parallel: usize,
+    #[command(flatten)]
+    pub rancher: RancherArgs,
 }
 
 pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
+    let names: Vec<String> = (1..=args.count)
+        .map(|i| format!("{}-{i:05}", args.prefix))
+        .collect();
+    if args.rancher.has_rancher(settings) {
+        let mut agent_settings = args.rancher.resolve(settings)?;
+        agent_settings.profile = args.profile;
+        agent_settings.concurrency = args.parallel.max(1);
+        return with_rancher(settings, &agent_settings, &names).await;
+    }
     let opts = ToolchainOptions::from_settings(settings);
     if toolchain::locate(&opts).is_err() {
         eprintln!("provisioning the KWOK and Kubernetes toolchain (first run only; a cold build takes several minutes)");
         toolchain::install(&opts, Progress::auto()).await?;
     }
     let manager = open_manager(settings).await?;
-    let names: Vec<String> = (1..=args.count)
-        .map(|i| format!("{}-{i:03}", args.prefix))
-        .collect();
     let mut missing = Vec::new();
     for name in &names {
         match manager.store().get(name).await? {
@@ -78,4 +92,97 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
         bail!("{failures} clusters failed to come up");
     }
     Ok(())
+}
+
+/// Runs the agent, registers `names` with Rancher, shows progress until all are active, then holds
+/// their tunnels until Ctrl-C.
+async fn with_rancher(
+    settings: &Settings,
+    agent_settings: &AgentSettings,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let running = RunningAgent::start(settings, agent_settings).await?;
+    let agent = running.agent.clone();
+    eprintln!(
+        "agent API on {}; registering {} clusters with {}",
+        running.url,
+        names.len(),
+        agent_settings.rancher.url
+    );
+    for name in names {
+        match agent.create(name, agent_settings.profile).await {
+            Ok(_) | Err(AgentError::Duplicate(_)) => {}
+            Err(err) => {
+                running.stop().await?;
+                return Err(err.into());
+            }
+        }
+    }
+    let bar = indicatif::ProgressBar::new(names.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} active  {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    let mut announced = std::collections::HashSet::new();
+    let interrupted = loop {
+        let views: Vec<ClusterView> = agent
+            .list()
+            .await?
+            .into_iter()
+            .filter(|v| names.contains(&v.name))
+            .collect();
+        for v in &views {
+            if v.phase == AgentPhase::Active && announced.insert(v.name.clone()) {
+                bar.println(format!(
+                    "✔ {} active in Rancher as {}",
+                    v.name,
+                    v.rancher_cluster_id.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        let active = views
+            .iter()
+            .filter(|v| v.phase == AgentPhase::Active)
+            .count();
+        bar.set_position(active as u64);
+        let waiting: Vec<String> = views
+            .iter()
+            .filter(|v| v.phase != AgentPhase::Active)
+            .take(3)
+            .map(|v| match &v.last_error {
+                Some(err) => format!("{} {} ({err})", v.name, v.phase),
+                None => format!("{} {}", v.name, v.phase),
+            })
+            .collect();
+        bar.set_message(waiting.join(", "));
+        if active == names.len() {
+            break false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown_signal() => break true,
+        }
+    };
+    bar.finish_and_clear();
+    if !interrupted {
+        println!("\n{} clusters active in Rancher:", names.len());
+        for v in agent
+            .list()
+            .await?
+            .into_iter()
+            .filter(|v| names.contains(&v.name))
+        {
+            println!(
+                "  {:<12} {:<10} apiserver {}",
+                v.name,
+                v.rancher_cluster_id.as_deref().unwrap_or("-"),
+                v.apiserver.as_deref().unwrap_or("-")
+            );
+        }
+        println!("\nholding their tunnels; Ctrl-C to stop (the clusters keep running and are re-adopted next time)");
+        shutdown_signal().await;
+    }
+    eprintln!("stopping: closing tunnels");
+    running.stop().await
 }

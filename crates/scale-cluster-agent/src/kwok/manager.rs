@@ -270,7 +270,7 @@ impl ClusterManager {
         self.wait_ready(&req.name, ports.kube_apiserver).await?;
         let ready = started.elapsed();
         let client = population::client(&self.kubeconfig_path(&req.name)).await?;
-        population::apply(&client, &req.population).await?;
+        population::apply(&client, &req.name, &req.population).await?;
         Ok(CreateTimings {
             ready,
             populated: started.elapsed(),
@@ -411,7 +411,7 @@ impl ClusterManager {
         let mut profile = stored_population(&record)?;
         profile.nodes = nodes;
         let client = population::client(&self.kubeconfig_path(name)).await?;
-        population::scale_nodes(&client, &profile).await?;
+        population::scale_nodes(&client, name, &profile).await?;
         let json = serde_json::to_string(&profile)
             .map_err(|e| KwokError::InvalidPopulation(e.to_string()))?;
         self.store.set_population(name, json).await?;

@@ -189,9 +189,10 @@ fn is_quantity(q: &str) -> bool {
     })
 }
 
-/// Name of the `index`-th fake node.
-pub fn node_name(index: u32) -> String {
-    format!("sim-node-{index:04}")
+/// Name of the `index`-th fake node of `cluster`; unique across clusters, so Rancher (and a test)
+/// can tell every cluster's nodes apart.
+pub fn node_name(cluster: &str, index: u32) -> String {
+    format!("{cluster}-node-{index:04}")
 }
 
 /// A kube-rs client for the cluster behind `kubeconfig` (kwokctl's admin kubeconfig).
@@ -220,7 +221,11 @@ fn managed_labels(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> 
 
 /// Applies namespaces, service accounts, `profile.nodes` nodes and their pods; removes managed nodes
 /// (and their pods) beyond that count.
-pub async fn apply(client: &Client, profile: &PopulationProfile) -> Result<(), PopulationError> {
+pub async fn apply(
+    client: &Client,
+    cluster: &str,
+    profile: &PopulationProfile,
+) -> Result<(), PopulationError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in &profile.namespaces {
@@ -253,16 +258,17 @@ pub async fn apply(client: &Client, profile: &PopulationProfile) -> Result<(), P
                 .map_err(api_err(format!("applying service account {ns}/{sa}")))?;
         }
     }
-    scale_nodes(client, profile).await
+    scale_nodes(client, cluster, profile).await
 }
 
 /// Brings the managed node count (and each node's pods) to `profile.nodes`.
 pub async fn scale_nodes(
     client: &Client,
+    cluster: &str,
     profile: &PopulationProfile,
 ) -> Result<(), PopulationError> {
     futures::stream::iter(0..profile.nodes)
-        .map(|i| apply_node(client, profile, i))
+        .map(|i| apply_node(client, cluster, profile, i))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<()>()
         .await?;
@@ -272,7 +278,7 @@ pub async fn scale_nodes(
         .list(&ListParams::default().labels(&format!("{MANAGED_LABEL}=true")))
         .await
         .map_err(api_err("listing nodes"))?;
-    let wanted: Vec<String> = (0..profile.nodes).map(node_name).collect();
+    let wanted: Vec<String> = (0..profile.nodes).map(|i| node_name(cluster, i)).collect();
     let surplus: Vec<String> = managed
         .items
         .into_iter()
@@ -288,10 +294,11 @@ pub async fn scale_nodes(
 
 async fn apply_node(
     client: &Client,
+    cluster: &str,
     profile: &PopulationProfile,
     index: u32,
 ) -> Result<(), PopulationError> {
-    let name = node_name(index);
+    let name = node_name(cluster, index);
     let t = &profile.node;
     let mut labels = managed_labels(&t.labels);
     for (k, v) in [

@@ -1,0 +1,469 @@
+//! End-to-end: the real `scale-cluster-agent serve` process, the rancher-sim test peer (upstream
+//! remotedialer server + client-go doing what Rancher does through the tunnels) and real KWOK
+//! clusters. Clusters are created through the agent's HTTP API and must go `active` in rancher-sim.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::rancher_sim::{self, RancherSim, SimOptions};
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// An agent home (state, KWOK work dir, log) with its own port range.
+struct Home {
+    dir: tempfile::TempDir,
+    port_base: u16,
+}
+
+impl Home {
+    fn new(port_base: u16) -> Self {
+        // Provision before any agent starts, so the agent never builds in the background.
+        support::toolchain();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            port_base,
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn kwok_workdir(&self) -> PathBuf {
+        self.dir.path().join("kwok")
+    }
+
+    /// Live processes of any KWOK cluster of this home.
+    fn kwok_processes(&self) -> Vec<u32> {
+        processes_mentioning(&self.kwok_workdir().join("clusters").join(""))
+    }
+
+    fn serve(&self, sim: &RancherSim, token: &str, extra: &[(&str, &str)]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"));
+        cmd.arg("serve")
+            .env("SCA_DATA_DIR", self.data_dir())
+            .env("SCA_KWOK_WORKDIR", self.kwok_workdir())
+            .env("SCA_PORT_BASE", self.port_base.to_string())
+            .env("SCA_PORT_BLOCKS", "10")
+            .env("SCA_RANCHER_URL", &sim.url)
+            .env("SCA_RANCHER_TOKEN", token)
+            .env("SCA_RANCHER_CA_FILE", sim.state_dir.join("ca.crt"))
+            .env("SCA_LISTEN", "127.0.0.1:0")
+            .env("SCA_RANCHER_POLL_SECONDS", "1")
+            .env("SCA_RECONNECT_MAX_SECONDS", "3")
+            .env("SCA_CONCURRENCY", "2")
+            .env("SCA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in extra {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// Waits for this agent process's discovery file (a killed agent leaves a stale one) and
+    /// returns its API URL.
+    async fn api_url(&self, agent: &mut Child) -> String {
+        let file = self.data_dir().join("agent.json");
+        let pid = agent.id();
+        eventually("the agent's API to come up", || {
+            let exited = agent.try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "agent exited early: {exited:?}\n{}",
+                self.log()
+            );
+            let found = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .filter(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+                .and_then(|v| v["url"].as_str().map(String::from));
+            async move { found }
+        })
+        .await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !zombie && String::from_utf8_lossy(&cmdline).contains(&needle)
+        })
+        .collect()
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        for pid in self.kwok_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Kills the agent process (SIGKILL) when dropped, so a failed test leaves none behind.
+struct AgentGuard(Child);
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    rancher_sim::eventually(DEADLINE, what, check).await
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn clusters(api: &str) -> Vec<Value> {
+    let resp = http().get(format!("{api}/clusters")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json::<Vec<Value>>().await.unwrap()
+}
+
+/// Waits until every named cluster is `active` in the agent and returns their Rancher ids.
+async fn wait_all_active(api: &str, names: &[String]) -> Vec<String> {
+    eventually(&format!("{names:?} to be active in the agent"), || async {
+        let list = clusters(api).await;
+        let ids: Vec<String> = names
+            .iter()
+            .filter_map(|n| {
+                let c = list.iter().find(|c| c["name"] == n.as_str())?;
+                (c["phase"] == "active")
+                    .then(|| c["rancher_cluster_id"].as_str().map(String::from))?
+            })
+            .collect();
+        (ids.len() == names.len()).then_some(ids)
+    })
+    .await
+}
+
+async fn wait_active_in_rancher(sim: &RancherSim, id: &str) {
+    eventually(&format!("{id} to be active in rancher-sim"), || async {
+        sim.cluster(id)
+            .await
+            .filter(|c| c.state == "active")
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// Names of the clusters rancher-sim knows.
+async fn rancher_cluster_names(sim: &RancherSim) -> Vec<String> {
+    let list = sim.get_v3("clusters").await;
+    let mut names: Vec<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+fn sim_options() -> SimOptions {
+    SimOptions {
+        probe_interval: Duration::from_secs(1),
+        ..SimOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes() {
+    let home = Home::new(23000);
+    let mut sim = rancher_sim::start(sim_options());
+    let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
+    let api = home.api_url(&mut agent.0).await;
+
+    let resp = http()
+        .post(format!("{api}/clusters/bulk"))
+        .json(&json!({"count": 5, "prefix": "e2e", "profile": "lean"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let names: Vec<String> = (1..=5).map(|i| format!("e2e-{i:05}")).collect();
+    let ids = wait_all_active(&api, &names).await;
+    for (name, id) in names.iter().zip(&ids) {
+        wait_active_in_rancher(&sim, id).await;
+        let stats = sim.stats(id).await;
+        // Through the main tunnel rancher-sim listed this cluster's nodes, and no other's.
+        let seen: BTreeSet<String> = stats["stats"]["nodesSeen"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no nodesSeen in {stats}"))
+            .iter()
+            .filter_map(|n| n.as_str().map(String::from))
+            .collect();
+        let expected: BTreeSet<String> = (0..2).map(|i| format!("{name}-node-{i:04}")).collect();
+        assert_eq!(seen, expected, "{name} ({id})");
+        assert!(
+            stats["stats"]["pingsOk"].as_u64().unwrap_or(0) > 0,
+            "steve /ping answered: {stats}"
+        );
+        assert_eq!(stats["paramsChanges"].as_u64().unwrap_or(0), 0, "{stats}");
+    }
+    assert_eq!(
+        rancher_cluster_names(&sim).await,
+        names,
+        "exactly one Rancher cluster per simulated cluster"
+    );
+
+    // No secret ever leaves the API.
+    let body = http()
+        .get(format!("{api}/clusters"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !body.contains(&sim.token) && !body.to_lowercase().contains("token\""),
+        "{body}"
+    );
+
+    // rancher-sim restarts: every tunnel comes back on its own, with the same params.
+    let connects_before: Vec<u64> = futures::future::join_all(ids.iter().map(|id| sim.stats(id)))
+        .await
+        .iter()
+        .map(|s| s["stats"]["mainConnects"].as_u64().unwrap_or(0))
+        .collect();
+    sim.restart();
+    for id in &ids {
+        wait_active_in_rancher(&sim, id).await;
+        let stats = sim.stats(id).await;
+        assert!(
+            stats["stats"]["mainConnects"].as_u64().unwrap_or(0) >= 1,
+            "{stats}"
+        );
+        let history = stats["paramsHistory"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let distinct: BTreeSet<String> = history.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "params byte-identical across reconnects: {stats}"
+        );
+    }
+    assert!(connects_before.iter().all(|c| *c >= 1));
+
+    // Deleted in Rancher: the agent notices, closes the tunnels and removes the cluster here.
+    let (gone_name, gone_id) = (names[0].clone(), ids[0].clone());
+    sim.client().await.delete_cluster(&gone_id).await.unwrap();
+    eventually(
+        &format!("{gone_name} to be removed by the agent"),
+        || async {
+            let status = http()
+                .get(format!("{api}/clusters/{gone_name}"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (status == 404).then_some(())
+        },
+    )
+    .await;
+    assert!(!home
+        .kwok_workdir()
+        .join("clusters")
+        .join(&gone_name)
+        .exists());
+
+    // Deleted through the agent: gone from Rancher and KWOK.
+    let (del_name, del_id) = (names[1].clone(), ids[1].clone());
+    let resp = http()
+        .delete(format!("{api}/clusters/{del_name}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    eventually(&format!("{del_name} to be deleted everywhere"), || async {
+        let agent_gone = http()
+            .get(format!("{api}/clusters/{del_name}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 404;
+        let rancher_gone = sim.cluster(&del_id).await.is_none();
+        (agent_gone && rancher_gone).then_some(())
+    })
+    .await;
+    assert!(!home
+        .kwok_workdir()
+        .join("clusters")
+        .join(&del_name)
+        .exists());
+    assert_eq!(
+        home.kwok_processes().len(),
+        3 * 4,
+        "three lean clusters of four processes remain"
+    );
+
+    // Clean shutdown: the agent exits 0 and rancher-sim sees the sessions go.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = agent.0.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", home.log());
+    for id in &ids[2..] {
+        eventually(&format!("{id} sessions to close"), || async {
+            (sim.stats(id).await["stats"]["mainSessionsOpen"].as_u64() == Some(0)).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        !home.data_dir().join("agent.json").exists(),
+        "discovery file removed on exit"
+    );
+    sim.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_bulk_create_recovers_without_duplicates_or_leaks() {
+    let home = Home::new(23200);
+    let sim = rancher_sim::start(sim_options());
+    let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
+    let api = home.api_url(&mut agent.0).await;
+    let resp = http()
+        .post(format!("{api}/clusters/bulk"))
+        .json(&json!({"count": 4, "prefix": "crash"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // Kill it while it is mid-way: some KWOK processes run, not everything is active yet.
+    eventually(
+        "the agent to be mid-way through the bulk create",
+        || async {
+            let list = clusters(&api).await;
+            let started = !home.kwok_processes().is_empty();
+            let all_active = list.iter().all(|c| c["phase"] == "active");
+            (started && !all_active).then_some(())
+        },
+    )
+    .await;
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+
+    let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
+    let api = home.api_url(&mut agent.0).await;
+    let names: Vec<String> = (1..=4).map(|i| format!("crash-{i:05}")).collect();
+    let ids = wait_all_active(&api, &names).await;
+    for id in &ids {
+        wait_active_in_rancher(&sim, id).await;
+    }
+    assert_eq!(
+        rancher_cluster_names(&sim).await,
+        names,
+        "no duplicate cluster in Rancher"
+    );
+    let dirs: BTreeSet<String> = std::fs::read_dir(home.kwok_workdir().join("clusters"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        dirs,
+        names.iter().cloned().collect(),
+        "no leaked cluster directories"
+    );
+    assert_eq!(
+        home.kwok_processes().len(),
+        4 * 4,
+        "no leaked control-plane processes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rancher_settings_fail_fast_and_create_nothing() {
+    let home = Home::new(23400);
+    let sim = rancher_sim::start(sim_options());
+    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+        (
+            "401",
+            "token-wrong:nottherightsecretatall".to_string(),
+            vec![],
+        ),
+        (
+            "checksum",
+            sim.token.clone(),
+            vec![
+                ("SCA_RANCHER_CA_FILE", String::new()),
+                ("SCA_RANCHER_CA_CHECKSUM", "00".repeat(32)),
+            ],
+        ),
+        (
+            "unreachable",
+            sim.token.clone(),
+            vec![("SCA_RANCHER_URL", "https://127.0.0.1:9".to_string())],
+        ),
+    ];
+    for (expect, token, extra) in cases {
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut child = home.serve(&sim, &token, &extra);
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            !status.success(),
+            "{expect}: the agent must refuse to start"
+        );
+        let log = home.log().to_lowercase();
+        assert!(log.contains(expect), "{expect}: {log}");
+        assert!(!log.contains(&sim.token), "the token is never printed");
+        assert!(!home.data_dir().join("agent.json").exists());
+        assert!(home.kwok_processes().is_empty());
+        assert!(
+            rancher_cluster_names(&sim).await.is_empty(),
+            "nothing created in Rancher"
+        );
+    }
+}
