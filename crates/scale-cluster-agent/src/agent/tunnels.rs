@@ -144,17 +144,7 @@ impl TunnelSet {
             "Authorization",
             format!("Bearer stv-cluster-{}", spec.registration_token),
         );
-        let allowed = spec.apiserver_address.clone();
-        let main_router = move |request: &ConnectRequest| {
-            if request.proto == "tcp" && request.address == allowed {
-                Route::Dial(allowed.clone())
-            } else {
-                Route::Deny(format!(
-                    "{}/{} is not this cluster's apiserver; the tunnel reaches nothing else",
-                    request.proto, request.address
-                ))
-            }
-        };
+        let main_router = apiserver_only(spec.apiserver_address.clone());
         let ping = ping_handler();
         let steve_router = move |_: &ConnectRequest| Route::Handle(ping.clone());
         open.insert(
@@ -273,6 +263,23 @@ impl TunnelSet {
 
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+}
+
+/// The main tunnel's router: `tcp/<apiserver>` is dialed, everything else gets an error on that
+/// stream only, so Rancher reaches this cluster's apiserver and nothing else on the host.
+pub fn apiserver_only(
+    apiserver: String,
+) -> impl Fn(&ConnectRequest) -> Route + Send + Sync + 'static {
+    move |request: &ConnectRequest| {
+        if request.proto == "tcp" && request.address == apiserver {
+            Route::Dial(apiserver.clone())
+        } else {
+            Route::Deny(format!(
+                "{}/{} is not this cluster's apiserver; the tunnel reaches nothing else",
+                request.proto, request.address
+            ))
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod go_build;
 pub mod rancher_sim;
 
 use std::sync::OnceLock;

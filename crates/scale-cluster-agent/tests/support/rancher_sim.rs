@@ -63,51 +63,11 @@ pub struct RancherSim {
     _dir: tempfile::TempDir,
 }
 
-fn sim_module() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/rancher-sim")
-}
-
-fn cache_dir() -> PathBuf {
-    // target/<profile>/deps/<test binary> -> target/<profile>/rancher-sim
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target profile dir")
-        .join("rancher-sim")
-}
-
-/// Builds the simulator once per test process; a file lock keeps parallel test binaries from
-/// writing the same binary at once. Go's build cache makes the repeat builds cheap.
+/// Builds the simulator once per test process (see [`super::go_build`]).
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let dir = cache_dir();
-        std::fs::create_dir_all(&dir).expect("create rancher-sim cache dir");
-        let lock = std::fs::File::create(dir.join(".build.lock")).expect("create lock file");
-        fs4::fs_std::FileExt::lock_exclusive(&lock).expect("lock rancher-sim build");
-        let output = dir.join("rancher-sim");
-        let result = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&output)
-            .arg(".")
-            .current_dir(sim_module())
-            // Never fetch another toolchain; a too-old `go` must fail here, loudly.
-            .env("GOTOOLCHAIN", "local")
-            .output();
-        match result {
-            Err(error) => panic!(
-                "cannot run `go` to build tests/rancher-sim (is Go installed and on PATH?): {error}"
-            ),
-            Ok(out) if !out.status.success() => panic!(
-                "go build of tests/rancher-sim failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Ok(_) => {}
-        }
-        fs4::fs_std::FileExt::unlock(&lock).expect("unlock rancher-sim build");
-        output
+        super::go_build::build(&super::go_build::module("rancher-sim"), ".", "rancher-sim")
     })
 }
 
