@@ -1,8 +1,16 @@
-//! `scale-cluster-agent cluster ...`: KWOK cluster commands, straight onto the cluster manager.
+//! `scale-cluster-agent cluster ...`: cluster commands.
+//!
+//! When an agent runs on this data directory (`agent.json` names a live process and its `/health`
+//! answers), `create`, `list`, `get` and `delete` go through its HTTP API, so the agent's database
+//! stays the one source of truth and its clusters are registered with Rancher; `create` then waits
+//! (with a progress bar) until every new cluster is active. Without an agent they work straight on
+//! the KWOK cluster manager, creating KWOK-only clusters. `start`, `stop`, `scale`, `kubeconfig` and
+//! `logs` always work directly on the KWOK clusters.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
@@ -10,18 +18,19 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::api::{discovery, AgentClient, Cluster};
 use crate::config::Settings;
 use crate::kwok::{
     ClusterInfo, ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
 };
-use crate::store::Store;
+use crate::store::{AgentPhase, Store};
 use crate::toolchain::{self, ToolchainOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Create one cluster (NAME) or many (--count N --prefix P).
     Create(CreateArgs),
-    /// List clusters with their observed health.
+    /// List clusters: the agent's view (phase, Rancher, tunnels) when one runs, else KWOK health.
     List(OutputArgs),
     /// Show one cluster.
     Get {
@@ -29,13 +38,21 @@ pub enum ClusterCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Delete a cluster (or all of them): processes, files and port block.
+    /// Delete a cluster (or all of them): processes, files and port block (and, through a running
+    /// agent, the cluster in Rancher).
     Delete {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
         /// Delete every cluster.
         #[arg(long)]
         all: bool,
+        /// With a running agent: wait until the clusters are gone (the agent deletes in the
+        /// background). Without one, deletion is always complete when the command returns.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 90s, 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Start a stopped cluster.
     Start { name: String },
@@ -66,24 +83,36 @@ pub struct CreateArgs {
     /// Cluster name (RFC 1123 label). Omit with --count.
     #[arg(required_unless_present = "count", conflicts_with = "count")]
     pub name: Option<String>,
-    /// Create this many clusters named <prefix>-NNN, numbered after the highest existing one.
+    /// Create this many clusters named <prefix>-NNNNN, numbered after the highest existing one.
     #[arg(long, requires = "prefix")]
     pub count: Option<usize>,
     /// Name prefix for --count.
     #[arg(long)]
     pub prefix: Option<String>,
-    /// Component profile: `lean` (no scheduler, minimal controller-manager) or `full`.
-    #[arg(long, default_value = "lean")]
-    pub profile: ComponentProfile,
+    /// Component profile: `lean` (no scheduler, minimal controller-manager) or `full`. Default:
+    /// the running agent's profile, else `lean`.
+    #[arg(long)]
+    pub profile: Option<ComponentProfile>,
     /// Population profile (YAML: nodes, podsPerNode, namespaces, serviceAccounts, node, pod).
+    /// KWOK-only clusters; a running agent populates clusters as its `serve` options say.
     #[arg(long)]
     pub population: Option<PathBuf>,
-    /// Node count (overrides the population profile's).
+    /// Node count (overrides the population profile's). KWOK-only clusters.
     #[arg(long)]
     pub nodes: Option<u32>,
-    /// How many clusters to create at once with --count.
-    #[arg(long, default_value_t = 2)]
-    pub parallel: usize,
+    /// How many clusters to create at once with --count (default 2). KWOK-only clusters; a
+    /// running agent uses its own concurrency.
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// With a running agent: wait until every new cluster is active (the default).
+    #[arg(long, overrides_with = "no_wait")]
+    pub wait: bool,
+    /// With a running agent: return as soon as the agent has accepted the clusters.
+    #[arg(long, overrides_with = "wait")]
+    pub no_wait: bool,
+    /// How long to wait for the clusters to become active, e.g. 90s, 10m, 1h.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +139,71 @@ pub async fn open_manager(settings: &Settings) -> anyhow::Result<ClusterManager>
 }
 
 pub async fn run(settings: &Settings, cmd: ClusterCommand) -> anyhow::Result<()> {
+    let agent = match &cmd {
+        ClusterCommand::Create(_)
+        | ClusterCommand::List(_)
+        | ClusterCommand::Get { .. }
+        | ClusterCommand::Delete { .. } => running_agent(settings).await,
+        _ => None,
+    };
+    match (cmd, agent) {
+        (ClusterCommand::Create(args), Some(agent)) => agent_create(&agent, args).await,
+        (ClusterCommand::List(out), Some(agent)) => {
+            let clusters = agent.list().await?;
+            print_agent_clusters(&agent, &clusters, out.output)
+        }
+        (ClusterCommand::Get { name, output }, Some(agent)) => {
+            let cluster = agent.get(&name).await?;
+            match output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&cluster)?),
+                Output::Table => print_agent_details(&agent, &cluster),
+            }
+            Ok(())
+        }
+        (
+            ClusterCommand::Delete {
+                name,
+                all,
+                wait,
+                timeout,
+            },
+            Some(agent),
+        ) => agent_delete(&agent, name, all, wait, timeout).await,
+        (cmd, _) => direct(settings, cmd).await,
+    }
+}
+
+/// The running agent on this data directory, if `agent.json` names a live process and its API
+/// answers. A live pid whose API does not answer is reported, then ignored.
+async fn running_agent(settings: &Settings) -> Option<AgentClient> {
+    let found = discovery::read(&settings.data_dir)?;
+    let unusable = |reason: String| {
+        eprintln!(
+            "warning: {} names agent pid {} at {}, but {reason}; working on KWOK directly",
+            discovery::path(&settings.data_dir).display(),
+            found.pid,
+            found.url
+        );
+        None
+    };
+    let client = match AgentClient::new(&found.url) {
+        Ok(client) => client,
+        Err(err) => return unusable(err.to_string()),
+    };
+    // A live agent answers /health at once; a reused pid may belong to some process that
+    // accepts connections and never answers.
+    match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, client.health()).await {
+        Ok(Ok(_)) => Some(client),
+        Ok(Err(err)) => unusable(format!("its API did not answer ({err})")),
+        Err(_) => unusable(format!(
+            "its API did not answer within {}",
+            format_duration(HEALTH_PROBE_TIMEOUT)
+        )),
+    }
+}
+
+/// The KWOK-only path: straight onto the cluster manager.
+async fn direct(settings: &Settings, cmd: ClusterCommand) -> anyhow::Result<()> {
     let manager = open_manager(settings).await?;
     match cmd {
         ClusterCommand::Create(args) => create(&manager, args).await,
@@ -125,7 +219,7 @@ pub async fn run(settings: &Settings, cmd: ClusterCommand) -> anyhow::Result<()>
             }
             Ok(())
         }
-        ClusterCommand::Delete { name, all } => {
+        ClusterCommand::Delete { name, all, .. } => {
             let names = match (name, all) {
                 (Some(name), _) => vec![name],
                 (None, _) => manager.list().await?.into_iter().map(|c| c.name).collect(),
@@ -172,6 +266,10 @@ pub async fn run(settings: &Settings, cmd: ClusterCommand) -> anyhow::Result<()>
 }
 
 async fn create(manager: &ClusterManager, args: CreateArgs) -> anyhow::Result<()> {
+    eprintln!(
+        "no agent running: creating KWOK-only clusters, not registered with Rancher \
+         (run `scale-cluster-agent serve` first to register them)"
+    );
     let mut population = match &args.population {
         Some(path) => PopulationProfile::from_file(path)?,
         None => PopulationProfile::default(),
@@ -184,7 +282,14 @@ async fn create(manager: &ClusterManager, args: CreateArgs) -> anyhow::Result<()
         (None, Some(count), Some(prefix)) => next_names(manager, prefix, count).await?,
         _ => bail!("give a cluster NAME, or --count N with --prefix P"),
     };
-    let results = create_many(manager, &names, args.profile, &population, args.parallel).await;
+    let results = create_many(
+        manager,
+        &names,
+        args.profile.unwrap_or_default(),
+        &population,
+        args.parallel.unwrap_or(2),
+    )
+    .await;
     let failed = results.iter().filter(|r| r.is_err()).count();
     for result in &results {
         match result {
@@ -248,7 +353,8 @@ fn progress_bar(len: u64) -> ProgressBar {
     bar
 }
 
-/// `count` new names `<prefix>-NNN`, numbered after the highest existing `<prefix>-NNN`.
+/// `count` new names `<prefix>-NNNNN` (numbered as the agent numbers them), after the highest
+/// existing `<prefix>-N`.
 async fn next_names(
     manager: &ClusterManager,
     prefix: &str,
@@ -267,7 +373,7 @@ async fn next_names(
         .max()
         .unwrap_or(0);
     Ok((highest + 1..=highest + count)
-        .map(|i| format!("{prefix}-{i:03}"))
+        .map(|i| format!("{prefix}-{i:05}"))
         .collect())
 }
 
@@ -375,4 +481,386 @@ async fn logs(
         }
     }
     Ok(())
+}
+
+/// How long the CLI waits for a discovered agent's `/health` before working on KWOK directly.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a waiting command asks the agent: often enough for a lively progress bar, rare enough
+/// to cost the agent nothing next to its own work.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn agent_create(agent: &AgentClient, args: CreateArgs) -> anyhow::Result<()> {
+    if args.population.is_some() || args.nodes.is_some() || args.parallel.is_some() {
+        bail!(
+            "--population, --nodes and --parallel apply to KWOK-only clusters; the agent at {} \
+             populates and brings up clusters as its `serve` options say (stop it to create \
+             KWOK-only clusters)",
+            agent.url()
+        );
+    }
+    eprintln!("via agent at {}", agent.url());
+    let created = match (&args.name, args.count, &args.prefix) {
+        (Some(name), _, _) => vec![agent.create(name, args.profile).await?],
+        (None, Some(count), Some(prefix)) => agent.create_bulk(count, prefix, args.profile).await?,
+        _ => bail!("give a cluster NAME, or --count N with --prefix P"),
+    };
+    if args.no_wait {
+        for cluster in &created {
+            println!(
+                "cluster {} accepted ({}, profile {})",
+                cluster.name, cluster.phase, cluster.profile
+            );
+        }
+        println!("the agent brings them up in the background; `scale-cluster-agent cluster list` shows progress");
+        return Ok(());
+    }
+    let names: Vec<String> = created.into_iter().map(|c| c.name).collect();
+    let clusters = wait_until_settled(agent, &names, args.timeout).await?;
+    let mut problems = Vec::new();
+    for name in &names {
+        match clusters.get(name) {
+            Some(c) if c.phase == AgentPhase::Active => println!(
+                "cluster {name}: active in Rancher as {} (apiserver {})",
+                c.rancher_cluster_id.as_deref().unwrap_or("?"),
+                c.apiserver.as_deref().unwrap_or("?")
+            ),
+            Some(c) if c.phase == AgentPhase::Failed => problems.push((
+                name,
+                format!(
+                    "{name} failed: {}",
+                    c.last_error.as_deref().unwrap_or("no error recorded")
+                ),
+            )),
+            Some(c) => problems.push((
+                name,
+                format!(
+                    "{name} still {} after {}{}",
+                    c.phase,
+                    format_duration(args.timeout),
+                    c.last_error
+                        .as_deref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ),
+            )),
+            None => problems.push((name, format!("{name} was deleted while waiting"))),
+        }
+    }
+    if !problems.is_empty() {
+        for (_, problem) in &problems {
+            eprintln!("✘ {problem}");
+        }
+        const NAMED: usize = 10;
+        let mut named: Vec<&str> = problems
+            .iter()
+            .take(NAMED)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let more = format!("and {} more", problems.len().saturating_sub(NAMED));
+        if problems.len() > NAMED {
+            named.push(&more);
+        }
+        bail!(
+            "{} of {} clusters did not become active: {} (the agent keeps retrying failed \
+             clusters with backoff; `scale-cluster-agent cluster list` shows them)",
+            problems.len(),
+            names.len(),
+            named.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Polls the agent until every cluster in `names` is active, failed or gone, or `timeout` passes;
+/// returns the last view of each cluster still there. A progress bar counts active / failed /
+/// total, and each phase change is printed above it.
+async fn wait_until_settled(
+    agent: &AgentClient,
+    names: &[String],
+    timeout: Duration,
+) -> anyhow::Result<HashMap<String, Cluster>> {
+    eprintln!(
+        "waiting up to {} for {} cluster(s) to become active (Ctrl-C stops waiting; the agent carries on)",
+        format_duration(timeout),
+        names.len()
+    );
+    let bar = progress_bar(names.len() as u64);
+    let deadline = Instant::now() + timeout;
+    let mut seen: HashMap<String, AgentPhase> = HashMap::new();
+    loop {
+        let mut current: HashMap<String, Cluster> = agent
+            .list()
+            .await
+            .context("asking the agent while waiting")?
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        current.retain(|name, _| names.contains(name));
+        let (mut active, mut failed) = (0, 0);
+        for name in names {
+            let Some(cluster) = current.get(name) else {
+                continue;
+            };
+            if seen.get(name) != Some(&cluster.phase) {
+                let detail = match (cluster.phase, &cluster.last_error) {
+                    (AgentPhase::Failed, Some(err)) => format!(": {err}"),
+                    _ => String::new(),
+                };
+                let line = format!("{name}: {}{detail}", cluster.phase);
+                // A hidden bar (stderr is not a terminal) drops its println; logs want the lines.
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
+                seen.insert(name.clone(), cluster.phase);
+            }
+            match cluster.phase {
+                AgentPhase::Active => active += 1,
+                AgentPhase::Failed => failed += 1,
+                _ => {}
+            }
+        }
+        let gone = names.len() - current.len();
+        bar.set_position(active as u64);
+        bar.set_message(format!(
+            "active {active} / failed {failed} / total {}",
+            names.len()
+        ));
+        if active + failed + gone == names.len() || Instant::now() >= deadline {
+            bar.finish();
+            return Ok(current);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+async fn agent_delete(
+    agent: &AgentClient,
+    name: Option<String>,
+    all: bool,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    eprintln!("via agent at {}", agent.url());
+    let names = match (name, all) {
+        (Some(name), _) => vec![name],
+        (None, _) => agent.list().await?.into_iter().map(|c| c.name).collect(),
+    };
+    if names.is_empty() {
+        println!("no clusters");
+        return Ok(());
+    }
+    for name in &names {
+        agent.delete(name).await?;
+        println!("deleting cluster {name}");
+    }
+    if !wait {
+        println!("the agent removes them from Rancher and KWOK in the background; `scale-cluster-agent cluster list` shows progress (or pass --wait)");
+        return Ok(());
+    }
+    let bar = progress_bar(names.len() as u64);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let remaining: Vec<Cluster> = agent
+            .list()
+            .await
+            .context("asking the agent while waiting")?
+            .into_iter()
+            .filter(|c| names.contains(&c.name))
+            .collect();
+        let deleted = names.len() - remaining.len();
+        bar.set_position(deleted as u64);
+        bar.set_message(format!("deleted {deleted} / total {}", names.len()));
+        if remaining.is_empty() {
+            bar.finish();
+            println!("deleted {} cluster(s)", names.len());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bar.finish();
+            let stuck: Vec<String> = remaining
+                .iter()
+                .map(|c| match &c.last_error {
+                    Some(err) => format!("{} ({}: {err})", c.name, c.phase),
+                    None => format!("{} ({})", c.name, c.phase),
+                })
+                .collect();
+            bail!(
+                "{} cluster(s) not deleted within {}: {}",
+                stuck.len(),
+                format_duration(timeout),
+                stuck.join(", ")
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn print_agent_clusters(
+    agent: &AgentClient,
+    clusters: &[Cluster],
+    output: Output,
+) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(clusters)?);
+        return Ok(());
+    }
+    eprintln!("via agent at {}", agent.url());
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "NAME",
+        "PHASE",
+        "PROFILE",
+        "RANCHER ID",
+        "RANCHER STATE",
+        "TUNNELS (MAIN/STEVE)",
+        "APISERVER",
+        "LAST ERROR",
+    ]);
+    for c in clusters {
+        table.add_row([
+            c.name.clone(),
+            c.phase.to_string(),
+            c.profile.clone(),
+            c.rancher_cluster_id.clone().unwrap_or_else(|| "-".into()),
+            c.rancher_state.clone().unwrap_or_else(|| "-".into()),
+            format!("{}/{}", c.tunnels.main, c.tunnels.steve),
+            c.apiserver.clone().unwrap_or_else(|| "-".into()),
+            c.last_error
+                .as_deref()
+                .map(|e| shorten(e, 60))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn print_agent_details(agent: &AgentClient, c: &Cluster) {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    eprintln!("via agent at {}", agent.url());
+    println!("name:          {}", c.name);
+    println!("phase:         {} (attempts {})", c.phase, c.attempts);
+    println!("profile:       {}", c.profile);
+    println!(
+        "rancher:       {} (state {})",
+        or_dash(&c.rancher_cluster_id),
+        or_dash(&c.rancher_state)
+    );
+    println!(
+        "tunnels:       main {}, steve {}",
+        c.tunnels.main, c.tunnels.steve
+    );
+    println!("apiserver:     {}", or_dash(&c.apiserver));
+    println!("created at:    {} (unix seconds)", c.created_at);
+    if let Some(at) = c.active_at {
+        println!("active since:  {at} (unix seconds)");
+    }
+    if let Some(err) = &c.last_error {
+        println!("last error:    {err}");
+    }
+}
+
+/// At most `max` characters, with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// `90s`, `10m`, `1h`, `500ms`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(value)),
+        "" | "s" => Some(value),
+        "m" => value.checked_mul(60),
+        "h" => value.checked_mul(3600),
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {text:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    seconds
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => format!("{}ms", duration.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+    }
+
+    #[test]
+    fn create_waits_by_default_and_no_wait_wins_when_last() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let cli = crate::cli::Cli::try_parse_from(
+                ["scale-cluster-agent", "cluster", "create"]
+                    .iter()
+                    .chain(args),
+            )
+            .expect("parses");
+            match cli.command {
+                crate::cli::Command::Cluster(ClusterCommand::Create(args)) => args,
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        let default = parse(&["demo"]);
+        assert!(!default.no_wait);
+        assert_eq!(default.timeout, Duration::from_secs(600));
+        assert_eq!(default.profile, None);
+        assert!(parse(&["demo", "--no-wait"]).no_wait);
+        assert!(!parse(&["demo", "--no-wait", "--wait"]).no_wait);
+        let bulk = parse(&[
+            "--count",
+            "3",
+            "--prefix",
+            "sim",
+            "--profile",
+            "full",
+            "--timeout",
+            "90s",
+        ]);
+        assert_eq!(bulk.profile, Some(ComponentProfile::Full));
+        assert_eq!(bulk.timeout, Duration::from_secs(90));
+    }
 }
