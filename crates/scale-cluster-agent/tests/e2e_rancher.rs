@@ -426,7 +426,9 @@ async fn agent_killed_mid_bulk_create_recovers_without_duplicates_or_leaks() {
 async fn bad_rancher_settings_fail_fast_and_create_nothing() {
     let home = Home::new(23400);
     let sim = rancher_sim::start(sim_options());
-    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    // (what the error must say, API token, extra agent environment)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>);
+    let cases: Vec<Case> = vec![
         (
             "401",
             "token-wrong:nottherightsecretatall".to_string(),

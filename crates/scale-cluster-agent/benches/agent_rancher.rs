@@ -1,0 +1,219 @@
+//! Benchmark of the whole agent against the rancher-sim peer (Rancher's probes every 15 s, as the
+//! real one does) and real KWOK clusters:
+//!
+//! ```text
+//! cargo bench -p scale-cluster-agent --bench agent_rancher -- [--clusters 20] [--concurrency 3]
+//! ```
+//!
+//! Starts `scale-cluster-agent serve`, bulk-creates N clusters through its API, and reports the time
+//! until all are `active`, per-cluster create→active p50/p95 (from the bulk request), and the agent
+//! process's own memory per connected cluster (its two tunnels; the KWOK processes are not counted):
+//! RSS and PSS after the clusters idled, minus the same agent's idle figures before the bulk.
+//! Needs the toolchain installed and enough inotify instances (`preflight --fix`).
+
+#[path = "../tests/support/go_build.rs"]
+mod go_build;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 20)]
+    clusters: usize,
+    /// The agent's --concurrency.
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
+    /// Idle seconds before the memory sample.
+    #[arg(long, default_value_t = 20)]
+    settle: u64,
+    #[arg(long, default_value_t = 25000)]
+    port_base: u16,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// (RSS, PSS) of a process in KiB.
+fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0u64)
+    };
+    Ok((field("Rss:"), field("Pss:")))
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted.get(rank).copied().unwrap_or(f64::NAN)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sim_bin = go_build::build(&go_build::module("rancher-sim"), ".", "rancher-sim");
+    let token = "token-bench:0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij";
+    let sim_dir = dir.path().join("sim");
+    let _sim = Killed(
+        Command::new(sim_bin)
+            .args(["--state-dir"])
+            .arg(&sim_dir)
+            .args(["--token", token, "--probe-interval", "15s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let sim_url = wait_for_file(&sim_dir.join("address")).await?;
+
+    let agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+            .arg("serve")
+            .env("SCA_DATA_DIR", dir.path().join("data"))
+            .env("SCA_KWOK_WORKDIR", dir.path().join("kwok"))
+            .env("SCA_PORT_BASE", args.port_base.to_string())
+            .env("SCA_PORT_BLOCKS", args.clusters.to_string())
+            .env("SCA_RANCHER_URL", sim_url.trim())
+            .env("SCA_RANCHER_TOKEN", token)
+            .env("SCA_RANCHER_CA_FILE", sim_dir.join("ca.crt"))
+            .env("SCA_LISTEN", "127.0.0.1:0")
+            .env("SCA_CONCURRENCY", args.concurrency.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let discovery: Value =
+        serde_json::from_str(&wait_for_file(&dir.path().join("data/agent.json")).await?)?;
+    let api = discovery["url"].as_str().context("agent url")?.to_string();
+    let pid = agent.0.id();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = memory(pid)?;
+
+    eprintln!("bulk-creating {} clusters", args.clusters);
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{api}/clusters/bulk"))
+        .json(&serde_json::json!({"count": args.clusters, "prefix": "bench"}))
+        .send()
+        .await?;
+    if resp.status() != 201 {
+        bail!("bulk create: {} {}", resp.status(), resp.text().await?);
+    }
+    let mut active_after: HashMap<String, f64> = HashMap::new();
+    while active_after.len() < args.clusters {
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!(
+                "only {} of {} clusters active after 15 minutes",
+                active_after.len(),
+                args.clusters
+            );
+        }
+        let list: Vec<Value> = http
+            .get(format!("{api}/clusters"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        for c in &list {
+            if c["phase"] == "active" {
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                active_after
+                    .entry(name)
+                    .or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let all_active = started.elapsed().as_secs_f64();
+    eprintln!(
+        "all active after {all_active:.1} s; idling {} s",
+        args.settle
+    );
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    let loaded = memory(pid)?;
+    let health: Value = http
+        .get(format!("{api}/health"))
+        .send()
+        .await?
+        .json()
+        .await?;
+
+    let times: Vec<f64> = active_after.values().copied().collect();
+    let n = args.clusters as f64;
+    println!(
+        "Command: `cargo bench -p scale-cluster-agent --bench agent_rancher -- --clusters {} --concurrency {} --settle {}`\n",
+        args.clusters, args.concurrency, args.settle
+    );
+    println!("| clusters | concurrency | all active (s) | create→active p50 / p95 (s) | agent RSS idle → loaded (MiB) | agent RSS / cluster (KiB) | agent PSS / cluster (KiB) | tunnels connected |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.1} | {:.1} / {:.1} | {:.1} → {:.1} | {:.0} | {:.0} | {} |",
+        args.clusters,
+        args.concurrency,
+        all_active,
+        percentile(&times, 50.0),
+        percentile(&times, 95.0),
+        idle.0 as f64 / 1024.0,
+        loaded.0 as f64 / 1024.0,
+        (loaded.0.saturating_sub(idle.0)) as f64 / n,
+        (loaded.1.saturating_sub(idle.1)) as f64 / n,
+        health["tunnels_connected"],
+    );
+
+    // Leave nothing running: delete through the agent (Rancher and KWOK), then stop it.
+    for name in active_after.keys() {
+        http.delete(format!("{api}/clusters/{name}")).send().await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let list: Vec<Value> = http
+            .get(format!("{api}/clusters"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if list.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(agent);
+    Ok(())
+}
+
+async fn wait_for_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return Ok(text);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
