@@ -209,20 +209,7 @@ impl Agent {
             )));
         }
         let existing = self.inner.store.agent_clusters().await?;
-        let highest = existing
-            .iter()
-            .filter_map(|c| {
-                c.name
-                    .strip_prefix(prefix)?
-                    .strip_prefix('-')?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(0);
-        let batch: Vec<String> = (highest + 1..=highest + count)
-            .map(|i| format!("{prefix}-{i:05}"))
-            .collect();
+        let batch = names::next_in_series(prefix, existing.iter().map(|c| c.name.as_str()), count);
         for name in &batch {
             names::validate(name)
                 .map_err(|e| AgentError::InvalidBulk(format!("prefix {prefix:?}: {e}")))?;

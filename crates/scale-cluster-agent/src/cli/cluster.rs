@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::api::{discovery, AgentClient, Cluster};
 use crate::config::Settings;
+use crate::kwok::names;
 use crate::kwok::{
     ClusterInfo, ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
 };
@@ -361,20 +362,11 @@ async fn next_names(
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
     let existing = manager.store().list().await?;
-    let highest = existing
-        .iter()
-        .filter_map(|c| {
-            c.name
-                .strip_prefix(prefix)?
-                .strip_prefix('-')?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
-    Ok((highest + 1..=highest + count)
-        .map(|i| format!("{prefix}-{i:05}"))
-        .collect())
+    Ok(names::next_in_series(
+        prefix,
+        existing.iter().map(|c| c.name.as_str()),
+        count,
+    ))
 }
 
 fn print_reach(info: &ClusterInfo) {

@@ -37,9 +37,44 @@ pub fn validate(name: &str) -> Result<(), InvalidName> {
     Ok(())
 }
 
+/// `count` names `<prefix>-NNNNN`, numbered after the highest `<prefix>-N` among `existing`, so a
+/// second bulk request adds clusters instead of colliding with the first.
+pub fn next_in_series<'a>(
+    prefix: &str,
+    existing: impl IntoIterator<Item = &'a str>,
+    count: usize,
+) -> Vec<String> {
+    let highest = existing
+        .into_iter()
+        .filter_map(|name| {
+            name.strip_prefix(prefix)?
+                .strip_prefix('-')?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    (highest + 1..=highest + count)
+        .map(|i| format!("{prefix}-{i:05}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_continue_after_the_highest_existing_number() {
+        assert_eq!(next_in_series("sim", [], 2), ["sim-00001", "sim-00002"]);
+        let existing = [
+            "sim-00003",
+            "sim-7",
+            "other-00009",
+            "sim-x",
+            "simulated-00050",
+        ];
+        assert_eq!(next_in_series("sim", existing, 1), ["sim-00008"]);
+    }
 
     #[test]
     fn accepts_dns_labels() {

@@ -3,21 +3,11 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use super::error::RancherError;
 
 /// `CATTLE_CA_CHECKSUM` of a `cacerts` value, computed as Rancher does
-/// (`pkg/systemtemplate/import.go CAChecksum`): lowercase hex SHA-256 of the PEM with a trailing
-/// newline appended when it has none.
-pub fn ca_checksum(pem: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(pem.as_bytes());
-    if !pem.ends_with('\n') {
-        hasher.update(b"\n");
-    }
-    hex::encode(hasher.finalize())
-}
+/// (`pkg/systemtemplate/import.go CAChecksum`): one implementation, shared with the tunnels.
+pub use remotedialer::ca_checksum;
 
 /// Parses a PEM bundle into certificates, requiring at least one.
 pub(super) fn parse_ca(pem: &str, origin: &str) -> Result<Vec<reqwest::Certificate>, RancherError> {
@@ -95,6 +85,7 @@ pub(super) fn certificate_error(error: &reqwest::Error) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn checksum_appends_a_missing_newline_only() {
