@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +91,7 @@ impl From<StoreError> for AgentError {
 }
 
 /// A cluster as the API shows it: never any token or params.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClusterView {
     pub name: String,
     pub phase: AgentPhase,
@@ -104,14 +104,17 @@ pub struct ClusterView {
     pub tunnels: tunnels::TunnelsView,
     pub last_error: Option<String>,
     pub attempts: u32,
+    /// Unix seconds.
     pub created_at: u64,
+    /// Unix seconds.
     pub active_at: Option<u64>,
 }
 
 /// Health of the agent process.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
-    pub status: &'static str,
+    /// `ok`, or `shutting-down`.
+    pub status: String,
     pub clusters: usize,
     pub active: usize,
     pub failed: usize,
@@ -276,7 +279,8 @@ impl Agent {
                 "shutting-down"
             } else {
                 "ok"
-            },
+            }
+            .to_string(),
             clusters: clusters.len(),
             active: clusters
                 .iter()

@@ -23,7 +23,7 @@ use remotedialer::{
     ConnectionState, InProcessHandler, Keepalive, Metrics, MetricsSnapshot, Route, SessionError,
     TlsMode,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Options shared by every tunnel.
 #[derive(Debug, Clone, Default)]
@@ -73,11 +73,12 @@ pub enum TunnelError {
     },
 }
 
-/// Connection state of a cluster's tunnels, for the API.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// Connection state of a cluster's tunnels, for the API: `connecting`, `connected`, `backoff`,
+/// `stopped` or `closed`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TunnelsView {
-    pub main: &'static str,
-    pub steve: &'static str,
+    pub main: String,
+    pub steve: String,
 }
 
 struct Tunnels {
@@ -242,12 +243,12 @@ impl TunnelSet {
     pub fn view(&self, name: &str) -> TunnelsView {
         match self.status(name) {
             Some((main, steve)) => TunnelsView {
-                main: state_name(&main.state),
-                steve: state_name(&steve.state),
+                main: state_name(&main.state).into(),
+                steve: state_name(&steve.state).into(),
             },
             None => TunnelsView {
-                main: "closed",
-                steve: "closed",
+                main: "closed".into(),
+                steve: "closed".into(),
             },
         }
     }

@@ -193,7 +193,7 @@ impl From<PathRejection> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 async fn health(State(state): State<ApiState>) -> ApiResult<(StatusCode, Json<Health>)> {
-    let health = Health::from(state.agent.health().await?);
+    let health = state.agent.health().await?;
     let status = if health.status == "ok" {
         StatusCode::OK
     } else {
@@ -204,7 +204,7 @@ async fn health(State(state): State<ApiState>) -> ApiResult<(StatusCode, Json<He
 
 async fn list(State(state): State<ApiState>) -> ApiResult<Json<Vec<Cluster>>> {
     let clusters = state.agent.list().await?;
-    Ok(Json(clusters.into_iter().map(Cluster::from).collect()))
+    Ok(Json(clusters.into_iter().collect()))
 }
 
 async fn get_cluster(
@@ -216,7 +216,7 @@ async fn get_cluster(
 }
 
 async fn get_named(State(state): State<ApiState>, name: String) -> ApiResult<Json<Cluster>> {
-    Ok(Json(state.agent.get(&name).await?.into()))
+    Ok(Json(state.agent.get(&name).await?))
 }
 
 async fn create(
@@ -225,7 +225,7 @@ async fn create(
 ) -> ApiResult<Response> {
     let Json(request) = body?;
     let profile = state.profile(request.profile.as_deref())?;
-    let cluster = Cluster::from(state.agent.create(&request.name, profile).await?);
+    let cluster = state.agent.create(&request.name, profile).await?;
     let mut response = (StatusCode::CREATED, Json(&cluster)).into_response();
     // Names are RFC 1123 labels, always valid in a header and a path.
     if let Ok(location) = HeaderValue::from_str(&format!("/clusters/{}", cluster.name)) {
@@ -256,10 +256,7 @@ async fn create_bulk(
         .agent
         .create_bulk(request.count, &request.prefix, profile)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(clusters.into_iter().map(Cluster::from).collect()),
-    ))
+    Ok((StatusCode::CREATED, Json(clusters.into_iter().collect())))
 }
 
 async fn delete(
@@ -275,7 +272,7 @@ async fn delete_named(
     name: String,
 ) -> ApiResult<(StatusCode, Json<Cluster>)> {
     let cluster = state.agent.delete(&name).await?;
-    Ok((StatusCode::ACCEPTED, Json(cluster.into())))
+    Ok((StatusCode::ACCEPTED, Json(cluster)))
 }
 
 async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
