@@ -11,7 +11,7 @@ use crate::metrics::{self, GaugeGuard, Metrics};
 use crate::router::{ConnectRequest, Route, Router};
 use crate::stream::{FlowControl, Inbound, OfferOutcome, RemoteEnd, StreamShared};
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,8 @@ const OUTGOING_QUEUE: usize = 64;
 /// Payloads read from a target below this size are copied into an exact-size frame so a
 /// short response does not pin a whole read buffer while it waits in the queue.
 const COPY_BELOW: usize = 4096;
+/// First read of a stream's target: small, so waiting streams hold little memory.
+const IDLE_READ: usize = 512;
 
 enum Outgoing {
     Frame(Bytes),
@@ -408,10 +410,13 @@ impl SessionShared {
     {
         loop {
             stream.wait_remote_resumed().await;
-            let mut buffer = BytesMut::with_capacity(MAX_HEADER_LEN + self.flow.read_chunk);
+            // Wait for data with a small buffer: an idle stream (Rancher keeps dozens of watches
+            // open per cluster) then holds a few hundred bytes instead of a full read chunk.
+            let first = IDLE_READ.min(self.flow.read_chunk);
+            let mut buffer = BytesMut::with_capacity(MAX_HEADER_LEN + first);
             buffer.resize(MAX_HEADER_LEN, 0);
-            let read = match (&mut *target)
-                .take(self.flow.read_chunk as u64)
+            let mut read = match (&mut *target)
+                .take(first as u64)
                 .read_buf(&mut buffer)
                 .await
             {
@@ -419,7 +424,21 @@ impl SessionShared {
                 Ok(read) => read,
                 Err(error) => return StreamEnd::LocalError(error.to_string()),
             };
-            if read < COPY_BELOW {
+            if read == first && self.flow.read_chunk > first {
+                // More is likely waiting: take what is ready now into the same frame. `read_buf`
+                // is cancel-safe, so giving up on a pending read loses nothing; an EOF or error
+                // here shows up again on the next read.
+                let more = self.flow.read_chunk - first;
+                buffer.reserve(more);
+                let ready = (&mut *target)
+                    .take(more as u64)
+                    .read_buf(&mut buffer)
+                    .now_or_never();
+                if let Some(Ok(n)) = ready {
+                    read += n;
+                }
+            }
+            if read < COPY_BELOW && buffer.capacity() > MAX_HEADER_LEN + COPY_BELOW {
                 let mut exact = BytesMut::with_capacity(MAX_HEADER_LEN + read);
                 exact.extend_from_slice(&buffer);
                 buffer = exact;
