@@ -84,3 +84,15 @@ fn init_tracing(filter: &str) {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        // Catches clashing argument names between flattened option groups, which clap only
+        // reports at run time.
+        super::Cli::command().debug_assert();
+    }
+}

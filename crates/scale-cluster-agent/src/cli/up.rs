@@ -12,7 +12,7 @@ use super::cluster::{create_many, open_manager};
 use super::serve::{shutdown_signal, RunningAgent};
 use crate::agent::{AgentError, ClusterView};
 use crate::config::{AgentSettings, RancherArgs, Settings};
-use crate::kwok::{ComponentProfile, PopulationProfile};
+use crate::kwok::PopulationProfile;
 use crate::store::AgentPhase;
 use crate::store::Phase;
 use crate::toolchain::{self, Progress, ToolchainOptions};
@@ -25,12 +25,7 @@ pub struct UpArgs {
     /// Cluster name prefix.
     #[arg(long, default_value = "sim")]
     pub prefix: String,
-    /// Component profile: `lean` or `full`.
-    #[arg(long, default_value = "lean")]
-    pub profile: ComponentProfile,
-    /// How many clusters to create at once.
-    #[arg(long, default_value_t = 3)]
-    pub parallel: usize,
+    /// Agent and Rancher options; `--profile` and `--concurrency` also apply without Rancher.
     #[command(flatten)]
     pub rancher: RancherArgs,
 }
@@ -40,11 +35,20 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
         .map(|i| format!("{}-{i:05}", args.prefix))
         .collect();
     if args.rancher.has_rancher(settings) {
-        let mut agent_settings = args.rancher.resolve(settings)?;
-        agent_settings.profile = args.profile;
-        agent_settings.concurrency = args.parallel.max(1);
+        let agent_settings = args.rancher.resolve(settings)?;
         return with_rancher(settings, &agent_settings, &names).await;
     }
+    let agent_file = &settings.file.agent;
+    let profile = args
+        .rancher
+        .profile
+        .or(agent_file.profile)
+        .unwrap_or_default();
+    let concurrency = args
+        .rancher
+        .concurrency
+        .or(agent_file.concurrency)
+        .unwrap_or(3);
     let opts = ToolchainOptions::from_settings(settings);
     if toolchain::locate(&opts).is_err() {
         eprintln!("provisioning the KWOK and Kubernetes toolchain (first run only; a cold build takes several minutes)");
@@ -64,9 +68,9 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
     let results = create_many(
         &manager,
         &missing,
-        args.profile,
+        profile,
         &PopulationProfile::default(),
-        args.parallel,
+        concurrency,
     )
     .await;
     let mut failures = 0;
