@@ -93,7 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .env("SCA_DATA_DIR", dir.path().join("data"))
             .env("SCA_KWOK_WORKDIR", dir.path().join("kwok"))
             .env("SCA_PORT_BASE", args.port_base.to_string())
-            .env("SCA_PORT_BLOCKS", args.clusters.to_string())
+            .env("SCA_PORT_BLOCKS", (args.clusters * 2).to_string())
             .env("SCA_RANCHER_URL", sim_url.trim())
             .env("SCA_RANCHER_TOKEN", token)
             .env("SCA_RANCHER_CA_FILE", sim_dir.join("ca.crt"))
@@ -112,47 +112,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let idle = memory(pid)?;
 
     eprintln!("bulk-creating {} clusters", args.clusters);
-    let started = Instant::now();
-    let resp = http
-        .post(format!("{api}/clusters/bulk"))
-        .json(&serde_json::json!({"count": args.clusters, "prefix": "bench"}))
-        .send()
-        .await?;
-    if resp.status() != 201 {
-        bail!("bulk create: {} {}", resp.status(), resp.text().await?);
-    }
-    let mut active_after: HashMap<String, f64> = HashMap::new();
-    while active_after.len() < args.clusters {
-        if started.elapsed() > Duration::from_secs(900) {
-            bail!(
-                "only {} of {} clusters active after 15 minutes",
-                active_after.len(),
-                args.clusters
-            );
-        }
-        let list: Vec<Value> = http
-            .get(format!("{api}/clusters"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        for c in &list {
-            if c["phase"] == "active" {
-                let name = c["name"].as_str().unwrap_or_default().to_string();
-                active_after
-                    .entry(name)
-                    .or_insert_with(|| started.elapsed().as_secs_f64());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let all_active = started.elapsed().as_secs_f64();
+    let (active_after, all_active) = bulk_until_active(&http, &api, args.clusters, "bench").await?;
     eprintln!(
         "all active after {all_active:.1} s; idling {} s",
         args.settle
     );
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let loaded = memory(pid)?;
+    // One-time costs (runtime threads, TLS setup, first allocations) make the figure from idle
+    // overstate what one more cluster costs: also measure the margin of N/2 more clusters.
+    let extra = (args.clusters / 2).max(1);
+    eprintln!("adding {extra} more clusters for the marginal cost");
+    let (extra_active, _) = bulk_until_active(&http, &api, extra, "extra").await?;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    let more = memory(pid)?;
     let health: Value = http
         .get(format!("{api}/health"))
         .send()
@@ -166,10 +139,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "Command: `cargo bench -p scale-cluster-agent --bench agent_rancher -- --clusters {} --concurrency {} --settle {}`\n",
         args.clusters, args.concurrency, args.settle
     );
-    println!("| clusters | concurrency | all active (s) | create→active p50 / p95 (s) | agent RSS idle → loaded (MiB) | agent RSS / cluster (KiB) | agent PSS / cluster (KiB) | tunnels connected |");
+    println!(
+        "| clusters | concurrency | all active (s) | create→active p50 / p95 (s) | agent RSS idle → {} → {} clusters (MiB) | RSS / cluster from idle (KiB) | marginal RSS / PSS per cluster (KiB) | tunnels connected |",
+        args.clusters,
+        args.clusters + extra
+    );
     println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {:.1} | {:.1} / {:.1} | {:.1} → {:.1} | {:.0} | {:.0} | {} |",
+        "| {} | {} | {:.1} | {:.1} / {:.1} | {:.1} → {:.1} → {:.1} | {:.0} | {:.0} / {:.0} | {} |",
         args.clusters,
         args.concurrency,
         all_active,
@@ -177,13 +154,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         percentile(&times, 95.0),
         idle.0 as f64 / 1024.0,
         loaded.0 as f64 / 1024.0,
+        more.0 as f64 / 1024.0,
         (loaded.0.saturating_sub(idle.0)) as f64 / n,
-        (loaded.1.saturating_sub(idle.1)) as f64 / n,
+        (more.0.saturating_sub(loaded.0)) as f64 / extra as f64,
+        (more.1.saturating_sub(loaded.1)) as f64 / extra as f64,
         health["tunnels_connected"],
     );
 
     // Leave nothing running: delete through the agent (Rancher and KWOK), then stop it.
-    for name in active_after.keys() {
+    for name in active_after.keys().chain(extra_active.keys()) {
         http.delete(format!("{api}/clusters/{name}")).send().await?;
     }
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -201,6 +180,50 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(agent);
     Ok(())
+}
+
+/// Bulk-creates `count` clusters and waits until all are active; returns the seconds from the
+/// request to each cluster's first `active`, and to the last one.
+async fn bulk_until_active(
+    http: &reqwest::Client,
+    api: &str,
+    count: usize,
+    prefix: &str,
+) -> anyhow::Result<(HashMap<String, f64>, f64)> {
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{api}/clusters/bulk"))
+        .json(&serde_json::json!({"count": count, "prefix": prefix}))
+        .send()
+        .await?;
+    if resp.status() != 201 {
+        bail!("bulk create: {} {}", resp.status(), resp.text().await?);
+    }
+    let mut active_after: HashMap<String, f64> = HashMap::new();
+    while active_after.len() < count {
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!(
+                "only {} of {count} clusters active after 15 minutes",
+                active_after.len()
+            );
+        }
+        let list: Vec<Value> = http
+            .get(format!("{api}/clusters"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        for c in &list {
+            let name = c["name"].as_str().unwrap_or_default();
+            if c["phase"] == "active" && name.starts_with(prefix) {
+                active_after
+                    .entry(name.to_string())
+                    .or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok((active_after, started.elapsed().as_secs_f64()))
 }
 
 async fn wait_for_file(path: &std::path::Path) -> anyhow::Result<String> {
