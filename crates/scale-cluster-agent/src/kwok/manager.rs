@@ -32,6 +32,8 @@ const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for SIGKILLed processes to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
+/// How long kube-apiserver may take to answer `/readyz` after kwokctl returned.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KwokError {
@@ -120,7 +122,6 @@ pub struct ClusterManager {
     toolchain: Toolchain,
     config_dir: PathBuf,
     settings: Settings,
-    ready_timeout: Duration,
 }
 
 impl ClusterManager {
@@ -131,20 +132,7 @@ impl ClusterManager {
             settings: settings.clone(),
             toolchain,
             store,
-            ready_timeout: Duration::from_secs(120),
         }
-    }
-
-    /// Replaces the kwokctl driver's binary (tests inject failures with a wrapper).
-    pub fn with_toolchain(mut self, toolchain: Toolchain) -> Self {
-        self.kwokctl = Kwokctl::new(&toolchain, &self.settings.kwok_workdir);
-        self.toolchain = toolchain;
-        self
-    }
-
-    pub fn with_ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = timeout;
-        self
     }
 
     pub fn store(&self) -> &Store {
@@ -279,7 +267,7 @@ impl ClusterManager {
 
     async fn wait_ready(&self, name: &str, port: u16) -> Result<(), KwokError> {
         let ca = self.cluster_dir(name).join("pki").join("ca.crt");
-        let deadline = Instant::now() + self.ready_timeout;
+        let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if status::apiserver_ready(port, &ca).await {
                 return Ok(());
@@ -288,7 +276,7 @@ impl ClusterManager {
                 return Err(KwokError::NotReady {
                     name: name.to_string(),
                     port,
-                    timeout: self.ready_timeout,
+                    timeout: READY_TIMEOUT,
                     log: self.log_path(name, "kube-apiserver"),
                 });
             }
