@@ -276,7 +276,8 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
         support::toolchain(),
         Store::open(&env.settings.state_db()).unwrap(),
     );
-    let listed: Vec<_> = reopened
+    // Listed by port; the three were created at once, so their port order is not fixed.
+    let listed: BTreeSet<_> = reopened
         .list()
         .await
         .unwrap()
@@ -288,7 +289,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
         names
             .iter()
             .map(|n| (n.to_string(), "ready"))
-            .collect::<Vec<_>>()
+            .collect::<BTreeSet<_>>()
     );
 
     for info in &infos {
