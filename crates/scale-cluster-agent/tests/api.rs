@@ -15,7 +15,8 @@ use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile, PopulationProfile};
 use scale_cluster_agent::store::{AgentPhase, Store};
 use serde_json::{json, Value};
-use support::rancher_sim::{self, eventually, RancherSim, SimOptions};
+use support::eventually;
+use support::rancher_sim::{self, RancherSim, SimOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -164,24 +165,7 @@ impl Env {
 /// work dir, so a failed run does not hold ports and CPU for the next one.
 impl Drop for Env {
     fn drop(&mut self) {
-        let needle = self.kwok_workdir.to_string_lossy().into_owned();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        support::kill_processes_mentioning(&self.kwok_workdir);
     }
 }
 

@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ impl Home {
 
     /// Live processes of any KWOK cluster of this home.
     fn kwok_processes(&self) -> Vec<u32> {
-        processes_mentioning(&self.kwok_workdir().join("clusters").join(""))
+        support::processes_mentioning(&self.kwok_workdir().join("clusters").join(""))
     }
 
     fn serve(&self, sim: &RancherSim, token: &str, extra: &[(&str, &str)]) -> Child {
@@ -81,7 +81,7 @@ impl Home {
     async fn api_url(&self, agent: &mut Child) -> String {
         let file = self.data_dir().join("agent.json");
         let pid = agent.id();
-        eventually("the agent's API to come up", || {
+        support::eventually(DEADLINE, "the agent's API to come up", || {
             let exited = agent.try_wait().unwrap();
             assert!(
                 exited.is_none(),
@@ -103,31 +103,9 @@ impl Home {
     }
 }
 
-fn processes_mentioning(path: &Path) -> Vec<u32> {
-    let needle = path.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie && String::from_utf8_lossy(&cmdline).contains(&needle)
-        })
-        .collect()
-}
-
 impl Drop for Home {
     fn drop(&mut self) {
-        for pid in self.kwok_processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        support::kill_processes_mentioning(&self.kwok_workdir().join("clusters").join(""));
     }
 }
 
@@ -139,14 +117,6 @@ impl Drop for AgentGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    rancher_sim::eventually(DEADLINE, what, check).await
 }
 
 fn http() -> reqwest::Client {
@@ -161,28 +131,36 @@ async fn clusters(api: &str) -> Vec<Value> {
 
 /// Waits until every named cluster is `active` in the agent and returns their Rancher ids.
 async fn wait_all_active(api: &str, names: &[String]) -> Vec<String> {
-    eventually(&format!("{names:?} to be active in the agent"), || async {
-        let list = clusters(api).await;
-        let ids: Vec<String> = names
-            .iter()
-            .filter_map(|n| {
-                let c = list.iter().find(|c| c["name"] == n.as_str())?;
-                (c["phase"] == "active")
-                    .then(|| c["rancher_cluster_id"].as_str().map(String::from))?
-            })
-            .collect();
-        (ids.len() == names.len()).then_some(ids)
-    })
+    support::eventually(
+        DEADLINE,
+        &format!("{names:?} to be active in the agent"),
+        || async {
+            let list = clusters(api).await;
+            let ids: Vec<String> = names
+                .iter()
+                .filter_map(|n| {
+                    let c = list.iter().find(|c| c["name"] == n.as_str())?;
+                    (c["phase"] == "active")
+                        .then(|| c["rancher_cluster_id"].as_str().map(String::from))?
+                })
+                .collect();
+            (ids.len() == names.len()).then_some(ids)
+        },
+    )
     .await
 }
 
 async fn wait_active_in_rancher(sim: &RancherSim, id: &str) {
-    eventually(&format!("{id} to be active in rancher-sim"), || async {
-        sim.cluster(id)
-            .await
-            .filter(|c| c.state == "active")
-            .map(|_| ())
-    })
+    support::eventually(
+        DEADLINE,
+        &format!("{id} to be active in rancher-sim"),
+        || async {
+            sim.cluster(id)
+                .await
+                .filter(|c| c.state == "active")
+                .map(|_| ())
+        },
+    )
     .await;
 }
 
@@ -295,7 +273,8 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
     // Deleted in Rancher: the agent notices, closes the tunnels and removes the cluster here.
     let (gone_name, gone_id) = (names[0].clone(), ids[0].clone());
     sim.client().await.delete_cluster(&gone_id).await.unwrap();
-    eventually(
+    support::eventually(
+        DEADLINE,
         &format!("{gone_name} to be removed by the agent"),
         || async {
             let status = http()
@@ -322,17 +301,21 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    eventually(&format!("{del_name} to be deleted everywhere"), || async {
-        let agent_gone = http()
-            .get(format!("{api}/clusters/{del_name}"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 404;
-        let rancher_gone = sim.cluster(&del_id).await.is_none();
-        (agent_gone && rancher_gone).then_some(())
-    })
+    support::eventually(
+        DEADLINE,
+        &format!("{del_name} to be deleted everywhere"),
+        || async {
+            let agent_gone = http()
+                .get(format!("{api}/clusters/{del_name}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 404;
+            let rancher_gone = sim.cluster(&del_id).await.is_none();
+            (agent_gone && rancher_gone).then_some(())
+        },
+    )
     .await;
     assert!(!home
         .kwok_workdir()
@@ -354,7 +337,7 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
     let status = agent.0.wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", home.log());
     for id in &ids[2..] {
-        eventually(&format!("{id} sessions to close"), || async {
+        support::eventually(DEADLINE, &format!("{id} sessions to close"), || async {
             (sim.stats(id).await["stats"]["mainSessionsOpen"].as_u64() == Some(0)).then_some(())
         })
         .await;
@@ -380,7 +363,8 @@ async fn agent_killed_mid_bulk_create_recovers_without_duplicates_or_leaks() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     // Kill it while it is mid-way: some KWOK processes run, not everything is active yet.
-    eventually(
+    support::eventually(
+        DEADLINE,
         "the agent to be mid-way through the bulk create",
         || async {
             let list = clusters(&api).await;

@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
@@ -61,14 +61,9 @@ impl TestEnv {
         }
     }
 
-    /// Pids of every process whose command line mentions this environment's kwok work dir.
-    fn leaked_processes(&self) -> Vec<u32> {
-        processes_mentioning(&self.settings.kwok_workdir)
-    }
-
     async fn assert_nothing_left(&self, name: &str, ports: &[u16]) {
         assert_eq!(
-            processes_mentioning(&self.manager.cluster_dir(name).join("")),
+            support::processes_mentioning(&self.manager.cluster_dir(name).join("")),
             Vec::<u32>::new(),
             "no process of {name} may survive"
         );
@@ -89,59 +84,14 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         // A failed assertion must not leave control planes running on the CI machine.
-        for pid in self.leaked_processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        support::kill_processes_mentioning(&self.settings.kwok_workdir);
     }
-}
-
-fn processes_mentioning(path: &Path) -> Vec<u32> {
-    let needle = path.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 async fn client_for(manager: &ClusterManager, name: &str) -> Client {
     scale_cluster_agent::kwok::population::client(&manager.kubeconfig_path(name))
         .await
         .unwrap()
-}
-
-/// Polls `check` until it returns `Some`, or panics with `what` after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn ready_node_names(client: &Client) -> BTreeSet<String> {
@@ -179,11 +129,12 @@ async fn wait_population(client: &Client, cluster: &str, nodes: u32, pods_per_no
     let expected: BTreeSet<String> = (0..nodes)
         .map(|i| scale_cluster_agent::kwok::population::node_name(cluster, i))
         .collect();
-    eventually(&format!("{nodes} Ready nodes"), || async {
+    support::eventually(DEADLINE, &format!("{nodes} Ready nodes"), || async {
         (ready_node_names(client).await == expected).then_some(())
     })
     .await;
-    let pods = eventually(
+    let pods = support::eventually(
+        DEADLINE,
         &format!("{} Running pods", nodes * pods_per_node),
         || async {
             let pods = running_pods(client).await;
@@ -347,7 +298,7 @@ async fn full_and_lean_profiles() {
     }))
     .unwrap();
     pods.create(&PostParams::default(), &unbound).await.unwrap();
-    eventually("the scheduler to bind the pod", || async {
+    support::eventually(DEADLINE, "the scheduler to bind the pod", || async {
         let pod = pods.get("needs-scheduling").await.ok()?;
         (pod.spec?.node_name.as_deref() == Some("prof-full-node-0000")).then_some(())
     })
@@ -377,7 +328,8 @@ async fn full_and_lean_profiles() {
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
-        let token: ByteString = eventually(
+        let token: ByteString = support::eventually(
+            DEADLINE,
             &format!("{name}: token controller to fill the secret"),
             || async {
                 secrets
@@ -395,9 +347,11 @@ async fn full_and_lean_profiles() {
             token.0.len()
         );
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "sim-workloads");
-        eventually(&format!("{name}: default service account"), || async {
-            accounts.get("default").await.ok()
-        })
+        support::eventually(
+            DEADLINE,
+            &format!("{name}: default service account"),
+            || async { accounts.get("default").await.ok() },
+        )
         .await;
     }
 
@@ -574,10 +528,16 @@ async fn crash_mid_create_is_recovered() {
         .unwrap();
     // Kill it once control-plane processes exist.
     let workdir = env.settings.kwok_workdir.clone();
-    eventually("the child to start control-plane processes", || {
-        let workdir = workdir.clone();
-        async move { (!processes_mentioning(&workdir.join("clusters")).is_empty()).then_some(()) }
-    })
+    support::eventually(
+        DEADLINE,
+        "the child to start control-plane processes",
+        || {
+            let workdir = workdir.clone();
+            async move {
+                (!support::processes_mentioning(&workdir.join("clusters")).is_empty()).then_some(())
+            }
+        },
+    )
     .await;
     child.kill().unwrap();
     child.wait().unwrap();

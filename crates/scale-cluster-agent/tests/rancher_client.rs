@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use scale_cluster_agent::rancher::{
     ca_checksum, ApiToken, RancherClient, RancherConfig, RancherError, RetryPolicy, TlsMode,
 };
-use support::rancher_sim::{self, eventually, RancherSim, SimOptions};
+use support::eventually;
+use support::rancher_sim::{self, RancherSim, SimOptions};
 
 fn sim() -> RancherSim {
     rancher_sim::start(SimOptions::default())
