@@ -268,9 +268,15 @@ impl ClusterManager {
     async fn wait_ready(&self, name: &str, port: u16) -> Result<(), KwokError> {
         let ca = self.cluster_dir(name).join("pki").join("ca.crt");
         let deadline = Instant::now() + READY_TIMEOUT;
+        let mut client = None;
         loop {
-            if status::apiserver_ready(port, &ca).await {
-                return Ok(());
+            if client.is_none() {
+                client = status::readyz_client(&ca).await;
+            }
+            if let Some(client) = &client {
+                if status::apiserver_ready(client, port).await {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 return Err(KwokError::NotReady {
@@ -424,11 +430,10 @@ impl ClusterManager {
         let apiserver_ready = components
             .iter()
             .any(|c| c.name == "kube-apiserver" && c.alive)
-            && status::apiserver_ready(
-                record.ports.kube_apiserver,
-                &dir.join("pki").join("ca.crt"),
-            )
-            .await;
+            && match status::readyz_client(&dir.join("pki").join("ca.crt")).await {
+                Some(client) => status::apiserver_ready(&client, record.ports.kube_apiserver).await,
+                None => false,
+            };
         let all_alive = components.iter().all(|c| c.alive);
         let health = match record.phase {
             Phase::Running if apiserver_ready && all_alive => "ready",

@@ -96,23 +96,22 @@ fn cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// GETs `https://127.0.0.1:<port>/readyz`, trusting only the cluster CA at `ca_file`.
-pub async fn apiserver_ready(port: u16, ca_file: &Path) -> bool {
-    let Ok(pem) = tokio::fs::read(ca_file).await else {
-        return false;
-    };
-    let Ok(ca) = reqwest::Certificate::from_pem(&pem) else {
-        return false;
-    };
-    let Ok(client) = reqwest::Client::builder()
+/// A client for `/readyz` that trusts only the cluster CA at `ca_file`; `None` while the CA cannot
+/// be read. Build it once per wait: it parses the CA and sets up TLS.
+pub async fn readyz_client(ca_file: &Path) -> Option<reqwest::Client> {
+    let pem = tokio::fs::read(ca_file).await.ok()?;
+    let ca = reqwest::Certificate::from_pem(&pem).ok()?;
+    reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .timeout(Duration::from_secs(3))
         .no_proxy()
         .build()
-    else {
-        return false;
-    };
+        .ok()
+}
+
+/// GETs `https://127.0.0.1:<port>/readyz` with a [`readyz_client`].
+pub async fn apiserver_ready(client: &reqwest::Client, port: u16) -> bool {
     match client
         .get(format!("https://127.0.0.1:{port}/readyz"))
         .send()
