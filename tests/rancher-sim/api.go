@@ -35,6 +35,7 @@ func (s *sim) routes() http.Handler {
 	mux.HandleFunc("GET /v3/clusterregistrationtokens/{id}", s.authed(s.getToken))
 
 	mux.HandleFunc("GET /sim/clusters/{id}/stats", s.loopbackOnly(s.handleStats))
+	mux.HandleFunc("POST /sim/faults", s.loopbackOnly(s.handleFaults))
 	return mux
 }
 
@@ -141,6 +142,8 @@ func (s *sim) clusterJSON(r *http.Request, rec *clusterRecord) map[string]any {
 		},
 	}
 	timeFields(m, rec.Created)
+	m["labels"] = nonNilMap(rec.Labels)
+	m["annotations"] = nonNilMap(rec.Annotations)
 	if rec.APIEndpoint != "" {
 		m["apiEndpoint"] = rec.APIEndpoint
 		m["caCert"] = rec.CACert
@@ -162,6 +165,10 @@ func (s *sim) listClusters(w http.ResponseWriter, r *http.Request) {
 	defer s.mu.Unlock()
 	q := r.URL.Query()
 	var data []map[string]any
+	if s.hidingClusters() {
+		writeJSON(w, http.StatusOK, collection(r, "cluster", data))
+		return
+	}
 	for _, rec := range s.sortedClusters() {
 		if v := q.Get("name"); v != "" && rec.Name != v {
 			continue
@@ -212,7 +219,8 @@ func (s *sim) createCluster(w http.ResponseWriter, r *http.Request) {
 	}
 	id := s.newClusterID()
 	now := time.Now()
-	rec := &clusterRecord{ID: id, Name: name, UUID: randomUUID(), Created: now}
+	rec := &clusterRecord{ID: id, Name: name, UUID: randomUUID(), Created: now,
+		Labels: stringMap(body["labels"]), Annotations: stringMap(body["annotations"])}
 	s.st.Clusters[id] = rec
 	// Rancher's CRT controller creates default-token for every cluster, asynchronously.
 	s.addToken(id, "default-token", now)
@@ -247,7 +255,7 @@ func (s *sim) addToken(clusterID, name string, now time.Time) *tokenRecord {
 func (s *sim) lookupCluster(w http.ResponseWriter, r *http.Request) *clusterRecord {
 	id := r.PathValue("id")
 	rec, ok := s.st.Clusters[id]
-	if !ok {
+	if !ok || s.hidingClusters() {
 		apiError(w, http.StatusNotFound, "NotFound", fmt.Sprintf("clusters.management.cattle.io %q not found", id), "")
 		return nil
 	}
@@ -526,10 +534,54 @@ func (s *sim) handleStats(w http.ResponseWriter, r *http.Request) {
 		"conditions":    rt.conditionList(),
 		"paramsHistory": nonNil(rec.ParamsHistory),
 		"paramsChanges": rec.ParamsChanges,
+		"labels":        nonNilMap(rec.Labels),
 		"driver":        rec.Driver,
 		"apiEndpoint":   rec.APIEndpoint,
 		"stats":         rt,
 	})
+}
+
+// handleFaults injects faults a real Rancher can show an agent: {"hideClustersSeconds": N} makes
+// cluster lists come back empty and cluster GETs answer 404 for N seconds, as a wrong URL behind a
+// proxy or a token that lost its rights would.
+func (s *sim) handleFaults(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		HideClustersSeconds float64 `json:"hideClustersSeconds"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	s.hideClustersUntil = time.Now().Add(time.Duration(body.HideClustersSeconds * float64(time.Second)))
+	s.mu.Unlock()
+	s.logf("fault: clusters hidden for %.1fs", body.HideClustersSeconds)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// hidingClusters reports whether the hide-clusters fault is on. Callers hold s.mu.
+func (s *sim) hidingClusters() bool { return time.Now().Before(s.hideClustersUntil) }
+
+// stringMap reads a JSON object of strings (labels, annotations); anything else is ignored.
+func stringMap(v any) map[string]string {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil
+	}
+	out := make(map[string]string, len(obj))
+	for k, val := range obj {
+		if str, ok := val.(string); ok {
+			out[k] = str
+		}
+	}
+	return out
+}
+
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
 }
 
 func nonNil(v []string) []string {

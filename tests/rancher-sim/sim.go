@@ -42,6 +42,8 @@ type runtimeStats struct {
 	// Rejected counts /v3/connect attempts refused for this cluster (bad params).
 	Rejected      int    `json:"rejected"`
 	LastRejection string `json:"lastRejection,omitempty"`
+	// Conflicts counts main connects refused with Rancher's transient update conflict.
+	Conflicts int `json:"conflicts"`
 
 	PingsOK          int      `json:"pingsOk"`
 	PingsFailed      int      `json:"pingsFailed"`
@@ -82,6 +84,8 @@ type sim struct {
 	rt          map[string]*runtimeStats
 	controllers map[string]context.CancelFunc
 	kicks       map[string]chan struct{}
+	// hideClustersUntil is the end of an injected "clusters hidden" fault (see handleFaults).
+	hideClustersUntil time.Time
 }
 
 func newSim(ctx context.Context, cfg config, st *store, ca *authority) *sim {

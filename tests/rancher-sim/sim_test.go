@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -120,6 +121,12 @@ func TestTunnelAuthorizersParamsAndConnectedProbe(t *testing.T) {
 	}
 
 	good := params("127.0.0.1:6443", "sa-token", "Y2E=")
+	// Real Rancher's first connect of a new cluster: its own update conflict, once.
+	wantConflict := fmt.Sprintf("Operation cannot be fulfilled on clusters.management.cattle.io %q: the object has been modified; "+
+		"please apply your changes to the latest version and try again", id)
+	if code, body := upgrade(http.Header{headerTunnelToken: {token}, headerTunnelParams: {good}}); code != 400 || body != wantConflict {
+		t.Errorf("first connect: got %d %q, want 400 %q", code, body, wantConflict)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	allow := func(string, string) bool { return true }
@@ -163,7 +170,7 @@ func TestTunnelAuthorizersParamsAndConnectedProbe(t *testing.T) {
 	if rec.Driver != "imported" || rec.APIEndpoint != "https://127.0.0.1:6443" {
 		t.Errorf("driver %q endpoint %q", rec.Driver, rec.APIEndpoint)
 	}
-	if rt.MainConnects != 2 || rt.MainDisconnects != 2 || rt.SteveConnects != 1 || rt.Rejected != 4 || rt.PingsOK == 0 {
+	if rt.MainConnects != 2 || rt.MainDisconnects != 2 || rt.SteveConnects != 1 || rt.Rejected != 4 || rt.Conflicts != 1 || rt.PingsOK == 0 {
 		t.Errorf("stats %+v", rt)
 	}
 	// The main session is gone, so the cluster is not active however Connected looks.

@@ -15,6 +15,10 @@ type clusterRecord struct {
 	Name    string    `json:"name"`
 	UUID    string    `json:"uuid"`
 	Created time.Time `json:"created"`
+	// Labels and Annotations are the management cluster's metadata, which the v3 API shows as
+	// top-level fields (norman's metadata mapper) and accepts on create.
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
 	// Removing is set by DELETE; the cluster disappears shortly after, like Rancher's finalizers.
 	Removing *time.Time `json:"removing,omitempty"`
 	// Status written by the tunnel authorizer (mcmauthorizer authorizeCluster).

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -141,6 +142,15 @@ func (s *sim) authorizeMain(req *http.Request, attempt *tunnelAttempt) (string, 
 		return "", false, err
 	}
 	apiEndpoint := "https://" + params.Cluster.Address
+	rt := s.stats(rec.ID)
+	if rec.Driver == "" && rt.Conflicts == 0 {
+		// Real Rancher (v2.15.0) often answers the first connect of a new cluster this way: its
+		// authorizer updates the cluster object while its controllers also do, and the losing
+		// update's error becomes the 400 the agent sees. The real agent just reconnects.
+		rt.Conflicts++
+		return "", false, fmt.Errorf("Operation cannot be fulfilled on clusters.management.cattle.io %q: "+
+			"the object has been modified; please apply your changes to the latest version and try again", rec.ID)
+	}
 	if rec.Driver == "" {
 		rec.Driver = "imported"
 	}

@@ -110,6 +110,8 @@ pub struct AgentFile {
     pub listen: Option<SocketAddr>,
     pub profile: Option<ComponentProfile>,
     pub concurrency: Option<usize>,
+    /// See `--instance-id`.
+    pub instance_id: Option<String>,
 }
 
 /// Resolved settings.
@@ -212,9 +214,21 @@ pub struct RancherArgs {
     #[arg(long, env = "SCA_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
-    /// Seconds between checks of each active cluster in Rancher (deleted there?) [default: 30].
+    /// Seconds between two lists of this agent's clusters in Rancher (one request for all of
+    /// them: states, and deletions made in Rancher) [default: 30].
     #[arg(long, env = "SCA_RANCHER_POLL_SECONDS")]
     pub rancher_poll_seconds: Option<u64>,
+
+    /// Seconds a cluster must be missing from Rancher's list, and then answer 404 by id, before
+    /// the agent believes it was deleted in Rancher and removes it locally [default: 60].
+    #[arg(long, env = "SCA_RANCHER_GONE_SECONDS")]
+    pub rancher_gone_seconds: Option<u64>,
+
+    /// This agent's instance id, which marks the clusters it creates in Rancher (label
+    /// scale-cluster-agent.io/instance). Created once and kept in the data dir; set it only to
+    /// let a replacement agent (new data dir) take over the clusters of an instance on purpose.
+    #[arg(long, env = "SCA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
     /// Longest wait, in seconds, between two tunnel reconnect attempts (full jitter below it)
     /// [default: 30].
@@ -230,6 +244,8 @@ pub struct AgentSettings {
     pub profile: ComponentProfile,
     pub concurrency: usize,
     pub rancher_poll: std::time::Duration,
+    pub rancher_gone_after: std::time::Duration,
+    pub instance_id: Option<String>,
     pub reconnect_max: std::time::Duration,
 }
 
@@ -281,6 +297,10 @@ impl RancherArgs {
             rancher_poll: std::time::Duration::from_secs(
                 self.rancher_poll_seconds.unwrap_or(30).max(1),
             ),
+            rancher_gone_after: std::time::Duration::from_secs(
+                self.rancher_gone_seconds.unwrap_or(60),
+            ),
+            instance_id: self.instance_id.clone().or(agent.instance_id.clone()),
             reconnect_max: std::time::Duration::from_secs(
                 self.reconnect_max_seconds.unwrap_or(30).max(1),
             ),

@@ -587,18 +587,29 @@ async fn a_created_cluster_is_listed_without_secrets_becomes_active_and_is_delet
     assert!(active.apiserver.is_some(), "{active:?}");
     assert!(active.active_at.is_some(), "{active:?}");
 
-    // Now the store holds the registration token and the tunnel params: neither may appear in
-    // any answer, under any key or inside any value.
+    // Now the store holds the tunnel params and Rancher issued a registration token: neither may
+    // appear in any answer, under any key or inside any value.
     let record = env
         .store
         .agent_cluster(name)
         .await
         .expect("row")
         .expect("row exists");
-    let secrets: Vec<String> = [record.registration_token, record.tunnel_params]
-        .into_iter()
-        .map(|s| s.expect("secrets are stored once active"))
-        .collect();
+    let cluster_id = active.rancher_cluster_id.as_deref().expect("id");
+    let tokens = env
+        .sim
+        .get_v3(&format!(
+            "/v3/clusterregistrationtokens?clusterId={cluster_id}"
+        ))
+        .await;
+    let registration_token = tokens["data"][0]["token"]
+        .as_str()
+        .expect("Rancher issued a registration token")
+        .to_string();
+    let secrets = vec![
+        registration_token,
+        record.tunnel_params.expect("params are stored once active"),
+    ];
     for path in ["/clusters", "/clusters/api-one"] {
         let (status, headers, text) = env.raw(Method::GET, path, None, "").await;
         assert_eq!(status, StatusCode::OK, "{text}");

@@ -60,6 +60,7 @@ impl Home {
             .env("SCA_RANCHER_CA_FILE", sim.state_dir.join("ca.crt"))
             .env("SCA_LISTEN", "127.0.0.1:0")
             .env("SCA_RANCHER_POLL_SECONDS", "1")
+            .env("SCA_RANCHER_GONE_SECONDS", "6")
             .env("SCA_RECONNECT_MAX_SECONDS", "3")
             .env("SCA_CONCURRENCY", "2")
             .env("SCA_LOG", "info")
@@ -222,7 +223,15 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
             "steve /ping answered: {stats}"
         );
         assert_eq!(stats["paramsChanges"].as_u64().unwrap_or(0), 0, "{stats}");
+        // Rancher refused the first connect with its transient update conflict; the agent
+        // reconnected instead of failing the bring-up.
+        assert_eq!(stats["stats"]["conflicts"].as_u64(), Some(1), "{stats}");
     }
+    assert!(
+        !home.log().contains("will retry with backoff"),
+        "no bring-up failed: {}",
+        home.log()
+    );
     assert_eq!(
         rancher_cluster_names(&sim).await,
         names,
@@ -272,7 +281,7 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
 
     // Deleted in Rancher: the agent notices, closes the tunnels and removes the cluster here.
     let (gone_name, gone_id) = (names[0].clone(), ids[0].clone());
-    sim.client().await.delete_cluster(&gone_id).await.unwrap();
+    sim.delete_cluster(&gone_id).await;
     support::eventually(
         DEADLINE,
         &format!("{gone_name} to be removed by the agent"),
@@ -452,4 +461,212 @@ async fn bad_rancher_settings_fail_fast_and_create_nothing() {
             "nothing created in Rancher"
         );
     }
+}
+
+async fn cluster_view(api: &str, name: &str) -> Option<Value> {
+    let resp = http()
+        .get(format!("{api}/clusters/{name}"))
+        .send()
+        .await
+        .unwrap();
+    if resp.status() != 200 {
+        return None;
+    }
+    Some(resp.json::<Value>().await.unwrap())
+}
+
+async fn create(api: &str, name: &str) {
+    let resp = http()
+        .post(format!("{api}/clusters"))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
+
+async fn delete(api: &str, name: &str) {
+    let resp = http()
+        .delete(format!("{api}/clusters/{name}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        202,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
+
+/// Waits until `name` is gone from the agent, its KWOK directory and processes are gone, and no
+/// Rancher cluster has its name.
+async fn wait_gone_everywhere(home: &Home, sim: &RancherSim, api: &str, name: &str) {
+    let dir = home.kwok_workdir().join("clusters").join(name);
+    support::eventually(
+        DEADLINE,
+        &format!("{name} to be gone everywhere"),
+        || async {
+            let agent_gone = cluster_view(api, name).await.is_none();
+            let kwok_gone = !dir.exists() && support::processes_mentioning(&dir).is_empty();
+            let rancher_gone = !rancher_cluster_names(sim).await.iter().any(|n| n == name);
+            (agent_gone && kwok_gone && rancher_gone).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_are_never_lost_whatever_phase_the_cluster_is_in() {
+    let home = Home::new(23600);
+    // Registration tokens appear after 4 s, so `registering` lasts long enough to be caught.
+    let sim = rancher_sim::start(SimOptions {
+        token_delay: Duration::from_secs(4),
+        ..sim_options()
+    });
+    let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
+    let api = home.api_url(&mut agent.0).await;
+
+    for (name, phase) in [
+        ("del-prov", "provisioning"),
+        ("del-reg", "registering"),
+        ("del-conn", "connecting"),
+    ] {
+        create(&api, name).await;
+        support::eventually(DEADLINE, &format!("{name} to be {phase}"), || async {
+            let view = cluster_view(&api, name).await?;
+            (view["phase"] == phase).then_some(())
+        })
+        .await;
+        delete(&api, name).await;
+        assert_eq!(
+            cluster_view(&api, name).await.map(|v| v["phase"].clone()),
+            Some(json!("deleting")),
+            "a requested delete shows at once"
+        );
+        wait_gone_everywhere(&home, &sim, &api, name).await;
+    }
+
+    // The bring-ups that were in flight never revive a deleted cluster: a later cluster goes all
+    // the way, and the deleted ones stay gone.
+    create(&api, "del-after").await;
+    let ids = wait_all_active(&api, &["del-after".to_string()]).await;
+    wait_active_in_rancher(&sim, &ids[0]).await;
+    assert_eq!(rancher_cluster_names(&sim).await, ["del-after"]);
+    assert_eq!(clusters(&api).await.len(), 1);
+    assert_eq!(
+        home.kwok_processes().len(),
+        4,
+        "one lean cluster's processes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_clusters_are_never_touched_and_a_missing_answer_is_not_a_deletion() {
+    let home = Home::new(23800);
+    let sim = rancher_sim::start(sim_options());
+    // A real cluster imported by hand, and a cluster of another agent, whose names clash.
+    let foreign = sim.create_cluster("own-00001", None).await;
+    let other_agents = sim.create_cluster("own-00002", Some("other-agent")).await;
+    let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
+    let api = home.api_url(&mut agent.0).await;
+
+    let resp = http()
+        .post(format!("{api}/clusters/bulk"))
+        .json(&json!({"count": 3, "prefix": "own"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let ids = wait_all_active(&api, &["own-00003".to_string()]).await;
+    wait_active_in_rancher(&sim, &ids[0]).await;
+    for (name, expect) in [
+        ("own-00001", "not created by scale-cluster-agent"),
+        (
+            "own-00002",
+            "belongs to scale-cluster-agent instance other-agent",
+        ),
+    ] {
+        let view = support::eventually(DEADLINE, &format!("{name} to fail"), || async {
+            cluster_view(&api, name)
+                .await
+                .filter(|v| v["phase"] == "failed")
+        })
+        .await;
+        let reason = view["last_error"].as_str().unwrap_or_default();
+        assert!(reason.contains(expect), "{name}: {reason}");
+        assert!(
+            view["rancher_cluster_id"].is_null(),
+            "never adopted: {view}"
+        );
+    }
+
+    // Rancher answers empty lists and 404s for a while (a proxy, a token that lost rights):
+    // nothing is removed, and the cluster is active again afterwards.
+    let kwok_before = home.kwok_processes();
+    sim.hide_clusters(4.0).await;
+    let hidden_until = std::time::Instant::now() + Duration::from_secs(4);
+    support::eventually(DEADLINE, "the fault to pass", || async {
+        (std::time::Instant::now() > hidden_until + Duration::from_secs(3)).then_some(())
+    })
+    .await;
+    let view = cluster_view(&api, "own-00003").await.expect("still there");
+    assert_eq!(view["phase"], "active", "{view}");
+    assert_eq!(home.kwok_processes(), kwok_before, "no process was touched");
+    assert!(sim.cluster(&ids[0]).await.is_some());
+
+    // Deleting the clashing clusters through the agent removes them here, never in Rancher.
+    for name in ["own-00001", "own-00002"] {
+        delete(&api, name).await;
+        support::eventually(DEADLINE, &format!("{name} gone from the agent"), || async {
+            cluster_view(&api, name).await.is_none().then_some(())
+        })
+        .await;
+    }
+    for id in [&foreign, &other_agents] {
+        let stats = sim.stats(id).await;
+        assert_eq!(stats["state"], "pending", "untouched: {stats}");
+        assert_eq!(
+            stats["paramsHistory"],
+            json!([]),
+            "no tunnel params: {stats}"
+        );
+        assert_eq!(stats["driver"], "", "never connected: {stats}");
+        assert!(sim.get_v3(&format!("clusters/{id}")).await["removed"].is_null());
+    }
+    assert_eq!(
+        rancher_cluster_names(&sim).await,
+        ["own-00001", "own-00002", "own-00003"]
+    );
+
+    // A foreign cluster that goes away frees its name: the agent's retry then creates its own.
+    create(&api, "own-00001").await;
+    support::eventually(DEADLINE, "own-00001 to fail on the clash again", || async {
+        cluster_view(&api, "own-00001")
+            .await
+            .filter(|v| v["phase"] == "failed")
+    })
+    .await;
+    sim.delete_cluster(&foreign).await;
+    let retried = wait_all_active(&api, &["own-00001".to_string()]).await;
+    assert_ne!(retried[0], foreign);
+    let raw = sim.get_v3(&format!("clusters/{}", retried[0])).await;
+    let health: Value = http()
+        .get(format!("{api}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw["labels"][scale_cluster_agent::rancher::INSTANCE_LABEL],
+        health["instance_id"],
+        "{raw}"
+    );
 }

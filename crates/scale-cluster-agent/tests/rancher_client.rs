@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use scale_cluster_agent::rancher::{
     ca_checksum, ApiToken, RancherClient, RancherConfig, RancherError, RetryPolicy, TlsMode,
+    INSTANCE_LABEL,
 };
 use support::eventually;
 use support::rancher_sim::{self, RancherSim, SimOptions};
+
+/// The agent instance the clusters of these tests belong to.
+const INSTANCE: &str = "test-instance";
 
 fn sim() -> RancherSim {
     rancher_sim::start(SimOptions::default())
@@ -34,14 +38,14 @@ async fn find_or_create_is_idempotent_sequentially_and_concurrently() {
     let client = sim.client().await;
 
     let first = client
-        .ensure_imported_cluster("sim-00001")
+        .ensure_imported_cluster("sim-00001", INSTANCE)
         .await
         .expect("create");
     assert!(first.id.starts_with("c-"), "{first:?}");
     assert_eq!(first.name, "sim-00001");
     assert_eq!(first.state, "pending");
     let again = client
-        .ensure_imported_cluster("sim-00001")
+        .ensure_imported_cluster("sim-00001", INSTANCE)
         .await
         .expect("find");
     assert_eq!(again.id, first.id);
@@ -56,7 +60,7 @@ async fn find_or_create_is_idempotent_sequentially_and_concurrently() {
             sim.client().await
         };
         tasks.push(tokio::spawn(async move {
-            client.ensure_imported_cluster("sim-00002").await
+            client.ensure_imported_cluster("sim-00002", INSTANCE).await
         }));
     }
     let mut ids = Vec::new();
@@ -75,7 +79,7 @@ async fn registration_reads_token_and_manifest_fields() {
     let sim = sim();
     let client = sim.client().await;
     let cluster = client
-        .ensure_imported_cluster("reg-1")
+        .ensure_imported_cluster("reg-1", INSTANCE)
         .await
         .expect("create");
 
@@ -131,7 +135,7 @@ async fn registration_token_in_both_rancher_styles() {
         });
         let client = sim.client().await;
         let cluster = client
-            .ensure_imported_cluster("styles")
+            .ensure_imported_cluster("styles", INSTANCE)
             .await
             .expect("create");
         let started = Instant::now();
@@ -168,7 +172,7 @@ async fn ca_checksum_pin_accepts_the_right_ca_and_rejects_a_mismatch() {
     config.tls = TlsMode::CaChecksum(sim.ca_checksum.to_uppercase());
     let pinned = RancherClient::new(config).await.expect("matching checksum");
     let cluster = pinned
-        .ensure_imported_cluster("pinned")
+        .ensure_imported_cluster("pinned", INSTANCE)
         .await
         .expect("works");
     assert_eq!(
@@ -195,7 +199,7 @@ async fn tls_is_verified_unless_insecure_is_chosen() {
     let mut config = sim.config();
     config.tls = TlsMode::PublicRoots;
     let public = RancherClient::new(config).await.expect("client");
-    match public.find_cluster("x").await {
+    match public.check_access().await {
         Err(RancherError::UntrustedCertificate { url, reason }) => {
             assert_eq!(url, sim.url);
             assert!(reason.contains("UnknownIssuer"), "{reason}");
@@ -207,7 +211,7 @@ async fn tls_is_verified_unless_insecure_is_chosen() {
     config.tls = TlsMode::Insecure;
     let insecure = RancherClient::new(config).await.expect("client");
     assert!(insecure
-        .find_cluster("x")
+        .find_owned("x", INSTANCE)
         .await
         .expect("unverified works")
         .is_none());
@@ -221,7 +225,7 @@ async fn wrong_token_is_unauthorized_and_never_printed() {
     config.token = ApiToken::new(format!("token-simtst:{secret}")).expect("token form");
     let client = RancherClient::new(config).await.expect("client");
     let error = client
-        .ensure_imported_cluster("nope")
+        .ensure_imported_cluster("nope", INSTANCE)
         .await
         .expect_err("401");
     assert!(
@@ -256,7 +260,7 @@ async fn unreachable_rancher_fails_clearly_after_bounded_retries() {
     };
     let client = RancherClient::new(config).await.expect("client");
     let started = Instant::now();
-    match client.ensure_imported_cluster("x").await {
+    match client.ensure_imported_cluster("x", INSTANCE).await {
         Err(error @ RancherError::Unreachable { attempts: 3, .. }) => {
             assert!(
                 error.to_string().contains(&format!("127.0.0.1:{port}")),
@@ -277,13 +281,16 @@ async fn delete_removes_the_cluster_and_frees_its_name() {
     let sim = sim();
     let client = sim.client().await;
     let cluster = client
-        .ensure_imported_cluster("doomed")
+        .ensure_imported_cluster("doomed", INSTANCE)
         .await
         .expect("create");
-    client.delete_cluster(&cluster.id).await.expect("delete");
+    client
+        .delete_owned_cluster(&cluster.id, INSTANCE)
+        .await
+        .expect("delete");
     // While Rancher finishes the removal the old cluster no longer owns the name.
     let replacement = client
-        .ensure_imported_cluster("doomed")
+        .ensure_imported_cluster("doomed", INSTANCE)
         .await
         .expect("recreate");
     assert_ne!(replacement.id, cluster.id);
@@ -299,7 +306,7 @@ async fn delete_removes_the_cluster_and_frees_its_name() {
     assert_eq!(clusters_named(&sim, "doomed").await, vec![replacement.id]);
     // Deleting again is not an error; registration of a deleted cluster is NotFound.
     client
-        .delete_cluster(&cluster.id)
+        .delete_owned_cluster(&cluster.id, INSTANCE)
         .await
         .expect("idempotent delete");
     assert!(matches!(
@@ -313,7 +320,7 @@ async fn clusters_and_tokens_survive_a_rancher_restart() {
     let mut sim = sim();
     let client = sim.client().await;
     let cluster = client
-        .ensure_imported_cluster("durable")
+        .ensure_imported_cluster("durable", INSTANCE)
         .await
         .expect("create");
     let before = client
@@ -323,11 +330,84 @@ async fn clusters_and_tokens_survive_a_rancher_restart() {
     sim.restart();
     let after_client = sim.client().await;
     let found = after_client
-        .ensure_imported_cluster("durable")
+        .ensure_imported_cluster("durable", INSTANCE)
         .await
         .expect("find after restart");
     assert_eq!(found.id, cluster.id);
     let after = after_client.registration(&cluster.id).await.expect("again");
     assert_eq!(after.token, before.token);
     assert_eq!(after.ca_checksum, before.ca_checksum);
+}
+
+#[tokio::test]
+async fn only_clusters_carrying_this_instance_are_adopted_or_deleted() {
+    let sim = sim();
+    let client = sim.client().await;
+    let ours = client
+        .ensure_imported_cluster("mine", INSTANCE)
+        .await
+        .expect("create");
+    let raw = sim.get_v3(&format!("clusters/{}", ours.id)).await;
+    assert_eq!(raw["labels"][INSTANCE_LABEL], INSTANCE, "{raw}");
+
+    // A real cluster someone imported by hand, and another agent's cluster, with clashing names.
+    let foreign = sim.create_cluster("prod-east", None).await;
+    let other_agents = sim.create_cluster("sim-00001", Some("other-agent")).await;
+    for (name, id, owner) in [
+        ("prod-east", &foreign, None),
+        ("sim-00001", &other_agents, Some("other-agent")),
+    ] {
+        match client.ensure_imported_cluster(name, INSTANCE).await {
+            Err(RancherError::NotOwned {
+                id: got,
+                owner: got_owner,
+                ..
+            }) => {
+                assert_eq!(&got, id);
+                assert_eq!(got_owner.as_deref(), owner);
+            }
+            other => panic!("{name}: expected NotOwned, got {other:?}"),
+        }
+        assert!(matches!(
+            client.owned_cluster(id, INSTANCE).await,
+            Err(RancherError::NotOwned { .. })
+        ));
+        assert!(matches!(
+            client.delete_owned_cluster(id, INSTANCE).await,
+            Err(RancherError::NotOwned { .. })
+        ));
+        let error = client
+            .find_owned(name, INSTANCE)
+            .await
+            .expect_err("not ours");
+        assert!(error.to_string().contains("not this agent's"), "{error}");
+        assert_eq!(clusters_named(&sim, name).await, vec![id.clone()]);
+        assert!(sim.get_v3(&format!("clusters/{id}")).await["removed"].is_null());
+    }
+    // The other agent's instance sees its own cluster as its own.
+    let theirs = client
+        .ensure_imported_cluster("sim-00001", "other-agent")
+        .await
+        .expect("the other agent adopts its own");
+    assert_eq!(theirs.id, other_agents);
+
+    let listed = client.list_clusters().await.expect("list");
+    let mut owners: Vec<(String, Option<String>)> = listed
+        .iter()
+        .map(|c| (c.name.clone(), c.owner().map(str::to_owned)))
+        .collect();
+    owners.sort();
+    assert_eq!(
+        owners,
+        [
+            ("mine".to_string(), Some(INSTANCE.to_string())),
+            ("prod-east".to_string(), None),
+            ("sim-00001".to_string(), Some("other-agent".to_string())),
+        ]
+    );
+    let counts = client.request_counts();
+    assert!(
+        counts.iter().any(|(m, n)| *m == "GET" && *n > 0),
+        "{counts:?}"
+    );
 }

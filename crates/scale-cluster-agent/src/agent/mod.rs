@@ -1,16 +1,25 @@
 //! The agent: registers simulated clusters with Rancher and plays the cattle-cluster-agent of each.
 //!
-//! Desired state lives in the store (`agent_clusters`); [`Agent`] is the handle the HTTP API and the
-//! CLI use to change it, and a reconcile loop ([`reconcile`]) drives every cluster through
+//! Desired state lives in the store (`agent_clusters`): a cluster is wanted until its deletion is
+//! requested; the observed phase is kept apart from that. [`Agent`] is the handle the HTTP API and
+//! the CLI use to change it, and a reconcile loop ([`reconcile`]) drives every cluster through
 //! `pending → provisioning → registering → connecting → active`, retrying failures with backoff.
 //! Every step is idempotent, so a restart (or `kill -9`) simply resumes from the stored phase.
+//! Shutdown waits for every task the agent spawned.
+//!
+//! The agent has an instance id (created once, kept in the store, or set on purpose with
+//! `--instance-id`); every Rancher cluster it creates carries it, and it adopts, reconnects to or
+//! deletes only clusters that do.
 //!
 //! - [`prepare`]: what the real agent finds inside its cluster (namespace, service account, token
 //!   Secret, CA) and the tunnel params built from it.
 //! - [`tunnels`]: the two remotedialer sessions per cluster (main: spliced to that cluster's own
 //!   apiserver only; steve: answers Rancher's `/ping`).
+//! - `rancher_watch`: one cluster list per poll: Rancher states, and deletions made in Rancher
+//!   (believed only once confirmed).
 
 pub mod prepare;
+mod rancher_watch;
 mod reconcile;
 pub mod tunnels;
 
@@ -21,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::kwok::{names, ClusterManager, ComponentProfile, PopulationProfile};
 use crate::rancher::RancherClient;
@@ -36,8 +46,13 @@ pub struct AgentConfig {
     pub concurrency: usize,
     /// What each new cluster contains.
     pub population: PopulationProfile,
-    /// How often an active cluster is checked in Rancher (deleted there? still active?).
+    /// The instance id to use (`--instance-id`); `None` keeps the stored one or creates one.
+    pub instance_id: Option<String>,
+    /// How often the agent lists its clusters in Rancher (one request for all of them).
     pub rancher_poll: Duration,
+    /// How long a cluster must be missing from Rancher's list (and then 404 by id) before the
+    /// agent believes it was deleted there and removes it locally.
+    pub rancher_gone_after: Duration,
     /// How long to wait for Rancher to report a connected cluster `active`.
     pub active_timeout: Duration,
     /// Backoff before a failed cluster is retried: `base * 2^attempts`, capped, with full jitter.
@@ -54,7 +69,9 @@ impl Default for AgentConfig {
         Self {
             concurrency: 3,
             population: PopulationProfile::default(),
+            instance_id: None,
             rancher_poll: Duration::from_secs(30),
+            rancher_gone_after: Duration::from_secs(60),
             active_timeout: Duration::from_secs(300),
             retry_base: Duration::from_secs(2),
             retry_cap: Duration::from_secs(120),
@@ -76,6 +93,11 @@ pub enum AgentError {
     NotFound(String),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(
+        "invalid instance id {0:?}: 1 to 63 letters, digits, '-', '_' or '.', starting and ending \
+         with a letter or digit (it becomes a Kubernetes label value in Rancher)"
+    )]
+    InvalidInstanceId(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -115,6 +137,8 @@ pub struct ClusterView {
 pub struct Health {
     /// `ok`, or `shutting-down`.
     pub status: String,
+    /// The instance id that marks this agent's clusters in Rancher.
+    pub instance_id: String,
     pub clusters: usize,
     pub active: usize,
     pub failed: usize,
@@ -132,12 +156,16 @@ struct Inner {
     manager: ClusterManager,
     rancher: RancherClient,
     config: AgentConfig,
+    instance_id: String,
     tunnels: tunnels::TunnelSet,
     /// Rancher's state per cluster, from the last poll.
     rancher_states: Mutex<HashMap<String, String>>,
     /// Names with a worker task, so each cluster has at most one.
     workers: Mutex<HashMap<String, CancellationToken>>,
-    bring_up_permits: Semaphore,
+    /// Every task the agent spawned (workers, the Rancher watcher): shutdown waits for them.
+    tasks: TaskTracker,
+    /// Bounds bring-ups and deletes together.
+    permits: Semaphore,
     wake: Notify,
     shutdown: CancellationToken,
 }
@@ -151,15 +179,25 @@ impl Agent {
         manager: ClusterManager,
         rancher: RancherClient,
     ) -> Result<(Agent, tokio::task::JoinHandle<()>), AgentError> {
+        if let Some(id) = &config.instance_id {
+            validate_instance_id(id)?;
+        }
+        let instance_id = manager
+            .store()
+            .instance_id(config.instance_id.clone())
+            .await?;
         manager
             .recover()
             .await
             .map_err(|e| AgentError::Store(StoreError::Task(e.to_string())))?;
+        tracing::info!(instance = %instance_id, "agent instance");
         let agent = Agent {
             inner: Arc::new(Inner {
                 store: manager.store().clone(),
+                instance_id,
                 tunnels: tunnels::TunnelSet::new(config.tunnel.clone()),
-                bring_up_permits: Semaphore::new(config.concurrency.max(1)),
+                permits: Semaphore::new(config.concurrency.max(1)),
+                tasks: TaskTracker::new(),
                 manager,
                 rancher,
                 config,
@@ -169,6 +207,7 @@ impl Agent {
                 shutdown: CancellationToken::new(),
             }),
         };
+        agent.inner.tasks.spawn(rancher_watch::run(agent.clone()));
         let task = tokio::spawn(reconcile::run(agent.clone()));
         Ok((agent, task))
     }
@@ -229,29 +268,55 @@ impl Agent {
         Ok(views)
     }
 
-    /// Marks a cluster for deletion: its tunnels close, it is removed from Rancher and KWOK, and
-    /// its ports are freed, in the background.
+    /// Requests a cluster's deletion: whatever its worker was doing stops at its next step (its
+    /// writes no longer land), then its tunnels close, it is removed from Rancher (if it is this
+    /// agent's) and from KWOK, and its ports are freed, in the background.
     pub async fn delete(&self, name: &str) -> Result<ClusterView, AgentError> {
         self.check_running()?;
-        if self.inner.store.agent_cluster(name).await?.is_none() {
-            return Err(AgentError::NotFound(name.to_string()));
-        }
-        self.inner
-            .store
-            .set_agent_phase(name, AgentPhase::Deleting, None)
-            .await?;
-        // A worker busy bringing the cluster up stops at its next step; the loop then deletes.
+        self.inner.store.request_deletion(name, None).await?;
+        self.cancel_worker(name);
+        self.get(name).await
+    }
+
+    /// Ends the current step of a cluster's worker, which then reads the cluster again.
+    fn cancel_worker(&self, name: &str) {
         if let Some(worker) = self
             .inner
             .workers
             .lock()
-            .ok()
-            .and_then(|w| w.get(name).cloned())
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
         {
             worker.cancel();
         }
         self.inner.wake.notify_one();
-        self.get(name).await
+    }
+
+    fn remember_state(&self, name: &str, state: &str) {
+        self.inner
+            .rancher_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), state.to_string());
+    }
+
+    /// Drops what the agent remembers of a cluster that is gone.
+    fn forget(&self, name: &str) {
+        self.inner
+            .rancher_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// The instance id that marks this agent's clusters in Rancher.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// Requests sent to Rancher so far, by method.
+    pub fn rancher_requests(&self) -> Vec<(&'static str, u64)> {
+        self.inner.rancher.request_counts()
     }
 
     pub async fn get(&self, name: &str) -> Result<ClusterView, AgentError> {
@@ -281,6 +346,7 @@ impl Agent {
                 "ok"
             }
             .to_string(),
+            instance_id: self.inner.instance_id.clone(),
             clusters: clusters.len(),
             active: clusters
                 .iter()
@@ -299,11 +365,14 @@ impl Agent {
         self.inner.tunnels.metrics()
     }
 
-    /// Stops the reconcile loop and closes every tunnel. KWOK clusters keep running; the next
-    /// start re-adopts them.
+    /// Stops the reconcile loop, waits for every worker and the Rancher watcher to end their
+    /// current step, then closes every tunnel. KWOK clusters keep running; the next start
+    /// re-adopts them.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.wake.notify_waiters();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
         self.inner.tunnels.close_all().await;
     }
 
@@ -318,10 +387,16 @@ impl Agent {
             .lock()
             .ok()
             .and_then(|s| s.get(&record.name).cloned());
+        // Kubernetes shows a deleting object as such the moment its deletion is requested.
+        let phase = if record.deletion_requested() {
+            AgentPhase::Deleting
+        } else {
+            record.phase
+        };
         ClusterView {
             tunnels: self.inner.tunnels.view(&record.name),
             name: record.name,
-            phase: record.phase,
+            phase,
             profile: record.profile,
             rancher_cluster_id: record.rancher_cluster_id,
             rancher_state,
@@ -330,6 +405,40 @@ impl Agent {
             attempts: record.attempts,
             created_at: record.created_at,
             active_at: record.active_at,
+        }
+    }
+}
+
+/// Instance ids become a Kubernetes label value on every Rancher cluster the agent creates.
+fn validate_instance_id(id: &str) -> Result<(), AgentError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let valid = (1..=63).contains(&id.len())
+        && id.chars().all(allowed)
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(AgentError::InvalidInstanceId(id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_are_label_values() {
+        for good in [
+            "a",
+            "sim-a",
+            "0b7c9f1e-8d2a-4c1b-9f00-1234567890ab",
+            "x.y_z",
+        ] {
+            assert!(validate_instance_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "a b", "a/b", &"x".repeat(64)] {
+            assert!(validate_instance_id(bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The reconcile loop: compares every stored cluster with what runs and starts one worker per
 //! cluster that needs work. A worker brings its cluster up (bounded by the agent's concurrency),
-//! then stays to watch it: tunnels rejected, or the cluster gone from Rancher, leads to a retry or
-//! to local clean-up. Each step is idempotent and records its phase first, so after a crash the
+//! then stays to watch its tunnels; a cluster whose deletion was requested is deleted by a worker
+//! under the same bound. Each step is idempotent and records its phase first, so after a crash the
 //! next start resumes where the last one stopped, without creating anything twice.
+//!
+//! Phase writes of a bring-up are conditional on no deletion having been requested
+//! ([`PhaseWrite::Superseded`]): a delete always wins, whatever a worker had in flight.
 
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -15,12 +18,14 @@ use super::tunnels::{TunnelError, TunnelSpec};
 use super::Agent;
 use crate::kwok::{ClusterInfo, ComponentProfile, CreateRequest, KwokError};
 use crate::rancher::{RancherError, TlsMode as RancherTls};
-use crate::store::{now_secs, AgentPhase, AgentRecord, RancherRegistration, StoreError};
+use crate::store::{now_secs, AgentPhase, AgentRecord, PhaseWrite, StoreError};
 
 /// How long to wait for both tunnels after opening them.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a worker looks at its tunnels while the cluster is active.
 const WATCH_TICK: Duration = Duration::from_secs(1);
+/// How often a connecting cluster's state is read from Rancher until it is active.
+const ACTIVE_POLL: Duration = Duration::from_secs(2);
 
 /// Why bringing a cluster up, or keeping it up, failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +46,15 @@ enum StepError {
     NotActive { timeout: Duration, state: String },
     #[error("KWOK cluster is {0}; the agent cannot adopt it")]
     KwokBusy(String),
-    /// Not a failure: the cluster was deleted in Rancher, so the agent removes it locally.
-    #[error("the cluster was deleted in Rancher")]
-    GoneFromRancher,
+    /// Rancher answered 404 for the cluster. Not taken as a deletion on its own: the Rancher
+    /// watcher confirms that before anything local is removed.
+    #[error(
+        "Rancher answered 404 for cluster {0}; retrying until it is back or confirmed deleted"
+    )]
+    NotInRancher(String),
+    /// Not a failure: the cluster's deletion was requested while this step ran.
+    #[error("the cluster is being deleted")]
+    Superseded,
 }
 
 pub(super) async fn run(agent: Agent) {
@@ -67,12 +78,16 @@ pub(super) async fn run(agent: Agent) {
     }
 }
 
-/// Whether a cluster needs a worker now: always, unless it failed recently (then after a backoff
-/// that doubles per attempt, spread per cluster so retries do not come in lockstep).
+/// Whether a cluster needs a worker now: always, unless its last attempt failed recently (then
+/// after a backoff that doubles per attempt, spread per cluster so retries do not come in
+/// lockstep). A requested deletion does not wait for a failed bring-up's backoff.
 fn is_due(agent: &Agent, record: &AgentRecord) -> bool {
-    if record.last_error.is_none()
-        || !matches!(record.phase, AgentPhase::Failed | AgentPhase::Deleting)
-    {
+    let backing_off = match record.phase {
+        AgentPhase::Failed => !record.deletion_requested(),
+        AgentPhase::Deleting => true,
+        _ => false,
+    };
+    if record.last_error.is_none() || !backing_off {
         return true;
     }
     let config = &agent.inner.config;
@@ -103,7 +118,8 @@ fn spawn_worker(agent: &Agent, name: String) {
         cancel
     };
     let agent = agent.clone();
-    tokio::spawn(async move {
+    // On the agent's tracker, so shutdown waits for every worker to finish its current step.
+    agent.inner.tasks.clone().spawn(async move {
         work(&agent, &name, &cancel).await;
         agent
             .inner
@@ -115,6 +131,8 @@ fn spawn_worker(agent: &Agent, name: String) {
     });
 }
 
+/// One cluster's worker. `cancel` ends its current step early (a delete request, or shutdown);
+/// the loop then reads the cluster again and deletes it if that is what was asked.
 async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
     let inner = &agent.inner;
     loop {
@@ -126,14 +144,8 @@ async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
                 return;
             }
         };
-        if record.phase == AgentPhase::Deleting {
-            if let Err(error) = delete_everywhere(agent, &record).await {
-                tracing::warn!(cluster = name, %error, "deleting; will retry");
-                let _ = inner
-                    .store
-                    .set_agent_phase(name, AgentPhase::Deleting, Some(error.to_string()))
-                    .await;
-            }
+        if record.deletion_requested() {
+            delete(agent, &record).await;
             return;
         }
         if cancel.is_cancelled() {
@@ -142,50 +154,46 @@ async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
         let outcome = if record.phase == AgentPhase::Active && inner.tunnels.is_open(name) {
             tokio::select! {
                 result = watch(agent, &record) => result,
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => continue,
             }
         } else {
             let permit = tokio::select! {
-                permit = inner.bring_up_permits.acquire() => permit,
-                _ = cancel.cancelled() => return,
+                permit = inner.permits.acquire() => permit,
+                _ = cancel.cancelled() => continue,
             };
             let result = tokio::select! {
                 result = bring_up(agent, &record) => result,
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => continue,
             };
             drop(permit);
             match result {
-                Ok(()) => inner
-                    .store
-                    .set_agent_phase(name, AgentPhase::Active, None)
-                    .await
-                    .map_err(StepError::from),
+                Ok(()) => advance(agent, name, AgentPhase::Active).await,
                 Err(error) => Err(error),
             }
         };
         match outcome {
-            Ok(()) => continue,
-            Err(StepError::GoneFromRancher) => {
-                tracing::info!(cluster = name, "deleted in Rancher; removing it here too");
-                let _ = inner
-                    .store
-                    .set_agent_phase(
-                        name,
-                        AgentPhase::Deleting,
-                        Some("deleted in Rancher".into()),
-                    )
-                    .await;
-            }
+            Ok(()) | Err(StepError::Superseded) => continue,
             Err(error) => {
                 tracing::warn!(cluster = name, %error, "will retry with backoff");
                 inner.tunnels.close(name).await;
-                let _ = inner
+                if let Err(error) = inner
                     .store
                     .set_agent_phase(name, AgentPhase::Failed, Some(error.to_string()))
-                    .await;
+                    .await
+                {
+                    tracing::error!(cluster = name, %error, "recording the failure");
+                }
                 return;
             }
         }
+    }
+}
+
+/// Records a bring-up phase; [`StepError::Superseded`] if the cluster's deletion was requested.
+async fn advance(agent: &Agent, name: &str, phase: AgentPhase) -> Result<(), StepError> {
+    match agent.inner.store.set_agent_phase(name, phase, None).await? {
+        PhaseWrite::Applied => Ok(()),
+        PhaseWrite::Superseded => Err(StepError::Superseded),
     }
 }
 
@@ -193,10 +201,7 @@ async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
 async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
     let inner = &agent.inner;
     let name = record.name.as_str();
-    inner
-        .store
-        .set_agent_phase(name, AgentPhase::Provisioning, None)
-        .await?;
+    advance(agent, name, AgentPhase::Provisioning).await?;
     let profile: ComponentProfile = record.profile.parse().unwrap_or_default();
     let kwok = ensure_kwok(agent, name, profile).await?;
 
@@ -221,17 +226,19 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
         inner.store.set_tunnel_params(name, &params).await?;
     }
 
-    inner
-        .store
-        .set_agent_phase(name, AgentPhase::Registering, None)
-        .await?;
+    advance(agent, name, AgentPhase::Registering).await?;
+    let instance = inner.instance_id.as_str();
     let cluster_id = match &record.rancher_cluster_id {
-        Some(id) => match inner.rancher.cluster(id).await? {
+        Some(id) => match inner.rancher.owned_cluster(id, instance).await? {
             Some(_) => id.clone(),
-            None => return Err(StepError::GoneFromRancher),
+            None => return Err(StepError::NotInRancher(id.clone())),
         },
         None => {
-            let cluster = inner.rancher.ensure_imported_cluster(name).await?;
+            let cluster = inner
+                .rancher
+                .ensure_imported_cluster(name, instance)
+                .await?;
+            // Stored at once: the next attempt (or the next start) reuses it, never creating twice.
             inner
                 .store
                 .set_rancher_cluster_id(name, &cluster.id)
@@ -240,23 +247,8 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
         }
     };
     let registration = inner.rancher.registration(&cluster_id).await?;
-    inner
-        .store
-        .set_rancher_registration(
-            name,
-            RancherRegistration {
-                cluster_id: cluster_id.clone(),
-                token: registration.token.expose().to_string(),
-                server_url: registration.server_url.clone(),
-                ca_checksum: registration.ca_checksum.clone(),
-            },
-        )
-        .await?;
 
-    inner
-        .store
-        .set_agent_phase(name, AgentPhase::Connecting, None)
-        .await?;
+    advance(agent, name, AgentPhase::Connecting).await?;
     let tls = match &agent.inner.config.rancher_tls {
         RancherTls::CaFile(path) => remotedialer::TlsMode::CaBundleFile(path.clone()),
         RancherTls::CaChecksum(checksum) => remotedialer::TlsMode::CaChecksum {
@@ -284,45 +276,27 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
             .await?,
     };
     inner.tunnels.open(name, &spec)?;
-    match inner.tunnels.wait_connected(name, CONNECT_TIMEOUT).await {
-        Ok(()) => {}
-        Err(error @ TunnelError::Rejected { .. }) => {
-            if inner.rancher.cluster(&cluster_id).await?.is_none() {
-                return Err(StepError::GoneFromRancher);
-            }
-            return Err(error.into());
-        }
-        Err(error) => return Err(error.into()),
-    }
+    inner.tunnels.wait_connected(name, CONNECT_TIMEOUT).await?;
 
     let deadline = Instant::now() + inner.config.active_timeout;
     loop {
         let state = match inner.rancher.cluster(&cluster_id).await? {
             Some(cluster) if cluster.is_active() => {
-                remember_state(agent, name, &cluster.state);
+                agent.remember_state(name, &cluster.state);
                 return Ok(());
             }
             Some(cluster) => cluster.state,
-            None => return Err(StepError::GoneFromRancher),
+            None => return Err(StepError::NotInRancher(cluster_id)),
         };
-        remember_state(agent, name, &state);
+        agent.remember_state(name, &state);
         if Instant::now() >= deadline {
             return Err(StepError::NotActive {
                 timeout: inner.config.active_timeout,
                 state,
             });
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(ACTIVE_POLL).await;
     }
-}
-
-fn remember_state(agent: &Agent, name: &str, state: &str) {
-    agent
-        .inner
-        .rancher_states
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.to_string(), state.to_string());
 }
 
 /// Makes sure the KWOK cluster exists and answers `/readyz`: creates it, starts it after a reboot or
@@ -368,63 +342,89 @@ async fn ensure_kwok(
     }
 }
 
-/// Watches an active cluster until something needs doing: Ok(()) to re-check, or an error.
+/// Watches an active cluster's tunnels until one is given up (Rancher refused it for good):
+/// then the error, which sends the cluster back through bring-up. Whether the cluster still
+/// exists in Rancher is the Rancher watcher's business, with one list for all clusters.
 async fn watch(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
-    let inner = &agent.inner;
     let name = record.name.as_str();
-    let Some(cluster_id) = record.rancher_cluster_id.clone() else {
-        return Ok(());
-    };
-    let mut last_poll = Instant::now();
     loop {
         tokio::time::sleep(WATCH_TICK).await;
-        let rejected = inner.tunnels.status(name).and_then(|(main, steve)| {
-            [main, steve].into_iter().find_map(|s| {
-                s.last_error.filter(|e| {
-                    e.is_rejection() && s.state == remotedialer::ConnectionState::Stopped
-                })
-            })
-        });
-        if rejected.is_none() && last_poll.elapsed() < inner.config.rancher_poll {
-            continue;
-        }
-        last_poll = Instant::now();
-        match inner.rancher.cluster(&cluster_id).await {
-            Ok(None) => return Err(StepError::GoneFromRancher),
-            Ok(Some(cluster)) => remember_state(agent, name, &cluster.state),
-            // Rancher unreachable: the tunnels keep retrying on their own.
-            Err(error) => tracing::debug!(cluster = name, %error, "polling Rancher"),
-        }
-        if let Some(error) = rejected {
-            return Err(StepError::Tunnel(TunnelError::Rejected {
-                tunnel: "main or steve",
-                error,
-            }));
+        let Some((main, steve)) = agent.inner.tunnels.status(name) else {
+            return Ok(());
+        };
+        let given_up =
+            [("main", main), ("steve", steve)]
+                .into_iter()
+                .find_map(|(tunnel, status)| {
+                    (status.state == remotedialer::ConnectionState::Stopped)
+                        .then_some(status.last_error)
+                        .flatten()
+                        .map(|error| (tunnel, error))
+                });
+        if let Some((tunnel, error)) = given_up {
+            return Err(StepError::Tunnel(TunnelError::Rejected { tunnel, error }));
         }
     }
 }
 
-/// Closes the tunnels, removes the cluster from Rancher (also one created just before a crash that
-/// lost its id) and from KWOK, then forgets it.
+/// Deletes the cluster under the agent's concurrency bound; a failure is recorded and retried
+/// with backoff by a later worker.
+async fn delete(agent: &Agent, record: &AgentRecord) {
+    let inner = &agent.inner;
+    let name = record.name.as_str();
+    let result = tokio::select! {
+        result = async {
+            let _permit = inner.permits.acquire().await;
+            delete_everywhere(agent, record).await
+        } => result,
+        // Every step is idempotent: the next start finishes what shutdown interrupted.
+        _ = inner.shutdown.cancelled() => return,
+    };
+    if let Err(error) = result {
+        tracing::warn!(cluster = name, %error, "deleting; will retry");
+        if let Err(error) = inner
+            .store
+            .set_deleting(name, Some(error.to_string()))
+            .await
+        {
+            tracing::error!(cluster = name, %error, "recording the failed delete");
+        }
+    }
+}
+
+/// Closes the tunnels, removes the cluster from Rancher if it is this agent's (also one created
+/// just before a crash that lost its id) and from KWOK, then forgets it. A Rancher cluster that is
+/// not this agent's is never deleted.
 async fn delete_everywhere(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
     let inner = &agent.inner;
     let name = record.name.as_str();
+    let instance = inner.instance_id.as_str();
+    inner.store.set_deleting(name, None).await?;
     inner.tunnels.close(name).await;
     let cluster_id = match &record.rancher_cluster_id {
         Some(id) => Some(id.clone()),
-        None => inner.rancher.find_cluster(name).await?.map(|c| c.id),
+        None => match inner.rancher.find_owned(name, instance).await {
+            Ok(found) => found.map(|c| c.id),
+            Err(error @ RancherError::NotOwned { .. }) => {
+                tracing::info!(cluster = name, %error, "leaving the Rancher cluster alone");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        },
     };
     if let Some(id) = cluster_id {
-        inner.rancher.delete_cluster(&id).await?;
+        match inner.rancher.delete_owned_cluster(&id, instance).await {
+            Ok(()) => {}
+            Err(error @ RancherError::NotOwned { .. }) => {
+                tracing::warn!(cluster = name, %error, "leaving the Rancher cluster alone");
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
     if inner.manager.store().get(name).await?.is_some() {
         inner.manager.delete(name).await?;
     }
     inner.store.remove_agent_cluster(name).await?;
-    inner
-        .rancher_states
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(name);
+    agent.forget(name);
     Ok(())
 }

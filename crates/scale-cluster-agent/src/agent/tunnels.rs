@@ -7,8 +7,11 @@
 //! - **steve**: `Authorization: Bearer stv-cluster-<token>`; every stream is answered in process:
 //!   `GET /ping` → `200 pong` (Rancher's Connected probe), anything else → 503.
 //!
-//! Both reconnect with jittered backoff and give up only on a rejection (HTTP 4xx), which the agent
-//! then inspects (Rancher answers 400 `cluster not found` once a cluster is deleted there).
+//! Both reconnect with jittered backoff and give up only on a rejection (HTTP 4xx, see
+//! [`gives_up`]), which the agent then inspects (Rancher answers 400 `cluster not found` once a
+//! cluster is deleted there). Rancher's own transient update conflict, which it often answers
+//! to a new cluster's first connect, is retried like any other connect error, as the real agent
+//! does.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -135,7 +138,7 @@ impl TunnelSet {
             config.tls = spec.tls.clone();
             config.keepalive = self.options.keepalive;
             config.backoff = self.options.backoff;
-            config.give_up = Some(Arc::new(SessionError::is_rejection));
+            config.give_up = Some(Arc::new(gives_up));
             config
         };
         let main = base(&url)
@@ -196,7 +199,7 @@ impl TunnelSet {
                 if status.state == ConnectionState::Connected {
                     break;
                 }
-                if let Some(error) = status.last_error.clone().filter(SessionError::is_rejection) {
+                if let Some(error) = status.last_error.clone().filter(gives_up) {
                     return Err(TunnelError::Rejected { tunnel, error });
                 }
                 match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -267,6 +270,18 @@ impl TunnelSet {
     }
 }
 
+/// Whether a failed connect ends the tunnel: a rejection of the session itself, except Rancher's
+/// `400 Operation cannot be fulfilled on clusters.management.cattle.io "c-…": the object has been
+/// modified`, its own optimistic-concurrency conflict while it updates the cluster for this very
+/// connect, which goes away on the next attempt.
+pub fn gives_up(error: &SessionError) -> bool {
+    let transient_conflict = matches!(
+        error,
+        SessionError::Rejected { status: 400, body } if body.contains("the object has been modified")
+    );
+    error.is_rejection() && !transient_conflict
+}
+
 /// The main tunnel's router: `tcp/<apiserver>` is dialed, everything else gets an error on that
 /// stream only, so Rancher reaches this cluster's apiserver and nothing else on the host.
 pub fn apiserver_only(
@@ -335,6 +350,22 @@ fn ping_handler() -> InProcessHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rancher_update_conflicts_are_retried_other_rejections_are_final() {
+        let rejected = |status, body: &str| SessionError::Rejected {
+            status,
+            body: body.into(),
+        };
+        assert!(!gives_up(&rejected(
+            400,
+            "Operation cannot be fulfilled on clusters.management.cattle.io \"c-abcde\": the object \
+             has been modified; please apply your changes to the latest version and try again"
+        )));
+        assert!(gives_up(&rejected(400, "cluster not found")));
+        assert!(gives_up(&rejected(401, "failed authentication")));
+        assert!(!gives_up(&rejected(503, "unavailable")));
+    }
 
     #[test]
     fn tunnel_urls() {

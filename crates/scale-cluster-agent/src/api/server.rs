@@ -151,7 +151,9 @@ impl From<AgentError> for ApiError {
             AgentError::Duplicate(_) => (StatusCode::CONFLICT, "duplicate"),
             AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            AgentError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            AgentError::Store(_) | AgentError::InvalidInstanceId(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "store_error")
+            }
         };
         ApiError::new(status, code, err)
     }
@@ -287,6 +289,7 @@ async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
         .collect();
     let text = exposition(
         &phases,
+        &state.agent.rancher_requests(),
         health.tunnels_connected,
         state.agent.tunnel_metrics(),
     );
@@ -296,6 +299,7 @@ async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
 /// The Prometheus text for the given counts.
 fn exposition(
     phases: &[(&str, usize)],
+    rancher_requests: &[(&str, u64)],
     tunnels_connected: usize,
     tunnel: remotedialer::MetricsSnapshot,
 ) -> String {
@@ -324,6 +328,18 @@ fn exposition(
     for (phase, count) in phases {
         // `writeln!` into a String cannot fail.
         let _ = writeln!(out, "sca_clusters{{phase=\"{phase}\"}} {count}");
+    }
+    family(
+        &mut out,
+        "sca_rancher_requests_total",
+        "counter",
+        "Requests the agent sent to Rancher's management API, by HTTP method (the load it adds).",
+    );
+    for (method, count) in rancher_requests {
+        let _ = writeln!(
+            out,
+            "sca_rancher_requests_total{{method=\"{method}\"}} {count}"
+        );
     }
     let simple: [(&str, &str, &str, i128); 13] = [
         (
@@ -491,7 +507,12 @@ mod tests {
             sessions_active: -1,
             ..Default::default()
         };
-        let text = exposition(&[("active", 2), ("failed", 0)], 4, snapshot);
+        let text = exposition(
+            &[("active", 2), ("failed", 0)],
+            &[("GET", 12), ("POST", 1)],
+            4,
+            snapshot,
+        );
         assert!(
             text.contains("sca_clusters{phase=\"active\"} 2\n"),
             "{text}"
@@ -502,11 +523,15 @@ mod tests {
         );
         assert!(text.contains("\nsca_tunnels_connected 4\n"), "{text}");
         assert!(
+            text.contains("sca_rancher_requests_total{method=\"GET\"} 12\n"),
+            "{text}"
+        );
+        assert!(
             text.contains("\nsca_tunnel_connect_attempts_total 7\n"),
             "{text}"
         );
         assert!(text.contains("\nsca_tunnel_sessions_active -1\n"), "{text}");
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 14, "{text}");
+        assert_eq!(families, 15, "{text}");
     }
 }

@@ -70,13 +70,15 @@ impl RunningAgent {
             .context("setting up the Rancher client")?;
         // Fail fast, before anything is created, on a wrong token or an unreachable Rancher.
         rancher
-            .find_cluster("scale-cluster-agent-access-check")
+            .check_access()
             .await
             .context("checking access to Rancher")?;
         let mut config = AgentConfig {
             concurrency: agent_settings.concurrency,
             rancher_tls: agent_settings.rancher.tls.clone(),
+            instance_id: agent_settings.instance_id.clone(),
             rancher_poll: agent_settings.rancher_poll,
+            rancher_gone_after: agent_settings.rancher_gone_after,
             ..AgentConfig::default()
         };
         config.tunnel.backoff.cap = agent_settings.reconnect_max;

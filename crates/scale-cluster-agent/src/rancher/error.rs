@@ -85,4 +85,21 @@ pub enum RancherError {
 
     #[error("{what} not ready after {after:?}")]
     Timeout { what: String, after: Duration },
+
+    /// The cluster exists in Rancher but this agent did not create it: it is never adopted,
+    /// reconnected to, or deleted.
+    #[error(
+        "Rancher cluster {name:?} ({id}) is not this agent's (instance {instance}): {}; \
+         choose another name or remove that cluster yourself",
+        match owner {
+            Some(owner) => format!("it belongs to scale-cluster-agent instance {owner}"),
+            None => "it was not created by scale-cluster-agent".to_string(),
+        }
+    )]
+    NotOwned {
+        name: String,
+        id: String,
+        instance: String,
+        owner: Option<String>,
+    },
 }

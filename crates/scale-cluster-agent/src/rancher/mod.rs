@@ -10,6 +10,11 @@
 //! request. Timeouts, connection errors and 5xx answers are retried with backoff; 401, 403, 404
 //! and 409/422 become their own [`RancherError`] variants. Tokens are never logged or printed.
 //!
+//! Ownership: every cluster this client creates carries the [`INSTANCE_LABEL`] of the agent
+//! instance that asked for it, and the `*_owned` calls refuse ([`RancherError::NotOwned`]) to hand
+//! out or delete a cluster without that agent's label, so a real cluster with a clashing name, or a
+//! second agent's cluster, is never taken over.
+//!
 //! - [`config`] holds the URL, [`ApiToken`], [`TlsMode`], retries and timeouts.
 //! - [`error`] holds [`RancherError`].
 //! - [`model`] holds the typed results and the v3 JSON they come from.
@@ -22,6 +27,7 @@ pub mod model;
 mod tls;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +46,35 @@ use model::{ClusterResource, Collection, ErrorBody, Setting, TokenResource};
 /// The CRT Rancher creates for every cluster; preferred when several exist.
 const DEFAULT_TOKEN_NAME: &str = "default-token";
 
+/// The label on a Rancher cluster naming the scale-cluster-agent instance that created it.
+pub const INSTANCE_LABEL: &str = "scale-cluster-agent.io/instance";
+
+/// The HTTP methods the client counts requests by, in the order of [`RequestCounts`].
+pub const COUNTED_METHODS: [&str; 4] = ["GET", "POST", "DELETE", "other"];
+
+/// Requests sent to Rancher by method (retries included): the load this agent puts on Rancher.
+#[derive(Debug, Default)]
+pub struct RequestCounts([AtomicU64; 4]);
+
+impl RequestCounts {
+    fn count(&self, method: &Method) {
+        let index = COUNTED_METHODS
+            .iter()
+            .position(|m| *m == method.as_str())
+            .unwrap_or(COUNTED_METHODS.len() - 1);
+        self.0[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(method, requests)` for every counted method.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        COUNTED_METHODS
+            .iter()
+            .zip(&self.0)
+            .map(|(m, n)| (*m, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// A client for one Rancher server. Cheap to clone; clones share connections and name locks.
 #[derive(Clone)]
 pub struct RancherClient {
@@ -50,6 +85,7 @@ struct Inner {
     transport: Transport,
     token: ApiToken,
     registration_timeout: Duration,
+    requests: RequestCounts,
     /// One lock per cluster name being ensured, so concurrent callers in this process never race
     /// each other into Rancher (whose own uniqueness check is not atomic).
     creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -109,6 +145,7 @@ impl RancherClient {
                 },
                 token: config.token,
                 registration_timeout: config.registration_timeout,
+                requests: RequestCounts::default(),
                 creating: Mutex::new(HashMap::new()),
             }),
         })
@@ -119,13 +156,28 @@ impl RancherClient {
         &self.inner.transport.base
     }
 
-    /// Returns the imported cluster named `name`, creating it (`POST /v3/clusters` with
-    /// `importedConfig`) only when no live cluster has that name. Safe to call again after any
-    /// failure or restart: a create that Rancher refuses because the name now exists is answered
-    /// by looking the cluster up again.
+    /// Fails unless the token may list clusters: `serve` calls it before creating anything.
+    pub async fn check_access(&self) -> Result<(), RancherError> {
+        self.clusters_named("scale-cluster-agent-access-check")
+            .await
+            .map(drop)
+    }
+
+    /// Requests sent to Rancher so far, by method.
+    pub fn request_counts(&self) -> Vec<(&'static str, u64)> {
+        self.inner.requests.snapshot()
+    }
+
+    /// Returns this agent's imported cluster named `name`, creating it (`POST /v3/clusters` with
+    /// `importedConfig` and the [`INSTANCE_LABEL`] of `instance`) only when no live cluster has
+    /// that name. A live cluster of that name without this instance's label is
+    /// [`RancherError::NotOwned`], never adopted. Safe to call again after any failure or restart:
+    /// a create that Rancher refuses because the name now exists is answered by looking the
+    /// cluster up again, so a crash between the create and storing its id finds the same cluster.
     pub async fn ensure_imported_cluster(
         &self,
         name: &str,
+        instance: &str,
     ) -> Result<RancherCluster, RancherError> {
         if name.trim().is_empty() {
             return Err(RancherError::Invalid {
@@ -138,17 +190,26 @@ impl RancherClient {
         let lock = self.name_lock(name);
         let result = {
             let _guard = lock.lock().await;
-            self.find_or_create(name).await
+            self.find_or_create(name, instance).await
         };
         self.release_name_lock(name, lock);
         result
     }
 
-    async fn find_or_create(&self, name: &str) -> Result<RancherCluster, RancherError> {
-        if let Some(cluster) = self.find_cluster(name).await? {
+    async fn find_or_create(
+        &self,
+        name: &str,
+        instance: &str,
+    ) -> Result<RancherCluster, RancherError> {
+        if let Some(cluster) = self.find_owned(name, instance).await? {
             return Ok(cluster);
         }
-        let body = serde_json::json!({"type": "cluster", "name": name, "importedConfig": {}});
+        let body = serde_json::json!({
+            "type": "cluster",
+            "name": name,
+            "importedConfig": {},
+            "labels": {INSTANCE_LABEL: instance},
+        });
         match self
             .request_json::<ClusterResource>(
                 Method::POST,
@@ -165,12 +226,29 @@ impl RancherClient {
             }
             Err(conflict @ RancherError::Conflict { .. }) => {
                 // Someone else (or an earlier attempt of this request) created it first.
-                match self.find_cluster(name).await? {
+                match self.find_owned(name, instance).await? {
                     Some(cluster) => Ok(cluster),
                     None => Err(conflict),
                 }
             }
             Err(other) => Err(other),
+        }
+    }
+
+    /// This instance's live cluster named `name`; a live cluster of that name that is not ours is
+    /// [`RancherError::NotOwned`].
+    pub async fn find_owned(
+        &self,
+        name: &str,
+        instance: &str,
+    ) -> Result<Option<RancherCluster>, RancherError> {
+        let matching = self.clusters_named(name).await?;
+        if let Some(ours) = matching.iter().find(|c| c.owner() == Some(instance)) {
+            return Ok(Some(ours.clone()));
+        }
+        match matching.into_iter().next() {
+            Some(foreign) => Err(not_owned(foreign, instance)),
+            None => Ok(None),
         }
     }
 
@@ -195,9 +273,9 @@ impl RancherClient {
         }
     }
 
-    /// The live (not being removed) cluster with exactly this name. If Rancher holds several (its
-    /// uniqueness check can race), the oldest wins so every caller settles on the same one.
-    pub async fn find_cluster(&self, name: &str) -> Result<Option<RancherCluster>, RancherError> {
+    /// The live (not being removed) clusters with this name, oldest first. Rancher compares names
+    /// case-insensitively, and its uniqueness check can race, so there may be several.
+    async fn clusters_named(&self, name: &str) -> Result<Vec<RancherCluster>, RancherError> {
         let clusters: Collection<ClusterResource> = self
             .request_json(
                 Method::GET,
@@ -210,20 +288,66 @@ impl RancherClient {
         let mut matching: Vec<ClusterResource> = clusters
             .data
             .into_iter()
-            .filter(|c| c.name == name && !c.is_removing())
+            .filter(|c| c.name.eq_ignore_ascii_case(name) && !c.is_removing())
             .collect();
         if matching.len() > 1 {
             tracing::warn!(
                 name,
                 count = matching.len(),
-                "Rancher has several clusters with this name; using the oldest"
+                "Rancher has several clusters with this name"
             );
         }
         matching.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
-        Ok(matching.into_iter().next().map(Into::into))
+        Ok(matching.into_iter().map(Into::into).collect())
     }
 
-    /// The cluster with this id, `None` once it is gone.
+    /// Every cluster the token can see, following `pagination.next` links: one request per page
+    /// however many clusters the agent watches.
+    pub async fn list_clusters(&self) -> Result<Vec<RancherCluster>, RancherError> {
+        let mut clusters = Vec::new();
+        let mut page: Collection<ClusterResource> = self
+            .request_json(Method::GET, "/v3/clusters", "/v3/clusters", &[], None)
+            .await?;
+        loop {
+            clusters.extend(page.data.into_iter().map(RancherCluster::from));
+            let Some(next) = page.pagination.and_then(|p| p.next) else {
+                return Ok(clusters);
+            };
+            let (path, query) = self.same_origin_path(&next)?;
+            let query: Vec<(&str, &str)> = query
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            page = self
+                .request_json(Method::GET, &path, "/v3/clusters", &query, None)
+                .await?;
+        }
+    }
+
+    /// The path and query of a link Rancher returned, refusing links to another server (the API
+    /// token is only ever sent to the configured Rancher).
+    fn same_origin_path(
+        &self,
+        link: &str,
+    ) -> Result<(String, Vec<(String, String)>), RancherError> {
+        let base = reqwest::Url::parse(&self.inner.transport.base);
+        let url = reqwest::Url::parse(link);
+        match (base, url) {
+            (Ok(base), Ok(url)) if base.origin() == url.origin() => Ok((
+                url.path().to_string(),
+                url.query_pairs()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect(),
+            )),
+            _ => Err(RancherError::Decode {
+                path: "/v3/clusters".into(),
+                reason: format!("pagination link {link:?} does not point at this Rancher"),
+            }),
+        }
+    }
+
+    /// The cluster with this id, `None` if Rancher answers 404. One 404 does not prove the
+    /// cluster is gone (a proxy or a token with fewer rights answers the same): callers confirm.
     pub async fn cluster(&self, id: &str) -> Result<Option<RancherCluster>, RancherError> {
         let path = cluster_path(id)?;
         match self
@@ -236,8 +360,25 @@ impl RancherClient {
         }
     }
 
-    /// Deletes the cluster. Already gone counts as done.
-    pub async fn delete_cluster(&self, id: &str) -> Result<(), RancherError> {
+    /// Like [`RancherClient::cluster`], but a cluster without this instance's label is
+    /// [`RancherError::NotOwned`].
+    pub async fn owned_cluster(
+        &self,
+        id: &str,
+        instance: &str,
+    ) -> Result<Option<RancherCluster>, RancherError> {
+        match self.cluster(id).await? {
+            Some(cluster) if cluster.owner() != Some(instance) => Err(not_owned(cluster, instance)),
+            other => Ok(other),
+        }
+    }
+
+    /// Deletes the cluster if it is this instance's; already gone counts as done, and a cluster
+    /// that is not ours is [`RancherError::NotOwned`] and left alone.
+    pub async fn delete_owned_cluster(&self, id: &str, instance: &str) -> Result<(), RancherError> {
+        if self.owned_cluster(id, instance).await?.is_none() {
+            return Ok(());
+        }
         let path = cluster_path(id)?;
         match self
             .request(Method::DELETE, &path, &path, &[], None, true)
@@ -353,6 +494,7 @@ impl RancherClient {
         authenticated: bool,
     ) -> Result<Vec<u8>, RancherError> {
         let token = authenticated.then_some(&self.inner.token);
+        self.inner.requests.count(&method);
         self.inner
             .transport
             .send(method, path, label, query, body, token)
@@ -529,6 +671,15 @@ fn parse_base_url(url: &str) -> Result<String, RancherError> {
         return Err(invalid("must not have a query or fragment"));
     }
     Ok(parsed.as_str().trim_end_matches('/').to_owned())
+}
+
+fn not_owned(cluster: RancherCluster, instance: &str) -> RancherError {
+    RancherError::NotOwned {
+        owner: cluster.owner().map(str::to_owned),
+        name: cluster.name,
+        id: cluster.id,
+        instance: instance.to_owned(),
+    }
 }
 
 /// `/v3/clusters/<id>`, refusing ids that would leave that path.

@@ -1,6 +1,7 @@
 //! The typed results of the client, and the v3 (norman) JSON shapes they are read from: resources
 //! with status fields flattened next to `id`/`type`, collections with `data`, errors with `code`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -17,11 +18,20 @@ pub struct RancherCluster {
     /// Why the cluster is not yet where it is going (empty when settled).
     pub transitioning_message: String,
     pub conditions: Vec<Condition>,
+    /// The management cluster's labels (the v3 API shows metadata labels as a top-level field).
+    pub labels: BTreeMap<String, String>,
+    /// True once a deletion started in Rancher.
+    pub removing: bool,
 }
 
 impl RancherCluster {
     pub fn is_active(&self) -> bool {
         self.state == "active"
+    }
+
+    /// The scale-cluster-agent instance that created this cluster, from its label.
+    pub fn owner(&self) -> Option<&str> {
+        self.labels.get(super::INSTANCE_LABEL).map(String::as_str)
     }
 
     /// The condition of this type, if Rancher reports it.
@@ -94,10 +104,18 @@ impl fmt::Debug for Registration {
     }
 }
 
-/// A v3 collection.
+/// A v3 collection; `pagination.next` links the next page when the server limited this one.
 #[derive(Debug, Deserialize)]
 pub(super) struct Collection<T> {
     pub data: Vec<T>,
+    #[serde(default)]
+    pub pagination: Option<Pagination>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Pagination {
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 /// A v3 cluster resource (only the fields the client reads).
@@ -113,6 +131,8 @@ pub(super) struct ClusterResource {
     pub transitioning_message: String,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Set once a deletion started; such a cluster no longer owns its name.
     #[serde(default)]
     pub removed: Option<String>,
@@ -129,6 +149,8 @@ impl ClusterResource {
 impl From<ClusterResource> for RancherCluster {
     fn from(r: ClusterResource) -> Self {
         Self {
+            removing: r.is_removing(),
+            labels: r.labels,
             id: r.id,
             name: r.name,
             state: r.state,

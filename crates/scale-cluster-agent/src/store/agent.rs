@@ -1,8 +1,13 @@
-//! Agent rows: one per cluster the agent registers with Rancher. The KWOK side of a cluster lives in
-//! the `clusters` table (owned by the cluster manager); this table holds what the agent wants
-//! (`desired`), where the cluster is in its lifecycle (`phase`), and what Rancher gave it. The
-//! registration token and tunnel params are secrets: the database file is mode 0600 and no API
-//! response or log line carries them.
+//! Agent rows: one per cluster the agent registers with Rancher, and the agent's own identity.
+//!
+//! The KWOK side of a cluster lives in the `clusters` table (owned by the cluster manager); this
+//! table keeps what the user wants apart from what the agent observed, as Kubernetes objects do:
+//! `deletion_requested_at` is the desired state (set once, like `deletionTimestamp`, never
+//! cleared), `phase` the observed lifecycle. A worker's phase write is conditional on no deletion
+//! having been requested, so a delete can never be overwritten by a bring-up that was already in
+//! flight. Only the Rancher cluster id is kept from Rancher's answers: the registration token and
+//! the tunnel params' inputs are fetched again when needed, so no Rancher secret is stored.
+//! `agent_meta` holds the agent's instance id, which marks the clusters it owns in Rancher.
 
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -63,12 +68,9 @@ pub struct AgentRecord {
     pub profile: String,
     pub phase: AgentPhase,
     pub rancher_cluster_id: Option<String>,
-    /// Secret: the cluster registration token (`X-API-Tunnel-Token`).
-    pub registration_token: Option<String>,
-    /// `CATTLE_SERVER` from the import manifest.
-    pub server_url: Option<String>,
-    /// `CATTLE_CA_CHECKSUM` from the import manifest.
-    pub ca_checksum: Option<String>,
+    /// Unix seconds when the user (or Rancher, by deleting the cluster there) asked for the cluster
+    /// to go; `None` while it is wanted.
+    pub deletion_requested_at: Option<u64>,
     /// Secret: `X-API-Tunnel-Params`, computed once and replayed byte for byte on every reconnect.
     pub tunnel_params: Option<String>,
     pub last_error: Option<String>,
@@ -85,11 +87,7 @@ impl std::fmt::Debug for AgentRecord {
             .field("profile", &self.profile)
             .field("phase", &self.phase)
             .field("rancher_cluster_id", &self.rancher_cluster_id)
-            .field(
-                "registration_token",
-                &self.registration_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("server_url", &self.server_url)
+            .field("deletion_requested_at", &self.deletion_requested_at)
             .field(
                 "tunnel_params",
                 &self.tunnel_params.as_ref().map(|_| "<redacted>"),
@@ -100,17 +98,26 @@ impl std::fmt::Debug for AgentRecord {
     }
 }
 
-/// What Rancher handed out for a cluster, stored in one update.
-#[derive(Clone)]
-pub struct RancherRegistration {
-    pub cluster_id: String,
-    pub token: String,
-    pub server_url: String,
-    pub ca_checksum: Option<String>,
+impl AgentRecord {
+    /// True once the cluster is no longer wanted: only deleting it is left to do.
+    pub fn deletion_requested(&self) -> bool {
+        self.deletion_requested_at.is_some()
+    }
 }
 
-const SELECT: &str = "SELECT name, profile, phase, rancher_cluster_id, registration_token, server_url, ca_checksum, \
+/// The outcome of a worker's phase write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseWrite {
+    Applied,
+    /// Not written: the cluster's deletion was requested meanwhile, and that wins.
+    Superseded,
+}
+
+const SELECT: &str = "SELECT name, profile, phase, rancher_cluster_id, deletion_requested_at, \
                       tunnel_params, last_error, attempts, created_at, updated_at, active_at FROM agent_clusters";
+
+/// The `agent_meta` key of the agent's instance id.
+const INSTANCE_ID_KEY: &str = "instance_id";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentRecord, String)> {
     let phase: String = r.get(2)?;
@@ -120,15 +127,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentRecord, String)> {
             profile: r.get(1)?,
             phase: AgentPhase::Pending,
             rancher_cluster_id: r.get(3)?,
-            registration_token: r.get(4)?,
-            server_url: r.get(5)?,
-            ca_checksum: r.get(6)?,
-            tunnel_params: r.get(7)?,
-            last_error: r.get(8)?,
-            attempts: r.get(9)?,
-            created_at: r.get(10)?,
-            updated_at: r.get(11)?,
-            active_at: r.get(12)?,
+            deletion_requested_at: r.get(4)?,
+            tunnel_params: r.get(5)?,
+            last_error: r.get(6)?,
+            attempts: r.get(7)?,
+            created_at: r.get(8)?,
+            updated_at: r.get(9)?,
+            active_at: r.get(10)?,
         },
         phase,
     ))
@@ -196,28 +201,114 @@ impl Store {
         .await
     }
 
-    /// Moves a cluster to `phase`; `Failed` counts an attempt and keeps the error, `Active` resets
-    /// the attempts and stamps `active_at` the first time.
+    /// A worker moves a cluster to `phase`, unless its deletion was requested meanwhile (then
+    /// nothing is written and [`PhaseWrite::Superseded`] says so). `Failed` counts an attempt and
+    /// keeps the error, `Active` resets the attempts and stamps `active_at` the first time.
     pub async fn set_agent_phase(
         &self,
         name: &str,
         phase: AgentPhase,
         last_error: Option<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<PhaseWrite, StoreError> {
+        debug_assert!(phase != AgentPhase::Deleting, "use set_deleting");
         let name = name.to_string();
         self.with_conn(move |conn| {
             let now = now_secs();
             let changed = conn.execute(
                 "UPDATE agent_clusters SET phase = ?2, last_error = ?3, updated_at = ?4,
-                    attempts = CASE WHEN ?2 = 'failed' OR (?2 = 'deleting' AND ?3 IS NOT NULL) THEN attempts + 1 WHEN ?2 = 'active' THEN 0 ELSE attempts END,
+                    attempts = CASE WHEN ?2 = 'failed' THEN attempts + 1 WHEN ?2 = 'active' THEN 0 ELSE attempts END,
                     active_at = CASE WHEN ?2 = 'active' AND active_at IS NULL THEN ?4 ELSE active_at END
-                 WHERE name = ?1",
+                 WHERE name = ?1 AND deletion_requested_at IS NULL",
                 params![name, phase.as_str(), last_error, now],
+            )?;
+            if changed == 1 {
+                return Ok(PhaseWrite::Applied);
+            }
+            let exists: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM agent_clusters WHERE name = ?1)",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if exists {
+                Ok(PhaseWrite::Superseded)
+            } else {
+                Err(StoreError::NotFound(name))
+            }
+        })
+        .await
+    }
+
+    /// Records that the cluster is no longer wanted (idempotent: the first request's time stays).
+    /// `reason` is shown as the cluster's last error, e.g. why Rancher's deletion was believed.
+    pub async fn request_deletion(
+        &self,
+        name: &str,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE agent_clusters SET deletion_requested_at = COALESCE(deletion_requested_at, ?2),
+                    last_error = COALESCE(?3, last_error), updated_at = ?2
+                 WHERE name = ?1",
+                params![name, now_secs(), reason],
             )?;
             if changed == 0 {
                 return Err(StoreError::NotFound(name));
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// The deleter's own phase write: `deleting`, with the error of a failed attempt (which counts
+    /// toward the retry backoff).
+    pub async fn set_deleting(&self, name: &str, error: Option<String>) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE agent_clusters SET phase = 'deleting', last_error = COALESCE(?2, last_error),
+                    updated_at = ?3, attempts = CASE WHEN ?2 IS NULL THEN attempts ELSE attempts + 1 END
+                 WHERE name = ?1",
+                params![name, error, now_secs()],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The agent's instance id: created once (from `requested`, or a new UUID) and kept. A
+    /// different `requested` id than the stored one is refused: it would orphan this data dir's
+    /// clusters in Rancher.
+    pub async fn instance_id(&self, requested: Option<String>) -> Result<String, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM agent_meta WHERE key = ?1",
+                    [INSTANCE_ID_KEY],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let id = match (stored, requested) {
+                (Some(stored), Some(requested)) if stored != requested => {
+                    return Err(StoreError::InstanceMismatch { stored, requested })
+                }
+                (Some(stored), _) => stored,
+                (None, requested) => {
+                    let id = requested.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    tx.execute(
+                        "INSERT INTO agent_meta (key, value) VALUES (?1, ?2)",
+                        params![INSTANCE_ID_KEY, id],
+                    )?;
+                    id
+                }
+            };
+            tx.commit()?;
+            Ok(id)
         })
         .await
     }
@@ -234,26 +325,6 @@ impl Store {
             "rancher_cluster_id = ?2",
             vec![cluster_id.to_string()],
         )
-        .await
-    }
-
-    pub async fn set_rancher_registration(
-        &self,
-        name: &str,
-        reg: RancherRegistration,
-    ) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.with_conn(move |conn| {
-            let changed = conn.execute(
-                "UPDATE agent_clusters SET rancher_cluster_id = ?2, registration_token = ?3, server_url = ?4,
-                    ca_checksum = ?5, updated_at = ?6 WHERE name = ?1",
-                params![name, reg.cluster_id, reg.token, reg.server_url, reg.ca_checksum, now_secs()],
-            )?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(name));
-            }
-            Ok(())
-        })
         .await
     }
 
@@ -319,37 +390,21 @@ mod tests {
 
         store.set_rancher_cluster_id("a", "c-abcde").await.unwrap();
         store
-            .set_rancher_registration(
-                "a",
-                RancherRegistration {
-                    cluster_id: "c-abcde".into(),
-                    token: "secret-token".into(),
-                    server_url: "https://rancher".into(),
-                    ca_checksum: Some("ff".into()),
-                },
-            )
-            .await
-            .unwrap();
-        store
             .set_tunnel_params("a", "eyJjbHVzdGVyIjp7fX0=")
             .await
             .unwrap();
-        store
-            .set_agent_phase("a", AgentPhase::Failed, Some("boom".into()))
-            .await
-            .unwrap();
-        store
-            .set_agent_phase("a", AgentPhase::Failed, Some("boom".into()))
-            .await
-            .unwrap();
+        for _ in 0..2 {
+            let write = store
+                .set_agent_phase("a", AgentPhase::Failed, Some("boom".into()))
+                .await
+                .unwrap();
+            assert_eq!(write, PhaseWrite::Applied);
+        }
         let a = store.agent_cluster("a").await.unwrap().unwrap();
         assert_eq!(a.attempts, 2);
-        assert_eq!(a.registration_token.as_deref(), Some("secret-token"));
+        assert_eq!(a.rancher_cluster_id.as_deref(), Some("c-abcde"));
         let shown = format!("{a:?}");
-        assert!(
-            !shown.contains("secret-token") && !shown.contains("eyJj"),
-            "{shown}"
-        );
+        assert!(!shown.contains("eyJj"), "{shown}");
         store
             .set_agent_phase("a", AgentPhase::Active, None)
             .await
@@ -360,5 +415,118 @@ mod tests {
         assert_eq!(store.agent_clusters().await.unwrap().len(), 2);
         store.remove_agent_cluster("a").await.unwrap();
         assert!(store.agent_cluster("a").await.unwrap().is_none());
+        assert!(matches!(
+            store.set_agent_phase("a", AgentPhase::Active, None).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_requested_deletion_wins_over_every_later_worker_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        store
+            .insert_agent_clusters(vec!["a".into()], "lean".into())
+            .await
+            .unwrap();
+        store
+            .set_agent_phase("a", AgentPhase::Connecting, None)
+            .await
+            .unwrap();
+        store.request_deletion("a", None).await.unwrap();
+        let first = store.agent_cluster("a").await.unwrap().unwrap();
+        assert!(first.deletion_requested());
+        // A worker that was mid-bring-up finishes after the delete: its writes must not land.
+        for phase in [
+            AgentPhase::Active,
+            AgentPhase::Failed,
+            AgentPhase::Provisioning,
+        ] {
+            assert_eq!(
+                store.set_agent_phase("a", phase, None).await.unwrap(),
+                PhaseWrite::Superseded
+            );
+        }
+        store
+            .request_deletion("a", Some("again".into()))
+            .await
+            .unwrap();
+        let a = store.agent_cluster("a").await.unwrap().unwrap();
+        assert_eq!(a.phase, AgentPhase::Connecting);
+        assert_eq!(a.deletion_requested_at, first.deletion_requested_at);
+        store
+            .set_deleting("a", Some("Rancher down".into()))
+            .await
+            .unwrap();
+        let a = store.agent_cluster("a").await.unwrap().unwrap();
+        assert_eq!((a.phase, a.attempts), (AgentPhase::Deleting, 1));
+        assert_eq!(a.last_error.as_deref(), Some("Rancher down"));
+    }
+
+    #[tokio::test]
+    async fn the_instance_id_is_created_once_and_never_silently_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let id = {
+            let store = Store::open(&path).unwrap();
+            let id = store.instance_id(None).await.unwrap();
+            assert_eq!(id.len(), 36, "a UUID: {id}");
+            assert_eq!(store.instance_id(None).await.unwrap(), id);
+            id
+        };
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.instance_id(Some(id.clone())).await.unwrap(), id);
+        assert!(matches!(
+            store.instance_id(Some("other".into())).await,
+            Err(StoreError::InstanceMismatch { ref stored, .. }) if *stored == id
+        ));
+        let fresh = Store::open(&dir.path().join("other.db")).unwrap();
+        assert_eq!(
+            fresh.instance_id(Some("sim-a".into())).await.unwrap(),
+            "sim-a",
+            "a replacement agent takes over an instance on purpose"
+        );
+    }
+
+    #[test]
+    fn old_databases_migrate_and_lose_the_stored_registration_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for sql in &super::super::MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO agent_clusters (name, profile, phase, registration_token, attempts, created_at, updated_at)
+                 VALUES ('a', 'lean', 'deleting', 'secret-token', 0, 1, 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let a = rt.block_on(store.agent_cluster("a")).unwrap().unwrap();
+        assert_eq!(
+            a.deletion_requested_at,
+            Some(5),
+            "an old delete stays requested"
+        );
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('agent_clusters')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !columns.iter().any(|c| c == "registration_token"),
+            "{columns:?}"
+        );
     }
 }

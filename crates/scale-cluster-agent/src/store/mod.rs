@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::kwok::ports::{PortBlock, PortRange};
 
 mod agent;
-pub use agent::{AgentPhase, AgentRecord, RancherRegistration};
+pub use agent::{AgentPhase, AgentRecord, PhaseWrite};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -45,6 +45,16 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         active_at INTEGER
     );",
+    // Desired state apart from the observed phase (a deletion marker, like `deletionTimestamp`);
+    // Rancher's answers are no longer stored (nothing read them back, and the registration token
+    // is a secret); the agent's own identity lives in `agent_meta`.
+    "ALTER TABLE agent_clusters ADD COLUMN deletion_requested_at INTEGER;
+     UPDATE agent_clusters SET deletion_requested_at = updated_at WHERE phase = 'deleting';
+     UPDATE agent_clusters SET registration_token = NULL;
+     ALTER TABLE agent_clusters DROP COLUMN registration_token;
+     ALTER TABLE agent_clusters DROP COLUMN server_url;
+     ALTER TABLE agent_clusters DROP COLUMN ca_checksum;
+     CREATE TABLE agent_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +80,11 @@ pub enum StoreError {
     Task(String),
     #[error("corrupt row for cluster {name:?}: {reason}")]
     Corrupt { name: String, reason: String },
+    #[error(
+        "this data dir belongs to agent instance {stored:?}, not {requested:?}: use the data dir of \
+         instance {requested:?}, or drop --instance-id to keep {stored:?}"
+    )]
+    InstanceMismatch { stored: String, requested: String },
 }
 
 /// Where a cluster is in its life. Transitional phases (`Creating`, `Deleting`) carry the pid of the

@@ -231,6 +231,52 @@ impl RancherSim {
         self.client().await.cluster(id).await.expect("read cluster")
     }
 
+    /// Creates an imported cluster as a Rancher user would (raw API), optionally labelled as a
+    /// scale-cluster-agent instance's; returns its id.
+    pub async fn create_cluster(&self, name: &str, instance: Option<&str>) -> String {
+        let mut body = serde_json::json!({"type": "cluster", "name": name, "importedConfig": {}});
+        if let Some(instance) = instance {
+            body["labels"] =
+                serde_json::json!({ scale_cluster_agent::rancher::INSTANCE_LABEL: instance });
+        }
+        let response = self
+            .http()
+            .post(format!("{}/v3/clusters", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /v3/clusters");
+        assert!(response.status().is_success(), "{}", response.status());
+        let created: serde_json::Value = response.json().await.expect("JSON");
+        created["id"].as_str().expect("id").to_string()
+    }
+
+    /// Deletes a cluster as a Rancher user would (raw API).
+    pub async fn delete_cluster(&self, id: &str) {
+        let response = self
+            .http()
+            .delete(format!("{}/v3/clusters/{id}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("DELETE /v3/clusters/<id>");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
+    /// For `seconds`, cluster lists come back empty and cluster GETs answer 404, as a proxy or a
+    /// token that lost its rights would make them.
+    pub async fn hide_clusters(&self, seconds: f64) {
+        let response = self
+            .http()
+            .post(format!("{}/sim/faults", self.url))
+            .json(&serde_json::json!({ "hideClustersSeconds": seconds }))
+            .send()
+            .await
+            .expect("POST /sim/faults");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+
     /// Raw `GET /v3/<path>` with the API token, as JSON.
     pub async fn get_v3(&self, path_and_query: &str) -> serde_json::Value {
         let url = format!("{}/v3/{path_and_query}", self.url);
