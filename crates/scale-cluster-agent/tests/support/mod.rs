@@ -8,6 +8,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod agent_home;
 pub mod go_build;
 pub mod rancher_sim;
 
@@ -100,4 +101,30 @@ pub fn kill_processes_mentioning(path: &std::path::Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// Local TCP ports in `range` that some process listens on (IPv4 and IPv6), read from
+/// `/proc/net/tcp{,6}`: the kernel's word, whoever holds them.
+pub fn listening_ports(range: std::ops::Range<u16>) -> Vec<u16> {
+    const LISTEN: &str = "0A";
+    let mut ports: Vec<u16> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let port = fields.get(1)?.rsplit_once(':')?.1;
+                    let port = u16::from_str_radix(port, 16).ok()?;
+                    (fields.get(3) == Some(&LISTEN)).then_some(port)
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|port| range.contains(port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
