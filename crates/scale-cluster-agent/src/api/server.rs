@@ -528,6 +528,6 @@ mod tests {
         );
         assert!(text.contains("\nsca_tunnel_sessions_active -1\n"), "{text}");
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 14, "{text}");
+        assert_eq!(families, 17, "{text}");
     }
 }
