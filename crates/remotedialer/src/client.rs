@@ -5,7 +5,7 @@
 use crate::error::SessionError;
 use crate::metrics::{self, GaugeGuard, Metrics};
 use crate::router::Router;
-use crate::session::{run_session, Keepalive};
+use crate::session::{run_session, Keepalive, StreamLimits};
 use crate::stream::FlowControl;
 use crate::tls::{client_tls_config, TlsMode};
 use rand::Rng;
@@ -65,6 +65,8 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     pub keepalive: Keepalive,
     pub flow: FlowControl,
+    /// How many streams a session may hold and when idle in-process streams are closed.
+    pub streams: StreamLimits,
     /// Limit for TCP connect, TLS and websocket upgrade together (upstream: 10 s).
     pub handshake_timeout: Duration,
     /// Initial websocket read buffer. tungstenite's 128 KiB default is far too much for
@@ -85,6 +87,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             keepalive: Keepalive::default(),
             flow: FlowControl::default(),
+            streams: StreamLimits::default(),
             handshake_timeout: Duration::from_secs(10),
             websocket_read_buffer: 4 << 10,
             max_frame_size: 16 << 20,
@@ -108,6 +111,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("backoff", &self.backoff)
             .field("keepalive", &self.keepalive)
             .field("flow", &self.flow)
+            .field("streams", &self.streams)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("websocket_read_buffer", &self.websocket_read_buffer)
             .field("max_frame_size", &self.max_frame_size)
@@ -289,6 +293,7 @@ where
         router.clone(),
         config.keepalive,
         config.flow,
+        config.streams,
         metrics.clone(),
         shutdown,
     )

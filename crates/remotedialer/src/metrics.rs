@@ -15,6 +15,9 @@ pub struct Metrics {
     pub(crate) streams_opened: AtomicU64,
     pub(crate) streams_active: AtomicI64,
     pub(crate) streams_failed: AtomicU64,
+    pub(crate) streams_refused: AtomicU64,
+    pub(crate) streams_closed_idle: AtomicU64,
+    pub(crate) buffer_overflows: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
@@ -40,6 +43,12 @@ pub struct MetricsSnapshot {
     pub streams_active: i64,
     /// Streams whose target was denied, refused or failed to dial.
     pub streams_failed: u64,
+    /// Connects refused because the session already had `max_streams` streams open.
+    pub streams_refused: u64,
+    /// In-process streams closed after their idle timeout.
+    pub streams_closed_idle: u64,
+    /// Streams closed because their buffer, or their session's buffers, went over the limit.
+    pub buffer_overflows: u64,
     /// Data payload bytes received from servers.
     pub bytes_received: u64,
     /// Data payload bytes sent to servers.
@@ -66,6 +75,9 @@ impl Metrics {
             streams_opened: load(&self.streams_opened),
             streams_active: self.streams_active.load(Ordering::Relaxed),
             streams_failed: load(&self.streams_failed),
+            streams_refused: load(&self.streams_refused),
+            streams_closed_idle: load(&self.streams_closed_idle),
+            buffer_overflows: load(&self.buffer_overflows),
             bytes_received: load(&self.bytes_received),
             bytes_sent: load(&self.bytes_sent),
             protocol_errors: load(&self.protocol_errors),

@@ -4,6 +4,11 @@
 //! All websocket writes go through one bounded queue drained by one writer, so frames never
 //! interleave and a stalled socket applies back-pressure instead of growing memory. The reader
 //! never waits on a stream: Data is appended to that stream's buffer (see [`crate::stream`]).
+//!
+//! What one server can make a session hold is bounded by [`StreamLimits`]: at most
+//! `max_streams` open streams (a Connect beyond that gets an Error for that id only), and
+//! in-process streams that see no traffic for `handler_idle_timeout` are closed. Buffered bytes
+//! are bounded per stream and per session by [`FlowControl`].
 
 use crate::codec::{self, Message, Payload, MAX_HEADER_LEN};
 use crate::error::SessionError;
@@ -13,7 +18,7 @@ use crate::stream::{FlowControl, Inbound, OfferOutcome, RemoteEnd, StreamShared}
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,6 +51,32 @@ impl Default for Keepalive {
     }
 }
 
+/// How many streams one session may hold, and how long an in-process stream may sit idle.
+///
+/// Upstream sets neither: every Connect spawns a dial and a pipe, and handler streams live
+/// until the server closes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Streams open at once per session (including ones still dialing). A Connect beyond this
+    /// is answered with an Error for its id only; the session and other streams go on.
+    pub max_streams: usize,
+    /// Close a [`Route::Handle`] stream after this long without a byte either way, with an
+    /// Error so the server knows. `None` never closes. Dialed streams are never idle-closed:
+    /// a watch through the tunnel is legitimately quiet for a long time.
+    pub handler_idle_timeout: Option<Duration>,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            // Rancher keeps about 110 watches open per cluster, plus short-lived requests:
+            // roughly nine times that still fits.
+            max_streams: 1024,
+            handler_idle_timeout: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
 /// Frames waiting for the writer. Small, so thousands of idle queues cost little.
 const OUTGOING_QUEUE: usize = 64;
 
@@ -68,6 +99,8 @@ enum StreamEnd {
     LocalEof,
     /// Reading or writing the target failed: send the error text.
     LocalError(String),
+    /// No traffic either way for this long: send an Error saying so.
+    Idle(Duration),
 }
 
 struct SessionShared {
@@ -75,6 +108,9 @@ struct SessionShared {
     outgoing: mpsc::Sender<Outgoing>,
     router: Arc<dyn Router>,
     flow: FlowControl,
+    limits: StreamLimits,
+    /// Bytes buffered for targets by all streams together (see [`crate::stream`]).
+    buffered: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
 }
@@ -87,6 +123,7 @@ pub(crate) async fn run_session<S>(
     router: Arc<dyn Router>,
     keepalive: Keepalive,
     flow: FlowControl,
+    limits: StreamLimits,
     metrics: Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError>
@@ -102,6 +139,8 @@ where
         outgoing,
         router,
         flow,
+        limits,
+        buffered: Arc::new(AtomicUsize::new(0)),
         metrics,
         closing,
     });
@@ -248,11 +287,24 @@ impl SessionShared {
         })?;
         let conn_id = message.conn_id;
         match message.payload {
-            Payload::Connect { proto, address } => self.open_stream(ConnectRequest {
-                conn_id,
-                proto,
-                address,
-            }),
+            Payload::Connect { proto, address } => {
+                if self.at_stream_limit(conn_id) {
+                    metrics::bump(&self.metrics.streams_refused);
+                    tracing::debug!(conn_id, %address, "stream limit reached; refusing connect");
+                    let limit = self.limits.max_streams;
+                    self.send(
+                        conn_id,
+                        Payload::Error(format!("too many streams: the limit is {limit}")),
+                    )
+                    .await;
+                } else {
+                    self.open_stream(ConnectRequest {
+                        conn_id,
+                        proto,
+                        address,
+                    });
+                }
+            }
             Payload::Data(bytes) => match self.lookup(conn_id) {
                 None => {
                     self.send(
@@ -271,10 +323,14 @@ impl SessionShared {
                         }
                         OfferOutcome::Overflow => {
                             self.forget(&stream);
+                            metrics::bump(&self.metrics.buffer_overflows);
                             tracing::warn!(conn_id, "server ignored Pause; closing stream");
                             self.send(conn_id, Payload::Error("receive buffer overflow".into()))
                                 .await;
                         }
+                    }
+                    if self.buffered.load(Ordering::Relaxed) > self.flow.session_buffer_limit {
+                        self.shed_largest_stream().await;
                     }
                 }
             },
@@ -313,10 +369,48 @@ impl SessionShared {
         Ok(())
     }
 
+    /// True when a Connect for `conn_id` would exceed `max_streams`. A Connect reusing a live
+    /// id replaces that stream, so it never counts as one more.
+    fn at_stream_limit(&self, conn_id: i64) -> bool {
+        let table = self.table();
+        table.len() >= self.limits.max_streams && !table.contains_key(&conn_id)
+    }
+
+    /// Closes the stream holding the most buffered bytes, which includes the one that just
+    /// took the session over its limit, so the total shrinks by at least that frame.
+    async fn shed_largest_stream(&self) {
+        let largest = self
+            .table()
+            .values()
+            .map(|stream| (stream.buffered(), stream.clone()))
+            .max_by_key(|(buffered, _)| *buffered);
+        let Some((buffered, stream)) = largest else {
+            return;
+        };
+        stream.shed();
+        self.forget(&stream);
+        metrics::bump(&self.metrics.buffer_overflows);
+        tracing::warn!(
+            conn_id = stream.conn_id,
+            buffered,
+            limit = self.flow.session_buffer_limit,
+            "session receive buffers over their limit; closing the largest stream"
+        );
+        self.send(
+            stream.conn_id,
+            Payload::Error("receive buffer overflow".into()),
+        )
+        .await;
+    }
+
     /// Registers the stream before anything is dialed: Data may follow the Connect at once,
     /// and the id must already appear in SyncConnections.
     fn open_stream(self: &Arc<Self>, request: ConnectRequest) {
-        let stream = Arc::new(StreamShared::new(request.conn_id, self.flow));
+        let stream = Arc::new(StreamShared::new(
+            request.conn_id,
+            self.flow,
+            self.buffered.clone(),
+        ));
         let replaced = self.table().insert(request.conn_id, stream.clone());
         if let Some(replaced) = replaced {
             replaced.end(RemoteEnd::Failed("connection id reused".into()));
@@ -342,7 +436,9 @@ impl SessionShared {
             Route::Handle(handler) => {
                 let (ours, theirs) = tokio::io::duplex(self.flow.read_chunk);
                 tokio::spawn(handler.serve(theirs));
-                Ok(self.splice(stream, ours).await)
+                Ok(self
+                    .splice(stream, ours, self.limits.handler_idle_timeout)
+                    .await)
             }
             Route::Dial(address) => {
                 let dial = tokio::net::TcpStream::connect(address.as_str());
@@ -350,7 +446,7 @@ impl SessionShared {
                     Ok(Ok(socket)) => {
                         // Tunnel traffic is mostly small request/response exchanges.
                         let _ = socket.set_nodelay(true);
-                        Ok(self.splice(stream, socket).await)
+                        Ok(self.splice(stream, socket, None).await)
                     }
                     Ok(Err(error)) => Err(format!("dial tcp {address}: {error}")),
                     Err(_) => Err(format!("dial tcp {address}: timed out")),
@@ -361,6 +457,12 @@ impl SessionShared {
             Ok(StreamEnd::Remote) => {}
             Ok(StreamEnd::LocalEof) => self.send(conn_id, Payload::Error("EOF".into())).await,
             Ok(StreamEnd::LocalError(text)) => self.send(conn_id, Payload::Error(text)).await,
+            Ok(StreamEnd::Idle(after)) => {
+                metrics::bump(&self.metrics.streams_closed_idle);
+                tracing::debug!(conn_id, ?after, "closing idle stream");
+                let text = format!("stream idle for {}s", after.as_secs_f64());
+                self.send(conn_id, Payload::Error(text)).await
+            }
             Err(reason) => {
                 metrics::bump(&self.metrics.streams_failed);
                 tracing::debug!(conn_id, %reason, "stream target unavailable");
@@ -370,18 +472,37 @@ impl SessionShared {
     }
 
     /// Copies both ways until either side ends; there is no half-close in this protocol.
-    async fn splice<T>(&self, stream: &StreamShared, target: T) -> StreamEnd
+    /// With `idle_timeout`, also ends once no bytes moved either way for that long.
+    async fn splice<T>(
+        &self,
+        stream: &StreamShared,
+        target: T,
+        idle_timeout: Option<Duration>,
+    ) -> StreamEnd
     where
         T: AsyncRead + AsyncWrite + Send + Unpin,
     {
         let (mut from_target, mut to_target) = tokio::io::split(target);
+        let activity = Activity::new();
+        let idle = async {
+            match idle_timeout {
+                Some(limit) => activity.idle_for(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            end = self.pump_to_target(stream, &mut to_target) => end,
-            end = self.pump_from_target(stream, &mut from_target) => end,
+            end = self.pump_to_target(stream, &mut to_target, &activity) => end,
+            end = self.pump_from_target(stream, &mut from_target, &activity) => end,
+            end = idle => end,
         }
     }
 
-    async fn pump_to_target<W>(&self, stream: &StreamShared, target: &mut W) -> StreamEnd
+    async fn pump_to_target<W>(
+        &self,
+        stream: &StreamShared,
+        target: &mut W,
+        activity: &Activity,
+    ) -> StreamEnd
     where
         W: AsyncWrite + Unpin,
     {
@@ -391,6 +512,7 @@ impl SessionShared {
                     if let Err(error) = target.write_all(&bytes).await {
                         return StreamEnd::LocalError(error.to_string());
                     }
+                    activity.touch();
                     if send_resume {
                         self.send(stream.conn_id, Payload::Resume).await;
                     }
@@ -404,7 +526,12 @@ impl SessionShared {
         }
     }
 
-    async fn pump_from_target<R>(&self, stream: &StreamShared, target: &mut R) -> StreamEnd
+    async fn pump_from_target<R>(
+        &self,
+        stream: &StreamShared,
+        target: &mut R,
+        activity: &Activity,
+    ) -> StreamEnd
     where
         R: AsyncRead + Unpin,
     {
@@ -443,11 +570,45 @@ impl SessionShared {
                 exact.extend_from_slice(&buffer);
                 buffer = exact;
             }
+            activity.touch();
             metrics::add(&self.metrics.bytes_sent, read);
             let frame =
                 codec::encode_data_in_place(buffer, codec::next_message_id(), stream.conn_id);
             if self.outgoing.send(Outgoing::Frame(frame)).await.is_err() {
                 return StreamEnd::Remote;
+            }
+        }
+    }
+}
+
+/// When a spliced stream last moved bytes, for its idle timeout. An atomic rather than a
+/// timer reset per chunk, so busy streams pay one store per chunk.
+struct Activity {
+    started: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `limit`; wakes at most once per `limit` while active.
+    async fn idle_for(&self, limit: Duration) -> StreamEnd {
+        loop {
+            let seen = self.last_ms.load(Ordering::Relaxed);
+            let deadline = self.started + Duration::from_millis(seen) + limit;
+            tokio::time::sleep_until(deadline).await;
+            if self.last_ms.load(Ordering::Relaxed) == seen {
+                return StreamEnd::Idle(limit);
             }
         }
     }

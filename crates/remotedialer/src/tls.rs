@@ -41,6 +41,8 @@ pub enum TlsError {
     EmptyBundle(String),
     #[error("fetching {url}: {reason}")]
     Fetch { url: String, reason: String },
+    #[error("answer from {url} is larger than {limit} bytes; a cacerts setting is a few KiB")]
+    TooLarge { url: String, limit: usize },
     #[error("CA checksum mismatch: expected {expected}, server's cacerts hash to {actual}")]
     ChecksumMismatch { expected: String, actual: String },
     #[error("invalid tunnel url for CA lookup: {0}")]
@@ -133,6 +135,10 @@ pub fn server_base_url(tunnel_url: &str) -> Result<String, TlsError> {
     Ok(format!("{scheme}://{authority}"))
 }
 
+/// Most of a `cacerts` answer read: a CA bundle is a few KiB, and the answer comes from a server
+/// not yet trusted, which must not be able to make us buffer an endless body.
+pub const CACERTS_BODY_LIMIT: usize = 1 << 20;
+
 /// Fetches the `cacerts` setting without verifying the server (the checksum is what makes the
 /// answer trustworthy), checks it against `checksum`, and returns the PEM.
 pub async fn fetch_pinned_ca(server_base: &str, checksum: &str) -> Result<String, TlsError> {
@@ -146,16 +152,33 @@ pub async fn fetch_pinned_ca(server_base: &str, checksum: &str) -> Result<String
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .map_err(|error| fetch_error(error.to_string()))?;
-    let response = client
+    let mut response = client
         .get(&url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
         .map_err(|error| fetch_error(error.to_string()))?;
-    let body = response
-        .bytes()
+    let too_large = || TlsError::TooLarge {
+        url: url.clone(),
+        limit: CACERTS_BODY_LIMIT,
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > CACERTS_BODY_LIMIT as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|error| fetch_error(error.to_string()))?;
+        .map_err(|error| fetch_error(error.to_string()))?
+    {
+        if body.len() + chunk.len() > CACERTS_BODY_LIMIT {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
     let setting: serde_json::Value =
         serde_json::from_slice(&body).map_err(|error| fetch_error(error.to_string()))?;
     let pem = setting

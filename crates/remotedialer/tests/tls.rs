@@ -1,9 +1,11 @@
 //! `wss://` with each TLS mode against a local server whose certificate chains to a private
-//! CA; the server also answers `/v3/settings/cacerts` like Rancher for checksum pinning.
+//! CA; the server also answers `/v3/settings/cacerts` like Rancher for checksum pinning. A plain
+//! HTTP server with an oversized `cacerts` answer checks the cap on what is read.
 
+use remotedialer::tls::CACERTS_BODY_LIMIT;
 use remotedialer::{
-    ca_checksum, spawn_client, ClientConfig, ClientHandle, ConnectionState, DialTcp, Metrics,
-    SessionError, TlsMode,
+    ca_checksum, fetch_pinned_ca, spawn_client, ClientConfig, ClientHandle, ConnectionState,
+    DialTcp, Metrics, SessionError, TlsError, TlsMode,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::SocketAddr;
@@ -196,4 +198,83 @@ async fn ca_checksum_mismatch_refuses_to_connect() {
         "checksum mismatch",
     )
     .await;
+}
+
+/// A plain-HTTP server that answers every request with `head` and then `body_bytes` of a
+/// JSON-looking body (endless when `None`), counting what it managed to send.
+async fn spawn_oversized_cacerts(
+    head: &'static str,
+    body_bytes: Option<u64>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                if socket.write_all(head.as_bytes()).await.is_err()
+                    || socket.write_all(b"{\"value\":\"").await.is_err()
+                {
+                    return;
+                }
+                let block = vec![b'A'; 64 << 10];
+                let mut left = body_bytes.unwrap_or(u64::MAX);
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if socket.write_all(&block[..n]).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    (address, sent)
+}
+
+#[tokio::test]
+async fn an_endless_cacerts_answer_is_cut_off_at_the_limit() {
+    let (address, sent) = spawn_oversized_cacerts(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        None,
+    )
+    .await;
+    let result = tokio::time::timeout(
+        LIMIT,
+        fetch_pinned_ca(&format!("http://{address}"), &"00".repeat(32)),
+    )
+    .await
+    .expect("gave up in time");
+    match result {
+        Err(error @ TlsError::TooLarge { limit, .. }) => {
+            assert_eq!(limit, CACERTS_BODY_LIMIT);
+            assert!(
+                error.to_string().contains("larger than 1048576 bytes"),
+                "{error}"
+            );
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // The server was stopped by the client closing, not by a body read to its end.
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 64 << 20, "the client read {sent} bytes");
+}
+
+#[tokio::test]
+async fn a_declared_oversized_cacerts_answer_is_refused_unread() {
+    let (address, _) = spawn_oversized_cacerts(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n",
+        Some(4 << 20),
+    )
+    .await;
+    let result = fetch_pinned_ca(&format!("http://{address}"), &"00".repeat(32)).await;
+    assert!(
+        matches!(result, Err(TlsError::TooLarge { .. })),
+        "{result:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The Rancher management-API client against the real rancher-sim test peer
 //! (tests/rancher-sim): find-or-create, registration tokens in both Rancher styles, the import
-//! manifest, TLS trust modes, error variants, retries and deletion.
+//! manifest, TLS trust modes, error variants, retries and deletion. A local HTTPS server with an
+//! endless body checks that answers are read only up to a size cap.
 
 mod support;
 
@@ -409,5 +410,145 @@ async fn only_clusters_carrying_this_instance_are_adopted_or_deleted() {
     assert!(
         counts.iter().any(|(m, n)| *m == "GET" && *n > 0),
         "{counts:?}"
+    );
+}
+
+/// Throwaway self-signed certificate for 127.0.0.1, used only by the oversized-answer server.
+const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBkTCCATagAwIBAgIUTqdHpvgQes9JCxS04by+qkVKO/cwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJMTI3LjAuMC4xMCAXDTI2MTIwMTE0NDUwN1oYDzIxMjYxMTA3
+MTQ0NTA3WjAUMRIwEAYDVQQDDAkxMjcuMC4wLjEwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAARuPGYibaIEBwZXeyS63u7fhNFBBjXXwDlfMyftF/bPw82FQEZXnp6G
+g/R1XdJr0TFcsockZWaYHLsjjn4S97d/o2QwYjAdBgNVHQ4EFgQU0O8CLEEn8aKS
+iI0AjRlp3Y0pYZ0wHwYDVR0jBBgwFoAU0O8CLEEn8aKSiI0AjRlp3Y0pYZ0wDwYD
+VR0TAQH/BAUwAwEB/zAPBgNVHREECDAGhwR/AAABMAoGCCqGSM49BAMCA0kAMEYC
+IQDP+d/w06jervVoh5MBMdf1UHcwIw917cmNHVnAHF0T2AIhAOFIvAR9ZtTxH923
+3zw5gkioImXbHfXNohSfpwpLgRiP
+-----END CERTIFICATE-----
+";
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgF+/HbYI54DIpyX5H
+thivpSmH9kb8F5i47CptvDb+w2+hRANCAARuPGYibaIEBwZXeyS63u7fhNFBBjXX
+wDlfMyftF/bPw82FQEZXnp6Gg/R1XdJr0TFcsockZWaYHLsjjn4S97d/
+-----END PRIVATE KEY-----
+";
+
+/// An HTTPS server that answers every request with 200 and an endless JSON-looking body, and
+/// counts the body bytes it managed to send. Plain threads and blocking rustls keep it
+/// independent of the client under test.
+fn spawn_endless_https() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from_pem_slice(TEST_CERT.as_bytes()).expect("test cert")],
+        PrivateKeyDer::from_pem_slice(TEST_KEY.as_bytes()).expect("test key"),
+    )
+    .expect("server config");
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(socket) = socket else { return };
+            let (config, counter) = (config.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(connection, socket);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let start = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Connection: close\r\n\r\n{\"data\":[\"";
+                if tls.write_all(start.as_bytes()).is_err() {
+                    return;
+                }
+                let block = vec![b'x'; 64 << 10];
+                while tls.write_all(&block).is_ok() {
+                    counter.fetch_add(block.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (port, sent)
+}
+
+#[tokio::test]
+async fn endless_answers_are_cut_off_at_the_size_cap() {
+    let (port, sent) = spawn_endless_https();
+    let config = |tls| {
+        let mut config = RancherConfig::new(
+            format!("https://127.0.0.1:{port}"),
+            ApiToken::new(rancher_sim::API_TOKEN).expect("token"),
+            tls,
+        );
+        config.request_timeout = Duration::from_secs(60);
+        config
+    };
+    let bytes_sent = || sent.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Checksum pinning reads `cacerts` first: capped at 1 MiB.
+    let pinned = RancherClient::new(config(TlsMode::CaChecksum("00".repeat(32)))).await;
+    match pinned {
+        Err(
+            error @ RancherError::BodyTooLarge {
+                limit: 1_048_576, ..
+            },
+        ) => {
+            assert!(
+                error.to_string().contains("/v3/settings/cacerts"),
+                "{error}"
+            );
+        }
+        other => panic!("expected BodyTooLarge for cacerts, got {other:?}"),
+    }
+    let after_cacerts = bytes_sent();
+
+    // JSON answers: capped at 64 MiB, and nothing is retried.
+    let client = RancherClient::new(config(TlsMode::Insecure))
+        .await
+        .expect("client");
+    let started = Instant::now();
+    match client.check_access().await {
+        Err(error @ RancherError::BodyTooLarge { limit, .. }) => {
+            assert_eq!(limit, 64 << 20);
+            let text = error.to_string();
+            assert!(
+                text.contains("/v3/clusters") && text.contains("larger than"),
+                "{text}"
+            );
+        }
+        other => panic!("expected BodyTooLarge, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The server keeps writing until the client hangs up; socket buffers let it get a few MiB
+    // past the cap, not a second request's worth.
+    // The client did read up to the cap (less the block whose count may lag) before refusing.
+    let read_for_json = bytes_sent() - after_cacerts;
+    assert!(
+        ((64 << 20) - (64 << 10)..(64 << 20) + (16 << 20)).contains(&read_for_json),
+        "the server sent {read_for_json} bytes"
+    );
+    assert!(
+        ((1 << 20) - (64 << 10)..16 << 20).contains(&after_cacerts),
+        "cacerts: the server sent {after_cacerts} bytes"
     );
 }

@@ -1,7 +1,10 @@
 //! Test support: builds the upstream Go programs (the stock `remotedialer/server` and our
 //! `peer` helper) from the pinned module in `tests/remotedialer-peers`, runs them on free
-//! loopback ports, and provides a tiny local HTTP target plus polling helpers.
+//! loopback ports, and provides a tiny local HTTP target plus polling helpers; `fake_server` is a
+//! scripted server for misbehaviour the upstream one cannot produce.
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod fake_server;
 
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;

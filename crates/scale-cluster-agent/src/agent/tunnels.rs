@@ -23,8 +23,8 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use remotedialer::{
     spawn_client, Backoff, ClientConfig, ClientHandle, ClientStatus, ConnectRequest,
-    ConnectionState, InProcessHandler, Keepalive, Metrics, MetricsSnapshot, Route, SessionError,
-    TlsMode,
+    ConnectionState, FlowControl, InProcessHandler, Keepalive, Metrics, MetricsSnapshot, Route,
+    SessionError, StreamLimits, TlsMode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,11 @@ use serde::{Deserialize, Serialize};
 pub struct TunnelOptions {
     pub keepalive: Keepalive,
     pub backoff: Backoff,
+    /// Per-stream and per-session receive buffer limits.
+    pub flow: FlowControl,
+    /// Streams per session (default 1024) and the idle timeout of in-process streams (default
+    /// 5 min), which applies to the steve tunnel's handler; the main tunnel only dials.
+    pub streams: StreamLimits,
 }
 
 /// What one cluster's tunnels need. `Debug` leaves the secrets out.
@@ -138,6 +143,8 @@ impl TunnelSet {
             config.tls = spec.tls.clone();
             config.keepalive = self.options.keepalive;
             config.backoff = self.options.backoff;
+            config.flow = self.options.flow;
+            config.streams = self.options.streams;
             config.give_up = Some(Arc::new(gives_up));
             config
         };

@@ -313,6 +313,9 @@ fn exposition(
         streams_opened,
         streams_active,
         streams_failed,
+        streams_refused,
+        streams_closed_idle,
+        buffer_overflows,
         bytes_received,
         bytes_sent,
         protocol_errors,
@@ -341,7 +344,7 @@ fn exposition(
             "sca_rancher_requests_total{{method=\"{method}\"}} {count}"
         );
     }
-    let simple: [(&str, &str, &str, i128); 13] = [
+    let simple: [(&str, &str, &str, i128); 16] = [
         (
             "sca_tunnels_connected",
             "gauge",
@@ -395,6 +398,24 @@ fn exposition(
             "counter",
             "Streams whose target was denied, refused or failed to dial.",
             streams_failed.into(),
+        ),
+        (
+            "sca_tunnel_streams_refused_total",
+            "counter",
+            "Streams refused because their session already had its maximum open.",
+            streams_refused.into(),
+        ),
+        (
+            "sca_tunnel_streams_closed_idle_total",
+            "counter",
+            "In-process (steve) streams closed after their idle timeout.",
+            streams_closed_idle.into(),
+        ),
+        (
+            "sca_tunnel_buffer_overflows_total",
+            "counter",
+            "Streams closed because Rancher sent past the receive buffer limits.",
+            buffer_overflows.into(),
         ),
         (
             "sca_tunnel_received_bytes_total",
@@ -532,6 +553,6 @@ mod tests {
         );
         assert!(text.contains("\nsca_tunnel_sessions_active -1\n"), "{text}");
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 15, "{text}");
+        assert_eq!(families, 18, "{text}");
     }
 }

@@ -77,6 +77,12 @@ pub enum RancherError {
         source: reqwest::Error,
     },
 
+    #[error(
+        "Rancher's answer to {path} is larger than {limit} bytes; refusing to read it (is this \
+         URL really Rancher?)"
+    )]
+    BodyTooLarge { path: String, limit: usize },
+
     #[error("unexpected answer from Rancher for {path}: {reason}")]
     Decode { path: String, reason: String },
 

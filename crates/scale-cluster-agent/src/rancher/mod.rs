@@ -552,10 +552,20 @@ impl Transport {
                     .body(body.to_string());
             }
             tracing::debug!(%method, path = label, attempt, "Rancher request");
+            let limit = body_limit(path);
             let outcome = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
-                    response.bytes().await.map(|body| (status, body.to_vec()))
+                    match read_body(response, limit).await {
+                        Ok(Some(body)) => Ok((status, body)),
+                        Ok(None) => {
+                            return Err(RancherError::BodyTooLarge {
+                                path: label.to_owned(),
+                                limit,
+                            })
+                        }
+                        Err(error) => Err(error),
+                    }
                 }
                 Err(error) => Err(error),
             };
@@ -584,6 +594,45 @@ impl Transport {
             tokio::time::sleep(self.retry.delay(attempt)).await;
         }
     }
+}
+
+/// Most of one JSON (or manifest) answer read. v3 collections come in pages of 1,000 by
+/// default (up to 10,000 with `limit`); a v3 cluster object with its links, actions and ~20
+/// conditions is roughly 5–12 KiB, so even 5,000 clusters in one answer fit, while a broken or
+/// hostile server cannot make one request hold more than this.
+const BODY_LIMIT: usize = 64 << 20;
+/// Most of a `cacerts` answer read: a CA bundle is a few KiB, and during checksum pinning the
+/// answer comes from a server not yet trusted.
+const CACERTS_BODY_LIMIT: usize = 1 << 20;
+
+fn body_limit(path: &str) -> usize {
+    if path == "/v3/settings/cacerts" {
+        CACERTS_BODY_LIMIT
+    } else {
+        BODY_LIMIT
+    }
+}
+
+/// Reads the whole body unless it is longer than `limit` (then `None`, as soon as that is
+/// known from `Content-Length` or from the bytes read so far).
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// Maps a final HTTP answer to the body or a specific error.
