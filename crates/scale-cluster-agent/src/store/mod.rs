@@ -177,6 +177,9 @@ impl Store {
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
         conn.busy_timeout(Duration::from_secs(60))?;
+        // Deleted rows (a deleted cluster's tunnel params, columns a migration drops) are
+        // overwritten with zeros instead of lingering in free pages of the file.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&conn)?;
