@@ -8,9 +8,10 @@
 //! would show in `ps`), and is never printed. The same holds for the agent's own API token, which a
 //! non-loopback `--listen` requires.
 //!
-//! This module also owns the two rules that keep those secrets on this side: no child process
-//! inherits a secret variable ([`scrub_secret_env`]), and the directories holding state are
-//! private to the user ([`ensure_private_dir`]).
+//! This module also owns the rules that keep those secrets on this side: no child process
+//! inherits a secret variable (the CLI moves them out of its environment at start,
+//! [`take_secret_env`], and every spawn removes them again, [`scrub_secret_env`]), and the
+//! directories holding state are private to the user ([`ensure_private_dir`]).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -327,7 +328,7 @@ impl RancherArgs {
     /// The token from (in order) SCA_RANCHER_TOKEN, the token file flag/env, the config file's
     /// `token`, or its `tokenFile`.
     fn token(&self, file: &RancherFile) -> anyhow::Result<ApiToken> {
-        if let Ok(token) = std::env::var(RANCHER_TOKEN_ENV) {
+        if let Some(token) = secret_var(RANCHER_TOKEN_ENV) {
             if !token.trim().is_empty() {
                 return Ok(ApiToken::new(token.trim())?);
             }
@@ -352,7 +353,7 @@ impl RancherArgs {
     /// The API token from (in order) SCA_API_TOKEN, the token file flag/env, or the config file's
     /// `agent.apiTokenFile`; `None` when none is set.
     fn api_token(&self, file: &AgentFile) -> anyhow::Result<Option<AgentApiToken>> {
-        if let Ok(token) = std::env::var(API_TOKEN_ENV) {
+        if let Some(token) = secret_var(API_TOKEN_ENV) {
             if !token.trim().is_empty() {
                 return AgentApiToken::new(token.trim())
                     .map(Some)
@@ -386,6 +387,36 @@ pub fn is_secret_env(name: &str) -> bool {
     name == RANCHER_TOKEN_ENV
         || name == API_TOKEN_ENV
         || (name.starts_with("SCA_") && name.to_ascii_uppercase().contains("TOKEN"))
+}
+
+/// The secret variables [`take_secret_env`] moved out of the environment.
+static TAKEN_SECRETS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Moves every secret variable ([`is_secret_env`]) out of this process's environment into
+/// memory, where [`RancherArgs::resolve`] still finds them, so that no child process can inherit
+/// one, whoever spawns it and however. The CLI calls it first thing, after parsing the command
+/// line (clap reads `SCA_*_TOKEN_FILE` from the environment) and before any other thread exists:
+/// changing the environment while another thread reads it is undefined behaviour in libc.
+pub fn take_secret_env() {
+    let taken: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| is_secret_env(name))
+        .collect();
+    for (name, _) in &taken {
+        std::env::remove_var(name);
+    }
+    let _ = TAKEN_SECRETS.set(taken);
+}
+
+/// A secret variable: from [`take_secret_env`]'s copy, else (library use, tests) the environment.
+fn secret_var(name: &str) -> Option<String> {
+    match TAKEN_SECRETS.get() {
+        Some(taken) => taken
+            .iter()
+            .find(|(taken, _)| taken == name)
+            .map(|(_, value)| value.clone()),
+        None => std::env::var(name).ok(),
+    }
 }
 
 /// Removes every secret variable ([`is_secret_env`]) from what `cmd` passes to its child. Every
