@@ -134,15 +134,15 @@ pub async fn serve(
 async fn guard(State(access): State<Access>, request: Request, next: Next) -> Response {
     // An absolute-form request target names the host itself, and HTTP/1.1 says it wins over
     // `Host`; both must be acceptable.
-    let hosts = [
-        request.uri().authority().map(|a| a.as_str()),
-        request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok()),
-    ];
-    let has_host = request.headers().contains_key(header::HOST);
-    if !has_host || hosts.iter().flatten().any(|h| !access.host_allowed(h)) {
+    // A missing or non-text Host is refused like a foreign one.
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let target = request.uri().authority().map(|a| a.as_str());
+    let allowed = host.is_some_and(|h| access.host_allowed(h))
+        && target.is_none_or(|t| access.host_allowed(t));
+    if !allowed {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden_host",
