@@ -5,15 +5,24 @@
 //! [`RancherArgs`] and [`AgentSettings`] are what the long-running agent (`serve`, `up`) adds: the
 //! Rancher URL and token, how Rancher's TLS is verified, and the agent's own options. The Rancher
 //! token is read from the environment, a token file or the config file, never from a flag (a flag
-//! would show in `ps`), and is never printed.
+//! would show in `ps`), and is never printed. The same holds for the agent's own API token, which a
+//! non-loopback `--listen` requires.
+//!
+//! This module also owns the rules that keep those secrets on this side: no child process
+//! inherits a secret variable (the CLI moves them out of its environment at start,
+//! [`take_secret_env`], and every spawn removes them again, [`scrub_secret_env`]), and the
+//! directories holding state are private to the user ([`ensure_private_dir`]).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::api::ApiToken as AgentApiToken;
 use crate::kwok::ports::PortRange;
 use crate::kwok::ComponentProfile;
 use crate::rancher::{ApiToken, RancherConfig, TlsMode};
@@ -112,6 +121,8 @@ pub struct AgentFile {
     pub concurrency: Option<usize>,
     /// See `--instance-id`.
     pub instance_id: Option<String>,
+    /// File holding the agent API's bearer token.
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -170,6 +181,16 @@ impl Settings {
     pub fn state_db(&self) -> PathBuf {
         self.data_dir.join("state.db")
     }
+
+    /// Creates the data directory and the kwok work directory, or tightens them, to mode 0700
+    /// ([`ensure_private_dir`]): the first holds the state database and the API token, the second
+    /// every cluster's PKI and admin kubeconfig.
+    pub fn ensure_private_dirs(&self) -> anyhow::Result<()> {
+        for dir in [&self.data_dir, &self.kwok_workdir] {
+            ensure_private_dir(dir).with_context(|| format!("preparing {}", dir.display()))?;
+        }
+        Ok(())
+    }
 }
 
 fn read_config_file(path: &Path) -> anyhow::Result<ConfigFile> {
@@ -202,9 +223,15 @@ pub struct RancherArgs {
     #[arg(long, env = "SCA_RANCHER_INSECURE_SKIP_TLS_VERIFY")]
     pub rancher_insecure_skip_tls_verify: bool,
 
-    /// Address of the agent's HTTP API [default: 127.0.0.1:8089].
+    /// Address of the agent's HTTP API [default: 127.0.0.1:8089]. A non-loopback address
+    /// requires an API token (env SCA_API_TOKEN or --api-token-file).
     #[arg(long, env = "SCA_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// File holding the bearer token the agent's HTTP API requires (at least 16 visible ASCII
+    /// characters; or env SCA_API_TOKEN, or agent.apiTokenFile in the config file).
+    #[arg(long, env = "SCA_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
 
     /// Component profile of new clusters: lean or full [default: lean].
     #[arg(long, env = "SCA_PROFILE")]
@@ -241,6 +268,8 @@ pub struct RancherArgs {
 pub struct AgentSettings {
     pub rancher: RancherConfig,
     pub listen: SocketAddr,
+    /// Bearer token every API request but `GET /health` must carry (required off loopback).
+    pub api_token: Option<AgentApiToken>,
     pub profile: ComponentProfile,
     pub concurrency: usize,
     pub rancher_poll: std::time::Duration,
@@ -285,6 +314,14 @@ impl RancherArgs {
             Some(addr) => addr,
             None => DEFAULT_LISTEN.parse()?,
         };
+        let api_token = self.api_token(agent)?;
+        if api_token.is_none() && !listen.ip().is_loopback() {
+            bail!(
+                "--listen {listen} is not a loopback address, so the API needs a token: set \
+                 SCA_API_TOKEN, pass --api-token-file (or SCA_API_TOKEN_FILE), or put \
+                 agent.apiTokenFile in the config file"
+            );
+        }
         let concurrency = self.concurrency.or(agent.concurrency).unwrap_or(3);
         if concurrency == 0 {
             bail!("--concurrency must be at least 1");
@@ -292,6 +329,7 @@ impl RancherArgs {
         Ok(AgentSettings {
             rancher: RancherConfig::new(url, token, tls),
             listen,
+            api_token,
             profile: self.profile.or(agent.profile).unwrap_or_default(),
             concurrency,
             rancher_poll: std::time::Duration::from_secs(
@@ -310,7 +348,7 @@ impl RancherArgs {
     /// The token from (in order) SCA_RANCHER_TOKEN, the token file flag/env, the config file's
     /// `token`, or its `tokenFile`.
     fn token(&self, file: &RancherFile) -> anyhow::Result<ApiToken> {
-        if let Ok(token) = std::env::var("SCA_RANCHER_TOKEN") {
+        if let Some(token) = secret_var(RANCHER_TOKEN_ENV) {
             if !token.trim().is_empty() {
                 return Ok(ApiToken::new(token.trim())?);
             }
@@ -328,6 +366,126 @@ impl RancherArgs {
             return Ok(ApiToken::new(token.trim())?);
         }
         bail!("no Rancher API token: set SCA_RANCHER_TOKEN, pass --rancher-token-file, or put rancher.token in the config file")
+    }
+}
+
+impl RancherArgs {
+    /// The API token from (in order) SCA_API_TOKEN, the token file flag/env, or the config file's
+    /// `agent.apiTokenFile`; `None` when none is set.
+    fn api_token(&self, file: &AgentFile) -> anyhow::Result<Option<AgentApiToken>> {
+        if let Some(token) = secret_var(API_TOKEN_ENV) {
+            if !token.trim().is_empty() {
+                return AgentApiToken::new(token.trim())
+                    .map(Some)
+                    .with_context(|| format!("invalid {API_TOKEN_ENV}"));
+            }
+        }
+        let Some(path) = self
+            .api_token_file
+            .as_ref()
+            .or(file.api_token_file.as_ref())
+        else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the API token file {}", path.display()))?;
+        AgentApiToken::new(text.trim())
+            .map(Some)
+            .with_context(|| format!("invalid API token in {}", path.display()))
+    }
+}
+
+/// Environment variable holding the Rancher API token.
+pub const RANCHER_TOKEN_ENV: &str = "SCA_RANCHER_TOKEN";
+/// Environment variable holding the agent API's bearer token.
+pub const API_TOKEN_ENV: &str = "SCA_API_TOKEN";
+
+/// Whether a child process must not inherit the variable `name`: our two token variables and,
+/// so a token variable added later is covered without remembering this list, any `SCA_*`
+/// variable whose name mentions a token (the `*_TOKEN_FILE` paths go too; no child needs them).
+pub fn is_secret_env(name: &str) -> bool {
+    name == RANCHER_TOKEN_ENV
+        || name == API_TOKEN_ENV
+        || (name.starts_with("SCA_") && name.to_ascii_uppercase().contains("TOKEN"))
+}
+
+/// The secret variables [`take_secret_env`] moved out of the environment.
+static TAKEN_SECRETS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Moves every secret variable ([`is_secret_env`]) out of this process's environment into
+/// memory, where [`RancherArgs::resolve`] still finds them, so that no child process can inherit
+/// one, whoever spawns it and however. The CLI calls it first thing, after parsing the command
+/// line (clap reads `SCA_*_TOKEN_FILE` from the environment) and before any other thread exists:
+/// changing the environment while another thread reads it is undefined behaviour in libc.
+pub fn take_secret_env() {
+    let taken: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| is_secret_env(name))
+        .collect();
+    for (name, _) in &taken {
+        std::env::remove_var(name);
+    }
+    let _ = TAKEN_SECRETS.set(taken);
+}
+
+/// A secret variable: from [`take_secret_env`]'s copy, else (library use, tests) the environment.
+fn secret_var(name: &str) -> Option<String> {
+    match TAKEN_SECRETS.get() {
+        Some(taken) => taken
+            .iter()
+            .find(|(taken, _)| taken == name)
+            .map(|(_, value)| value.clone()),
+        None => std::env::var(name).ok(),
+    }
+}
+
+/// Removes every secret variable ([`is_secret_env`]) from what `cmd` passes to its child. Every
+/// process the agent spawns goes through this: kwokctl passes its environment on to etcd,
+/// kube-apiserver and the rest, whose `/proc/<pid>/environ` any process of the user can read for
+/// as long as they run.
+pub fn scrub_secret_env(cmd: &mut std::process::Command) {
+    for name in secret_env_names(std::env::vars_os().map(|(name, _)| name)) {
+        cmd.env_remove(name);
+    }
+}
+
+/// The names among `names` that [`is_secret_env`] rejects, plus the fixed ones (removing an unset
+/// variable is harmless, and it also undoes a `cmd.env()` set earlier by mistake).
+fn secret_env_names(names: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut secret: Vec<OsString> = names
+        .filter(|name| name.to_str().is_some_and(is_secret_env))
+        .collect();
+    secret.push(RANCHER_TOKEN_ENV.into());
+    secret.push(API_TOKEN_ENV.into());
+    secret
+}
+
+/// Creates `dir` (and its parents) with mode 0700, or tightens an existing `dir` to 0700 when it
+/// belongs to this user. A directory of someone else's, or a shared sticky one like `/tmp`, is
+/// left as it is (with a warning): changing it would break its other users.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    // /proc/self belongs to this process's effective uid.
+    let ours = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
+    let sticky = mode & 0o1000 != 0;
+    if ours && !sticky {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    } else {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", mode & 0o7777),
+            "directory holding secrets is open to other users and is not ours to tighten"
+        );
+        Ok(())
     }
 }
 
@@ -391,6 +549,117 @@ mod tests {
             !format!("{:?} {:?}", settings.file, agent).contains("secret"),
             "the token is never shown"
         );
+    }
+
+    #[test]
+    fn a_non_loopback_listen_needs_an_api_token_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, "rancher: {url: 'https://r', token: 'token-a:b'}\n").unwrap();
+        let config = config.to_str().unwrap();
+
+        let (settings, rancher) = parse(&["--config", config, "--listen", "0.0.0.0:8089"]);
+        let err = format!("{:#}", rancher.resolve(&settings).unwrap_err());
+        assert!(
+            err.contains("not a loopback address") && err.contains("SCA_API_TOKEN"),
+            "{err}"
+        );
+
+        let token_file = dir.path().join("api-token");
+        std::fs::write(&token_file, "s3cr3t-api-token-0123\n").unwrap();
+        let (settings, rancher) = parse(&[
+            "--config",
+            config,
+            "--listen",
+            "0.0.0.0:8089",
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ]);
+        let agent = rancher.resolve(&settings).unwrap();
+        assert_eq!(
+            agent.api_token.as_ref().map(|t| t.expose()),
+            Some("s3cr3t-api-token-0123")
+        );
+        assert!(!format!("{agent:?}").contains("s3cr3t"), "never shown");
+
+        // Loopback needs none, but takes one from the config file.
+        let (settings, rancher) = parse(&["--config", config]);
+        assert!(rancher.resolve(&settings).unwrap().api_token.is_none());
+        let with_file = dir.path().join("with-file.yaml");
+        std::fs::write(
+            &with_file,
+            format!(
+                "rancher: {{url: 'https://r', token: 'token-a:b'}}\nagent: {{apiTokenFile: {}}}\n",
+                token_file.display()
+            ),
+        )
+        .unwrap();
+        let (settings, rancher) = parse(&["--config", with_file.to_str().unwrap()]);
+        assert!(rancher.resolve(&settings).unwrap().api_token.is_some());
+
+        std::fs::write(&token_file, "short\n").unwrap();
+        let (settings, rancher) = parse(&[
+            "--config",
+            config,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ]);
+        let err = format!("{:#}", rancher.resolve(&settings).unwrap_err());
+        assert!(err.contains("shorter than 16"), "{err}");
+    }
+
+    #[test]
+    fn secret_variables_are_recognised() {
+        for name in [
+            "SCA_RANCHER_TOKEN",
+            "SCA_API_TOKEN",
+            "SCA_API_TOKEN_FILE",
+            "SCA_SOME_NEW_token",
+        ] {
+            assert!(is_secret_env(name), "{name}");
+        }
+        for name in ["PATH", "HOME", "SCA_DATA_DIR", "KUBE_TOKEN", "GOFLAGS"] {
+            assert!(!is_secret_env(name), "{name}");
+        }
+        let names = secret_env_names(
+            ["PATH", "SCA_X_TOKEN", "SCA_LOG"]
+                .into_iter()
+                .map(OsString::from),
+        );
+        assert_eq!(
+            names,
+            ["SCA_X_TOKEN", RANCHER_TOKEN_ENV, API_TOKEN_ENV].map(OsString::from)
+        );
+        // What a child really sees.
+        let mut cmd = std::process::Command::new("env");
+        cmd.env(RANCHER_TOKEN_ENV, "leaked-value")
+            .env("SCA_KEEP", "kept");
+        scrub_secret_env(&mut cmd);
+        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+        assert!(
+            !out.contains("leaked-value") && out.contains("SCA_KEEP=kept"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn private_dirs_are_created_and_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let fresh = dir.path().join("a/b");
+        ensure_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        // A shared sticky directory is not ours to change.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        ensure_private_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o1777);
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl Env {
             listener,
             agent.clone(),
             default_profile,
+            None,
             async move {
                 let _ = stopped.await;
             },
@@ -676,7 +677,8 @@ fn discovery_file_is_private_atomic_and_ignores_stale_pids() {
         written,
         Discovery {
             url: "http://127.0.0.1:41234".into(),
-            pid: std::process::id()
+            pid: std::process::id(),
+            token: None,
         }
     );
     let path = discovery::path(&data_dir);

@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::auth::ApiToken;
 use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health};
 use crate::kwok::ComponentProfile;
 
@@ -54,6 +55,8 @@ impl ClientError {
 pub struct AgentClient {
     base: String,
     http: reqwest::Client,
+    /// Sent as a bearer token on every request when the agent requires one.
+    token: Option<ApiToken>,
 }
 
 impl AgentClient {
@@ -68,7 +71,15 @@ impl AgentClient {
         Ok(Self {
             base: url.trim_end_matches('/').to_string(),
             http,
+            token: None,
         })
+    }
+
+    /// Sends `token` (e.g. from [`super::Discovery::token`]) as `Authorization: Bearer` on every
+    /// request.
+    pub fn with_token(mut self, token: Option<ApiToken>) -> Self {
+        self.token = token;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -149,6 +160,10 @@ impl AgentClient {
     ) -> Result<(StatusCode, bytes::Bytes, String), ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            // reqwest marks this header sensitive, so it is kept out of its own debug output.
+            request = request.bearer_auth(token.expose());
+        }
         if let Some(body) = body {
             let json = serde_json::to_vec(body).map_err(|e| ClientError::Protocol {
                 url: url.clone(),

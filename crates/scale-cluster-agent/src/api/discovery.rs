@@ -1,6 +1,7 @@
 //! How the CLI finds a running agent: the agent writes `<data_dir>/agent.json`
-//! (`{"url": "http://127.0.0.1:PORT", "pid": N}`) once its API listens, and removes it on a clean
-//! exit. A file left by an agent that died (`kill -9`) names a dead pid and is ignored, so the CLI
+//! (`{"url": "http://127.0.0.1:PORT", "pid": N}`, plus `"token"` when the API requires one) once
+//! its API listens, and removes it on a clean exit. The file is mode 0600 in a 0700 directory, so
+//! only the agent's user can read the token from it. A file left by an agent that died (`kill -9`) names a dead pid and is ignored, so the CLI
 //! never waits on an address nobody serves.
 
 use std::io::Write;
@@ -8,6 +9,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::auth::ApiToken;
 
 /// File name inside the data directory.
 pub const FILE_NAME: &str = "agent.json";
@@ -19,6 +22,9 @@ pub struct Discovery {
     pub url: String,
     /// Process id of the agent.
     pub pid: u32,
+    /// The API bearer token, when the agent requires one (`Debug` redacts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<ApiToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +51,19 @@ pub fn path(data_dir: &Path) -> PathBuf {
 /// Announces this process's API at `url`. The file is mode 0600 and replaced atomically (temporary
 /// file + rename), so a reader sees either the old or the new content, never half of it.
 pub fn write(data_dir: &Path, url: &str) -> Result<Discovery, DiscoveryError> {
+    write_with_token(data_dir, url, None)
+}
+
+/// [`write`], also recording the API token the CLI must send.
+pub fn write_with_token(
+    data_dir: &Path,
+    url: &str,
+    token: Option<&ApiToken>,
+) -> Result<Discovery, DiscoveryError> {
     let discovery = Discovery {
         url: url.to_string(),
         pid: std::process::id(),
+        token: token.cloned(),
     };
     let target = path(data_dir);
     let fail = |source| DiscoveryError::Write {

@@ -2,18 +2,21 @@
 //!
 //! - [`server`]: the axum router over an [`Agent`](crate::agent::Agent) (`/health`, `/clusters`,
 //!   `/metrics`) and [`serve`], which runs it with graceful shutdown.
-//! - [`discovery`]: `<data_dir>/agent.json`, how the CLI finds a running agent.
+//! - [`auth`]: who may call the API: the `Host` allow-list and the optional bearer token.
+//! - [`discovery`]: `<data_dir>/agent.json`, how the CLI finds a running agent (and its token).
 //! - [`client`]: [`AgentClient`], typed calls onto the API.
 //!
 //! The types in this module are the wire format both sides share: the agent's own views (which by
 //! construction carry no token or params) and the request and error bodies.
 
+pub mod auth;
 pub mod client;
 pub mod discovery;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{Access, ApiToken};
 pub use client::{AgentClient, ClientError};
 pub use discovery::Discovery;
 pub use server::{router, serve};

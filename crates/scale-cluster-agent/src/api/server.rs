@@ -30,7 +30,10 @@
 //! | 409    | `duplicate`              | a cluster of that name already exists |
 //! | 503    | `shutting_down`          | the agent is stopping and takes no changes |
 //! | 500    | `store_error`            | the state database failed |
+//! | 403    | `forbidden_host`         | a `Host` that is not localhost, a loopback IP or the listen address (DNS rebinding) |
+//! | 401    | `unauthorized`           | an API token is configured and the request does not carry it (all but `GET /health`) |
 //!
+//! The `Host` check and the token check run before any route (see [`super::auth`]).
 //! Responses are built from the [`Cluster`] wire type, which carries no token or tunnel params.
 
 use std::fmt::Write as _;
@@ -38,12 +41,14 @@ use std::future::Future;
 use std::str::FromStr;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::auth::{Access, ApiToken};
 use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health};
 use crate::agent::{Agent, AgentError, MAX_BULK};
 use crate::kwok::ComponentProfile;
@@ -80,8 +85,9 @@ impl ApiState {
     }
 }
 
-/// The router over `agent`; `default_profile` applies to creations that name none.
-pub fn router(agent: Agent, default_profile: ComponentProfile) -> Router {
+/// The router over `agent`; `default_profile` applies to creations that name none; `access`
+/// decides which requests are served at all.
+pub fn router(agent: Agent, default_profile: ComponentProfile, access: Access) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -101,18 +107,70 @@ pub fn router(agent: Agent, default_profile: ComponentProfile) -> Router {
             agent,
             default_profile,
         })
+        // Added last so it wraps every route and the fallbacks: nothing is answered to a request
+        // that fails the checks, not even "no such endpoint".
+        .layer(middleware::from_fn_with_state(access, guard))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+/// With `token`, every request but `GET /health` must carry it as a bearer token.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     agent: Agent,
     default_profile: ComponentProfile,
+    token: Option<ApiToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(agent, default_profile))
+    let access = Access {
+        listen: listener.local_addr()?,
+        token,
+    };
+    axum::serve(listener, router(agent, default_profile, access))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The DNS-rebinding defence, then the token check; see [`super::auth`].
+async fn guard(State(access): State<Access>, request: Request, next: Next) -> Response {
+    // An absolute-form request target names the host itself, and HTTP/1.1 says it wins over
+    // `Host`; both must be acceptable.
+    // A missing or non-text Host is refused like a foreign one.
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let target = request.uri().authority().map(|a| a.as_str());
+    let allowed = host.is_some_and(|h| access.host_allowed(h))
+        && target.is_none_or(|t| access.host_allowed(t));
+    if !allowed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            "the Host header must be localhost, a loopback address or the agent's listen address",
+        )
+        .into_response();
+    }
+    // /health stays open so a probe (and the CLI's liveness check) needs no secret; it shows
+    // counts only.
+    let open = request.method() == Method::GET && request.uri().path() == "/health";
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    if !open && !access.authorized(authorization) {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API token (send `Authorization: Bearer <token>`; the CLI reads it \
+             from agent.json in the data directory)",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    next.run(request).await
 }
 
 /// A failed request: status, machine code and human reason.

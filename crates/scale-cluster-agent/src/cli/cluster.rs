@@ -131,6 +131,7 @@ pub enum Output {
 /// Opens the state database and the manager, after finishing any operation a crashed process left.
 pub async fn open_manager(settings: &Settings) -> anyhow::Result<ClusterManager> {
     let toolchain = toolchain::locate(&ToolchainOptions::from_settings(settings))?;
+    settings.ensure_private_dirs()?;
     let store = Store::open(&settings.state_db())?;
     let manager = ClusterManager::new(settings, toolchain, store);
     for name in manager.recover().await? {
@@ -188,7 +189,7 @@ async fn running_agent(settings: &Settings) -> Option<AgentClient> {
         None
     };
     let client = match AgentClient::new(&found.url) {
-        Ok(client) => client,
+        Ok(client) => client.with_token(found.token.clone()),
         Err(err) => return unusable(err.to_string()),
     };
     // A live agent answers /health at once; a reused pid may belong to some process that

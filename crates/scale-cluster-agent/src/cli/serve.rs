@@ -1,8 +1,11 @@
 //! `scale-cluster-agent serve`: the long-running agent. It owns the tunnels and the reconcile loop,
 //! serves the HTTP API, and on SIGINT/SIGTERM closes every tunnel and exits; the KWOK clusters keep
 //! running and are re-adopted by the next start. One agent per data directory (a lock file).
+//! The data and kwok directories are made private (0700) first; the API token, if any, goes into
+//! the private discovery file for the CLI.
 
 use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -54,6 +57,7 @@ impl RunningAgent {
         settings: &Settings,
         agent_settings: &AgentSettings,
     ) -> anyhow::Result<Self> {
+        settings.ensure_private_dirs()?;
         let lock = lock_data_dir(&settings.data_dir)?;
         let opts = ToolchainOptions::from_settings(settings);
         let toolchain = match toolchain::locate(&opts) {
@@ -87,18 +91,25 @@ impl RunningAgent {
             .with_context(|| {
                 format!("cannot listen on {} (use --listen)", agent_settings.listen)
             })?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = format!("http://{}", announced_addr(listener.local_addr()?));
         let (agent, reconcile) = Agent::start(config, manager, rancher).await?;
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(api::serve(
             listener,
             agent.clone(),
             agent_settings.profile,
+            agent_settings.api_token.clone(),
             async move {
                 let _ = stopped.await;
             },
         ));
-        api::discovery::write(&settings.data_dir, &url)?;
+        // The token goes into the private discovery file so the CLI of the same user can call
+        // the API; nobody else can read the file.
+        api::discovery::write_with_token(
+            &settings.data_dir,
+            &url,
+            agent_settings.api_token.as_ref(),
+        )?;
         Ok(Self {
             agent,
             url,
@@ -118,6 +129,20 @@ impl RunningAgent {
         let _ = self.reconcile.await;
         self.server.await.context("API server task")??;
         Ok(())
+    }
+}
+
+/// The address the CLI should connect to: an agent listening on all interfaces is reached
+/// through loopback (`0.0.0.0` names no host to connect to, even if Linux happens to accept it).
+fn announced_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, local.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, local.port()))
+        }
+        _ => local,
     }
 }
 

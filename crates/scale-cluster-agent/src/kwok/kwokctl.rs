@@ -65,6 +65,8 @@ impl Kwokctl {
     /// Runs `kwokctl <args>` and returns its combined output, or an error quoting the end of it.
     pub async fn run(&self, args: &[String], timeout: Duration) -> Result<String, KwokctlError> {
         let mut cmd = Command::new(&self.binary);
+        // kwokctl hands its environment to every component it starts; no token may reach them.
+        crate::config::scrub_secret_env(cmd.as_std_mut());
         cmd.args(args)
             .env("KWOK_WORKDIR", &self.workdir)
             .env("PATH", &self.path_env)

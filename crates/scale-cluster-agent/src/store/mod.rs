@@ -4,7 +4,7 @@
 //! write transaction, so two processes (or tasks) creating clusters at once never get the same port.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -164,19 +164,37 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::config::ensure_private_dir(dir).map_err(|e| open_err(e.into()))?;
         }
-        // Create the file ourselves so it is never world-readable, even for a moment: it will hold
-        // Rancher credentials. SQLite gives its -wal/-shm files the database file's mode.
-        OpenOptions::new()
+        // Create the file ourselves so it is never world-readable, even for a moment: it holds
+        // Rancher credentials. `mode` only applies to a new file, so an existing one (from an
+        // older version, a copy, a umask accident) is tightened too, before SQLite opens it:
+        // SQLite gives new -wal/-shm files the database file's mode, and existing ones are
+        // tightened here as well.
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| open_err(e.into()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| open_err(e.into()))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            match std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(open_err(e.into()))
+                }
+                _ => {}
+            }
+        }
         let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
         conn.busy_timeout(Duration::from_secs(60))?;
+        // Deleted rows (a deleted cluster's tunnel params, columns a migration drops) are
+        // overwritten with zeros instead of lingering in free pages of the file.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&conn)?;

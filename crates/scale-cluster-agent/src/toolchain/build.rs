@@ -177,7 +177,10 @@ pub(crate) async fn build(
         component.pinned_version(),
         log_path.display()
     ));
-    let status = tokio::process::Command::new(go)
+    let mut command = tokio::process::Command::new(go);
+    // `go build` runs arbitrary module code (generators, cgo tools); it gets no token.
+    crate::config::scrub_secret_env(command.as_std_mut());
+    let status = command
         .arg("build")
         .arg("-trimpath")
         .arg("-ldflags")

@@ -153,7 +153,10 @@ fn spawn_retrying_busy(path: &Path, args: &[&str]) -> std::io::Result<std::proce
     const ETXTBSY: i32 = 26;
     let mut attempts = 0;
     loop {
-        let spawned = Command::new(path)
+        let mut command = Command::new(path);
+        // The probed binary may be any file on PATH; it gets no token.
+        crate::config::scrub_secret_env(&mut command);
+        let spawned = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
