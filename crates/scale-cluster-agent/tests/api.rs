@@ -312,9 +312,19 @@ async fn health_and_metrics_of_an_empty_agent() {
 
     let (status, health) = env.json(Method::GET, "/health", None).await;
     assert_eq!(status, StatusCode::OK, "{health}");
+    let instance_id = health["instance_id"]
+        .as_str()
+        .expect("instance id")
+        .to_string();
+    assert_eq!(
+        instance_id.len(),
+        36,
+        "a UUID made on first start: {health}"
+    );
     assert_eq!(
         health,
-        json!({"status": "ok", "clusters": 0, "active": 0, "failed": 0, "tunnels_connected": 0})
+        json!({"status": "ok", "instance_id": instance_id, "clusters": 0, "active": 0, "failed": 0,
+               "tunnels_connected": 0})
     );
     let typed = env.client.health().await.expect("client health");
     assert_eq!(typed.status, "ok");
@@ -588,20 +598,12 @@ async fn a_created_cluster_is_listed_without_secrets_becomes_active_and_is_delet
     assert!(active.apiserver.is_some(), "{active:?}");
     assert!(active.active_at.is_some(), "{active:?}");
 
-    // Now the store holds the tunnel params and Rancher issued a registration token: neither may
-    // appear in any answer, under any key or inside any value.
-    let record = env
-        .store
-        .agent_cluster(name)
-        .await
-        .expect("row")
-        .expect("row exists");
+    // Now Rancher issued a registration token and received the tunnel params (with the cluster's
+    // service-account token): neither may appear in any answer, under any key or inside any value.
     let cluster_id = active.rancher_cluster_id.as_deref().expect("id");
     let tokens = env
         .sim
-        .get_v3(&format!(
-            "/v3/clusterregistrationtokens?clusterId={cluster_id}"
-        ))
+        .get_v3(&format!("clusterregistrationtokens?clusterId={cluster_id}"))
         .await;
     let registration_token = tokens["data"][0]["token"]
         .as_str()
@@ -609,7 +611,10 @@ async fn a_created_cluster_is_listed_without_secrets_becomes_active_and_is_delet
         .to_string();
     let secrets = vec![
         registration_token,
-        record.tunnel_params.expect("params are stored once active"),
+        env.sim.stats(cluster_id).await["paramsHistory"][0]
+            .as_str()
+            .expect("the params Rancher received")
+            .to_string(),
     ];
     for path in ["/clusters", "/clusters/api-one"] {
         let (status, headers, text) = env.raw(Method::GET, path, None, "").await;

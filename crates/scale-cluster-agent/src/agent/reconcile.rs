@@ -8,6 +8,8 @@
 //! ([`PhaseWrite::Superseded`]): a delete always wins, whatever a worker had in flight.
 
 use std::hash::{Hash, Hasher};
+
+use sha2::Digest;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -215,15 +217,16 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
         .map_err(|e| StepError::Ca(ca_path.display().to_string(), e))?;
     let address = format!("127.0.0.1:{}", kwok.ports.kube_apiserver);
     let params = tunnel_params(&address, &token, &ca);
-    if record.tunnel_params.as_deref() != Some(params.as_str()) {
-        if record.tunnel_params.is_some() {
+    let digest = hex::encode(sha2::Sha256::digest(params.as_bytes()));
+    if record.tunnel_params_sha256.as_deref() != Some(digest.as_str()) {
+        if record.tunnel_params_sha256.is_some() {
             tracing::warn!(
                 cluster = name,
                 "tunnel params changed (the KWOK cluster was recreated)"
             );
             inner.tunnels.close(name).await;
         }
-        inner.store.set_tunnel_params(name, &params).await?;
+        inner.store.set_tunnel_params_sha256(name, &digest).await?;
     }
 
     advance(agent, name, AgentPhase::Registering).await?;

@@ -5,8 +5,9 @@
 //! `deletion_requested_at` is the desired state (set once, like `deletionTimestamp`, never
 //! cleared), `phase` the observed lifecycle. A worker's phase write is conditional on no deletion
 //! having been requested, so a delete can never be overwritten by a bring-up that was already in
-//! flight. Only the Rancher cluster id is kept from Rancher's answers: the registration token and
-//! the tunnel params' inputs are fetched again when needed, so no Rancher secret is stored.
+//! flight. No secret is stored: only the Rancher cluster id is kept from Rancher's answers (the
+//! registration token is fetched again when needed), and of the tunnel params, which carry the
+//! cluster's service-account token, only a digest.
 //! `agent_meta` holds the agent's instance id, which marks the clusters it owns in Rancher.
 
 use rusqlite::{params, OptionalExtension};
@@ -71,8 +72,10 @@ pub struct AgentRecord {
     /// Unix seconds when the user (or Rancher, by deleting the cluster there) asked for the cluster
     /// to go; `None` while it is wanted.
     pub deletion_requested_at: Option<u64>,
-    /// Secret: `X-API-Tunnel-Params`, computed once and replayed byte for byte on every reconnect.
-    pub tunnel_params: Option<String>,
+    /// SHA-256 (hex) of the `X-API-Tunnel-Params` last sent: the params themselves are
+    /// recomputed, byte for byte, on every start; a different digest means the KWOK cluster
+    /// was recreated.
+    pub tunnel_params_sha256: Option<String>,
     pub last_error: Option<String>,
     pub attempts: u32,
     pub created_at: u64,
@@ -88,10 +91,7 @@ impl std::fmt::Debug for AgentRecord {
             .field("phase", &self.phase)
             .field("rancher_cluster_id", &self.rancher_cluster_id)
             .field("deletion_requested_at", &self.deletion_requested_at)
-            .field(
-                "tunnel_params",
-                &self.tunnel_params.as_ref().map(|_| "<redacted>"),
-            )
+            .field("tunnel_params_sha256", &self.tunnel_params_sha256)
             .field("last_error", &self.last_error)
             .field("attempts", &self.attempts)
             .finish()
@@ -114,7 +114,7 @@ pub enum PhaseWrite {
 }
 
 const SELECT: &str = "SELECT name, profile, phase, rancher_cluster_id, deletion_requested_at, \
-                      tunnel_params, last_error, attempts, created_at, updated_at, active_at FROM agent_clusters";
+                      tunnel_params_sha256, last_error, attempts, created_at, updated_at, active_at FROM agent_clusters";
 
 /// The `agent_meta` key of the agent's instance id.
 const INSTANCE_ID_KEY: &str = "instance_id";
@@ -128,7 +128,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentRecord, String)> {
             phase: AgentPhase::Pending,
             rancher_cluster_id: r.get(3)?,
             deletion_requested_at: r.get(4)?,
-            tunnel_params: r.get(5)?,
+            tunnel_params_sha256: r.get(5)?,
             last_error: r.get(6)?,
             attempts: r.get(7)?,
             created_at: r.get(8)?,
@@ -328,8 +328,12 @@ impl Store {
         .await
     }
 
-    pub async fn set_tunnel_params(&self, name: &str, params: &str) -> Result<(), StoreError> {
-        self.update_agent(name, "tunnel_params = ?2", vec![params.to_string()])
+    pub async fn set_tunnel_params_sha256(
+        &self,
+        name: &str,
+        digest: &str,
+    ) -> Result<(), StoreError> {
+        self.update_agent(name, "tunnel_params_sha256 = ?2", vec![digest.to_string()])
             .await
     }
 
@@ -389,10 +393,7 @@ mod tests {
         );
 
         store.set_rancher_cluster_id("a", "c-abcde").await.unwrap();
-        store
-            .set_tunnel_params("a", "eyJjbHVzdGVyIjp7fX0=")
-            .await
-            .unwrap();
+        store.set_tunnel_params_sha256("a", "00ff").await.unwrap();
         for _ in 0..2 {
             let write = store
                 .set_agent_phase("a", AgentPhase::Failed, Some("boom".into()))
@@ -403,8 +404,7 @@ mod tests {
         let a = store.agent_cluster("a").await.unwrap().unwrap();
         assert_eq!(a.attempts, 2);
         assert_eq!(a.rancher_cluster_id.as_deref(), Some("c-abcde"));
-        let shown = format!("{a:?}");
-        assert!(!shown.contains("eyJj"), "{shown}");
+        assert_eq!(a.tunnel_params_sha256.as_deref(), Some("00ff"));
         store
             .set_agent_phase("a", AgentPhase::Active, None)
             .await
@@ -499,8 +499,9 @@ mod tests {
             }
             conn.pragma_update(None, "user_version", 2).unwrap();
             conn.execute(
-                "INSERT INTO agent_clusters (name, profile, phase, registration_token, attempts, created_at, updated_at)
-                 VALUES ('a', 'lean', 'deleting', 'secret-token', 0, 1, 5)",
+                "INSERT INTO agent_clusters (name, profile, phase, registration_token, tunnel_params,
+                    attempts, created_at, updated_at)
+                 VALUES ('a', 'lean', 'deleting', 'secret-token', 'secret-params', 0, 1, 5)",
                 [],
             )
             .unwrap();

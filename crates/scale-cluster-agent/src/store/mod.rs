@@ -46,12 +46,16 @@ const MIGRATIONS: &[&str] = &[
         active_at INTEGER
     );",
     // Desired state apart from the observed phase (a deletion marker, like `deletionTimestamp`);
-    // Rancher's answers are no longer stored (nothing read them back, and the registration token
-    // is a secret); the agent's own identity lives in `agent_meta`.
+    // no secret is stored any more: Rancher's answers were never read back, and the tunnel params
+    // (which hold the cluster's service-account token) are recomputed byte for byte on every
+    // start, so only their digest is kept to notice a change; the agent's own identity lives in
+    // `agent_meta`.
     "ALTER TABLE agent_clusters ADD COLUMN deletion_requested_at INTEGER;
      UPDATE agent_clusters SET deletion_requested_at = updated_at WHERE phase = 'deleting';
-     UPDATE agent_clusters SET registration_token = NULL;
+     ALTER TABLE agent_clusters ADD COLUMN tunnel_params_sha256 TEXT;
+     UPDATE agent_clusters SET registration_token = NULL, tunnel_params = NULL;
      ALTER TABLE agent_clusters DROP COLUMN registration_token;
+     ALTER TABLE agent_clusters DROP COLUMN tunnel_params;
      ALTER TABLE agent_clusters DROP COLUMN server_url;
      ALTER TABLE agent_clusters DROP COLUMN ca_checksum;
      CREATE TABLE agent_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
