@@ -7,6 +7,7 @@
 //! - [`rancher`]: the Rancher management-API client (imported clusters, registration tokens).
 //! - [`agent`]: the per-cluster lifecycle (reconcile loop) and the two tunnels per cluster.
 //! - [`api`]: the agent's HTTP API (axum server, discovery file, typed client for the CLI).
+//! - [`process`]: process identity (pid + start time) and the one liveness rule.
 //! - [`preflight`]: host limits that bite when many clusters run on one machine.
 //! - [`cli`]: the clap commands; thin wrappers over the modules above.
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod kwok;
 pub mod preflight;
+pub mod process;
 pub mod rancher;
 pub mod store;
 pub mod toolchain;

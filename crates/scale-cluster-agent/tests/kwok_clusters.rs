@@ -260,24 +260,42 @@ async fn full_and_lean_profiles() {
             .create(env.request("prof-lean", ComponentProfile::Lean, 1)),
     );
     let (full, lean) = (full.unwrap(), lean.unwrap());
-    let names = |i: &scale_cluster_agent::kwok::ClusterInfo| -> Vec<String> {
-        i.components
-            .iter()
-            .filter(|c| c.alive)
-            .map(|c| c.name.clone())
+    // From the real processes, not from the product's component list.
+    let programs = |name: &str| -> BTreeSet<String> {
+        support::processes_mentioning(&env.manager.cluster_dir(name).join(""))
+            .into_iter()
+            .filter_map(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let program = cmdline.split(|b| *b == 0).next()?;
+                Some(
+                    String::from_utf8_lossy(program)
+                        .rsplit('/')
+                        .next()?
+                        .to_string(),
+                )
+            })
             .collect()
     };
-    assert!(
-        names(&full).contains(&"kube-scheduler".to_string()),
-        "{full:?}"
+    let expected = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        programs("prof-full"),
+        expected(&[
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok-controller"
+        ])
     );
-    assert!(
-        !names(&lean).contains(&"kube-scheduler".to_string()),
-        "{lean:?}"
-    );
-    assert!(
-        names(&lean).contains(&"kube-controller-manager".to_string()),
-        "{lean:?}"
+    assert_eq!(
+        programs("prof-lean"),
+        expected(&[
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kwok-controller"
+        ]),
+        "lean runs no scheduler"
     );
     // lean has no scheduler: the agent's own binding puts its pods on nodes.
     wait_population(

@@ -121,20 +121,10 @@ pub fn remove(data_dir: &Path) -> Result<(), DiscoveryError> {
     }
 }
 
-/// Whether a process with this pid exists (signal 0 probes without sending anything). `EPERM`
-/// means it exists but belongs to someone else.
+/// Whether the announced agent still runs (a zombie or a vanished pid does not); the liveness rule
+/// is [`crate::process`]'s, shared with the KWOK layer.
 fn pid_alive(pid: u32) -> bool {
-    // Pid 0 and values past i32::MAX would address process groups or be invalid, never an agent.
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    if raw <= 0 {
-        return false;
-    }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
-        Ok(()) => true,
-        Err(errno) => errno == nix::errno::Errno::EPERM,
-    }
+    crate::process::pid_alive(pid)
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! keeping the state database, kwokctl's work dir and the running processes consistent. Every
 //! operation either completes or is rolled back, so a failure leaves no processes, directories or
 //! reserved ports behind; a crash mid-operation is finished or rolled back by [`ClusterManager::recover`].
+//! A running cluster whose components die or hang is repaired by [`ClusterManager::heal`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -11,6 +13,9 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::heal::{
+    self, ClusterHealth, ComponentHealth, ComponentState, HealOutcome, HealthMemory,
+};
 use super::kwokctl::{Kwokctl, KwokctlError};
 use super::names::{self, InvalidName};
 use super::population::{self, PopulationError, PopulationProfile};
@@ -76,6 +81,12 @@ pub enum KwokError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{component} of cluster {name:?} did not come back after a restart; see {log}")]
+    NotRestarted {
+        name: String,
+        component: String,
+        log: PathBuf,
+    },
     #[error("{0}; rolling back also failed: {1}")]
     RollbackFailed(Box<KwokError>, Box<KwokError>),
 }
@@ -122,6 +133,7 @@ pub struct ClusterManager {
     toolchain: Toolchain,
     config_dir: PathBuf,
     settings: Settings,
+    health: Arc<HealthMemory>,
 }
 
 impl ClusterManager {
@@ -132,6 +144,7 @@ impl ClusterManager {
             settings: settings.clone(),
             toolchain,
             store,
+            health: Arc::default(),
         }
     }
 
@@ -293,6 +306,8 @@ impl ClusterManager {
     /// Kills every process of the cluster and removes its directory and config; does not touch the row.
     async fn tear_down(&self, name: &str, ports: &PortBlock) -> Result<(), KwokError> {
         let dir = self.cluster_dir(name);
+        self.health.forget_readyz_client(name);
+        self.health.forget_unready(name);
         // The data is about to be removed: no need for a graceful shutdown.
         self.kill_remaining(&dir).await;
         if dir.exists() {
@@ -322,14 +337,14 @@ impl ClusterManager {
 
     /// SIGTERM every live component, then wait up to [`TERM_GRACE`] for them to exit.
     async fn terminate_processes(&self, dir: &Path) {
-        for pid in status::processes_in(dir) {
+        for pid in status::processes_in_async(dir).await {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
         wait_gone(dir, TERM_GRACE).await;
     }
 
     async fn kill_remaining(&self, dir: &Path) {
-        for pid in status::processes_in(dir) {
+        for pid in status::processes_in_async(dir).await {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         wait_gone(dir, KILL_WAIT).await;
@@ -371,7 +386,7 @@ impl ClusterManager {
             "stopped",
         )?;
         let dir = self.cluster_dir(name);
-        if status::processes_in(&dir).is_empty() {
+        if status::processes_in_async(&dir).await.is_empty() {
             if let Some(port) = record.ports.all().into_iter().find(|p| !port_is_free(*p)) {
                 return Err(KwokError::PortTaken {
                     name: name.to_string(),
@@ -426,14 +441,13 @@ impl ClusterManager {
     async fn observe(&self, record: ClusterRecord) -> ClusterInfo {
         let dir = self.cluster_dir(&record.name);
         let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
-        let components = status::component_processes(&dir, profile.components());
+        let components = status::component_processes_async(&dir, profile.components()).await;
         let apiserver_ready = components
             .iter()
-            .any(|c| c.name == "kube-apiserver" && c.alive)
-            && match status::readyz_client(&dir.join("pki").join("ca.crt")).await {
-                Some(client) => status::apiserver_ready(&client, record.ports.kube_apiserver).await,
-                None => false,
-            };
+            .any(|c| c.name == heal::APISERVER && c.alive)
+            && self
+                .apiserver_ready(&record.name, record.ports.kube_apiserver)
+                .await;
         let all_alive = components.iter().all(|c| c.alive);
         let health = match record.phase {
             Phase::Running if apiserver_ready && all_alive => "ready",
@@ -460,13 +474,164 @@ impl ClusterManager {
         }
     }
 
+    /// `/readyz` of a cluster's apiserver with the cluster's kept client (see [`HealthMemory`]).
+    async fn apiserver_ready(&self, name: &str, port: u16) -> bool {
+        let client = match self.health.readyz_client(name) {
+            Some(client) => client,
+            None => {
+                let ca = self.cluster_dir(name).join("pki").join("ca.crt");
+                let Some(client) = status::readyz_client(&ca).await else {
+                    return false;
+                };
+                self.health.keep_readyz_client(name, client.clone());
+                client
+            }
+        };
+        let ready = status::apiserver_ready(&client, port).await;
+        if !ready {
+            self.health.forget_readyz_client(name);
+        }
+        ready
+    }
+
+    /// Every component's state right now, from its pid file, `/proc` and (apiserver) `/readyz`.
+    /// Cheap enough to run every few seconds per cluster: a few small file reads and, with a live
+    /// apiserver, one `/readyz` request on a kept connection. An apiserver that fails `/readyz` is
+    /// reported `NotReady` with the time of the first failed check of that process.
+    pub async fn check_health(&self, name: &str) -> Result<ClusterHealth, KwokError> {
+        let record = self.record(name).await?;
+        let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
+        let dir = self.cluster_dir(name);
+        let processes = status::component_processes_async(&dir, profile.components()).await;
+        let mut components = Vec::with_capacity(processes.len());
+        for process in processes {
+            let state = match process.pid.filter(|_| process.alive) {
+                None => {
+                    if process.name == heal::APISERVER {
+                        self.health.forget_unready(name);
+                    }
+                    ComponentState::ProcessGone
+                }
+                Some(pid) if process.name == heal::APISERVER => {
+                    let ready = self
+                        .apiserver_ready(name, record.ports.kube_apiserver)
+                        .await;
+                    self.health.observe_apiserver(name, pid, ready)
+                }
+                Some(pid) => ComponentState::Running { pid },
+            };
+            components.push(ComponentHealth {
+                name: process.name,
+                state,
+            });
+        }
+        Ok(ClusterHealth {
+            name: name.to_string(),
+            components,
+        })
+    }
+
+    /// Repairs a running cluster: restarts every component whose process is gone and an apiserver
+    /// that has failed `/readyz` for `unready_grace` or longer, then waits until `/readyz` is ready
+    /// again. Healthy components are not touched, and the data survives (it is in etcd, whose data
+    /// directory a restart keeps). Returns what was restarted and why (nothing if healthy), so it
+    /// can be called on every watch tick. Calls for one cluster must not overlap.
+    ///
+    /// Restarts go through `kwokctl start cluster`, which starts exactly the components whose pid
+    /// file names no live process, with the arguments and environment it recorded at create.
+    pub async fn heal(
+        &self,
+        name: &str,
+        unready_grace: Duration,
+    ) -> Result<HealOutcome, KwokError> {
+        let started = Instant::now();
+        let record = self.record(name).await?;
+        require_phase(&record, "heal", &[Phase::Running], "running")?;
+        let health = self.check_health(name).await?;
+        let restarted = health.restarts_needed(unready_grace);
+        if restarted.is_empty() {
+            return Ok(HealOutcome {
+                restarted,
+                took: started.elapsed(),
+            });
+        }
+        tracing::warn!(cluster = name, problems = ?health.problems(), "restarting failed components");
+        let dir = self.cluster_dir(name);
+        for restart in &restarted {
+            // An apiserver that runs but does not serve must go before it can be started afresh.
+            if let Some(ComponentState::NotReady { pid, .. }) = health
+                .components
+                .iter()
+                .find(|c| c.name == restart.component)
+                .map(|c| c.state)
+            {
+                kill_component(&dir, &restart.component, pid).await;
+            }
+            // The pid file names a dead, zombie or recycled pid; kwokctl takes any pid that answers
+            // kill(pid, 0) for a running component and would skip it.
+            remove_file(&status::pid_file(&dir, &restart.component)).await?;
+            // A SIGKILLed process's sockets close with its last thread; another process may also
+            // have taken the port meanwhile, which kwokctl would not notice.
+            for port in heal::component_ports(&record.ports, &restart.component) {
+                if !wait_port_free(port).await {
+                    return Err(KwokError::PortTaken {
+                        name: name.to_string(),
+                        port,
+                    });
+                }
+            }
+        }
+        self.health.forget_unready(name);
+        let args = ["start", "cluster", "--name", name, "--timeout", "180s"].map(String::from);
+        self.kwokctl
+            .run(&args, KWOKCTL_START_TIMEOUT + Duration::from_secs(10))
+            .await?;
+        self.wait_ready(name, record.ports.kube_apiserver).await?;
+        let after = self.check_health(name).await?;
+        for restart in &restarted {
+            let running = after.components.iter().any(|c| {
+                c.name == restart.component && matches!(c.state, ComponentState::Running { .. })
+            });
+            if !running {
+                return Err(KwokError::NotRestarted {
+                    name: name.to_string(),
+                    component: restart.component.clone(),
+                    log: self.log_path(name, &restart.component),
+                });
+            }
+        }
+        let outcome = HealOutcome {
+            restarted,
+            took: started.elapsed(),
+        };
+        tracing::info!(cluster = name, outcome = %outcome, took = ?outcome.took, "cluster healed");
+        Ok(outcome)
+    }
+
     /// Finishes what a crashed process left half-done: a `creating` cluster whose creator is gone is
     /// rolled back, a `deleting` one is deleted. Returns the names it cleaned up.
     pub async fn recover(&self) -> Result<Vec<String>, KwokError> {
         let mut cleaned = Vec::new();
-        for record in self.store.list().await? {
-            let orphaned = matches!(record.phase, Phase::Creating | Phase::Deleting)
-                && !record.owner_pid.is_some_and(process_alive);
+        let records = self.store.list().await?;
+        // Owner liveness reads /proc. A recycled pid, even our own (a container's pid 1 after a
+        // restart), does not keep a row: the owner's start time must match too.
+        let orphaned: Vec<bool> = {
+            let owners: Vec<_> = records
+                .iter()
+                .map(|r| matches!(r.phase, Phase::Creating | Phase::Deleting).then_some(r.owner))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                owners
+                    .into_iter()
+                    .map(|transitional| {
+                        transitional.is_some_and(|owner| !owner.is_some_and(|o| o.is_alive()))
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+        };
+        for (record, orphaned) in records.into_iter().zip(orphaned) {
             if orphaned {
                 tracing::warn!(cluster = %record.name, phase = %record.phase, "cleaning up after an interrupted operation");
                 self.tear_down(&record.name, &record.ports).await?;
@@ -481,7 +646,40 @@ impl ClusterManager {
 /// Polls until no process of the cluster in `dir` is left, or `timeout` passes.
 async fn wait_gone(dir: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline && !status::processes_in(dir).is_empty() {
+    while Instant::now() < deadline && !status::processes_in_async(dir).await.is_empty() {
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// SIGKILLs one component if `pid` is still that component of the cluster in `dir` (not a recycled
+/// pid), and waits (bounded) until it is gone.
+async fn kill_component(dir: &Path, component: &str, pid: u32) {
+    let (dir, component) = (dir.to_path_buf(), component.to_string());
+    let is_it = move || status::is_cluster_process(pid, &component, &dir);
+    let check = is_it.clone();
+    if tokio::task::spawn_blocking(check).await.unwrap_or(false) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    while Instant::now() < deadline
+        && tokio::task::spawn_blocking(is_it.clone())
+            .await
+            .unwrap_or(false)
+    {
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits (bounded) until `port` can be bound; false if it stays taken.
+async fn wait_port_free(port: u16) -> bool {
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        if port_is_free(port) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(POLL).await;
     }
 }
@@ -523,16 +721,6 @@ fn require_phase(
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 /// A port is free if nothing listens on it on loopback or on the wildcard address.
 pub fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -567,5 +755,129 @@ async fn remove_file(path: &Path) -> Result<(), KwokError> {
             source: e,
         }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kwok::ports::PortRange;
+    use crate::process::ProcessId;
+    use crate::store::{NewCluster, Owner};
+
+    /// A manager on a temporary directory. Its toolchain does not exist: recovering rows that
+    /// have no cluster directory never runs kwokctl.
+    fn manager(dir: &Path) -> ClusterManager {
+        let settings = Settings {
+            data_dir: dir.join("data"),
+            kwok_workdir: dir.join("kwok"),
+            cache_dir: dir.join("cache"),
+            ports: PortRange::new(24900, 10, 10).unwrap_or(PortRange::DEFAULT),
+            toolchain: Default::default(),
+            file: Default::default(),
+        };
+        let missing = |n: &str| dir.join("missing").join(n);
+        let toolchain = Toolchain {
+            kwokctl: missing("kwokctl"),
+            kwok: missing("kwok"),
+            kube_apiserver: missing("kube-apiserver"),
+            kube_controller_manager: missing("kube-controller-manager"),
+            kube_scheduler: missing("kube-scheduler"),
+            kubectl: missing("kubectl"),
+            etcd: missing("etcd"),
+        };
+        let store = Store::open(&settings.state_db()).unwrap();
+        ClusterManager::new(&settings, toolchain, store)
+    }
+
+    /// Stages a `creating` row owned by `owner`, as a crashed or concurrent process leaves it.
+    async fn row_owned_by(manager: &ClusterManager, name: &str, owner: Option<Owner>) {
+        let new = NewCluster {
+            name,
+            component_profile: "lean",
+            population: "{}",
+        };
+        manager
+            .store()
+            .reserve(new, manager.settings.ports, |_| true)
+            .await
+            .unwrap();
+        manager.store().set_owner(name, owner).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn recover_tells_a_live_owner_from_a_recycled_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = manager(dir.path());
+        let me = ProcessId::current().unwrap();
+        // A real other process, alive throughout the test.
+        let mut other = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let other_id = ProcessId::of(other.id()).unwrap();
+        let owner = |id: ProcessId, start_time: Option<u64>| {
+            Some(Owner {
+                pid: id.pid,
+                start_time,
+            })
+        };
+
+        // The container case: the previous agent was pid 1 too, so its rows name our pid, but
+        // with its own (earlier) start time.
+        row_owned_by(
+            &manager,
+            "our-pid-earlier-run",
+            owner(me, Some(me.start_time - 1)),
+        )
+        .await;
+        // A row from before start times were recorded, naming our pid: an earlier run as well.
+        row_owned_by(&manager, "our-pid-no-start-time", owner(me, None)).await;
+        // The other process's pid, recycled: it started after the owner did.
+        row_owned_by(
+            &manager,
+            "recycled-pid",
+            owner(other_id, Some(other_id.start_time - 1)),
+        )
+        .await;
+        row_owned_by(&manager, "no-owner", None).await;
+        // Work in progress: must be left alone.
+        row_owned_by(
+            &manager,
+            "live-other",
+            owner(other_id, Some(other_id.start_time)),
+        )
+        .await;
+        row_owned_by(&manager, "live-other-no-start-time", owner(other_id, None)).await;
+        row_owned_by(&manager, "ours-now", owner(me, Some(me.start_time))).await;
+
+        let mut cleaned = manager.recover().await.unwrap();
+        cleaned.sort();
+        assert_eq!(
+            cleaned,
+            [
+                "no-owner",
+                "our-pid-earlier-run",
+                "our-pid-no-start-time",
+                "recycled-pid"
+            ]
+        );
+        let mut left: Vec<String> = manager
+            .store()
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["live-other", "live-other-no-start-time", "ours-now"]);
+
+        // Once the other owner is gone, its rows are recovered too.
+        other.kill().unwrap();
+        other.wait().unwrap();
+        let mut cleaned = manager.recover().await.unwrap();
+        cleaned.sort();
+        assert_eq!(cleaned, ["live-other", "live-other-no-start-time"]);
     }
 }

@@ -1,7 +1,9 @@
 //! KWOK cluster manager: creates, starts, stops and deletes simulated clusters through kwokctl's binary
 //! runtime with the provisioned binaries, assigns each cluster its own port block, reports status from
-//! the real processes and `/readyz`, and populates clusters through kube-rs.
+//! the real processes and `/readyz`, restarts the components of a running cluster that died or hang
+//! (`heal`), and populates clusters through kube-rs.
 
+pub mod heal;
 pub mod kwokctl;
 pub mod manager;
 pub mod names;
@@ -10,6 +12,9 @@ pub mod ports;
 pub mod profile;
 pub mod status;
 
+pub use heal::{
+    ClusterHealth, ComponentHealth, ComponentState, HealOutcome, Restart, RestartReason,
+};
 pub use manager::{ClusterInfo, ClusterManager, CreateRequest, CreateTimings, KwokError};
 pub use population::PopulationProfile;
 pub use profile::ComponentProfile;

@@ -1,7 +1,11 @@
 //! Cluster status from reality: each component's pid file checked against `/proc` (a zombie or a
-//! recycled pid counts as dead), and the apiserver's `/readyz` over TLS with the cluster's own CA.
+//! recycled pid counts as dead, by [`crate::process`]'s rule), and the apiserver's `/readyz` over TLS
+//! with the cluster's own CA.
+//!
+//! The `/proc` readers here are synchronous file I/O: async callers use the `_async` wrappers, which
+//! run them on the blocking pool.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -19,7 +23,7 @@ pub fn component_processes(cluster_dir: &Path, components: &[&str]) -> Vec<Compo
     components
         .iter()
         .map(|name| {
-            let pid = read_pid(&cluster_dir.join("pids").join(format!("{name}.pid")));
+            let pid = read_pid(&pid_file(cluster_dir, name));
             ComponentProcess {
                 name: (*name).to_string(),
                 pid,
@@ -41,10 +45,43 @@ pub fn processes_in(cluster_dir: &Path) -> Vec<u32> {
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            !is_zombie(*pid)
+            crate::process::pid_alive(*pid)
                 && cmdline(*pid).is_some_and(|args| args.iter().any(|a| a.contains(&inside)))
         })
         .collect()
+}
+
+/// [`processes_in`] on the blocking pool: it scans all of `/proc`.
+pub async fn processes_in_async(cluster_dir: &Path) -> Vec<u32> {
+    let dir = cluster_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || processes_in(&dir))
+        .await
+        .unwrap_or_default()
+}
+
+/// [`component_processes`] on the blocking pool.
+pub async fn component_processes_async(
+    cluster_dir: &Path,
+    components: &'static [&'static str],
+) -> Vec<ComponentProcess> {
+    let dir: PathBuf = cluster_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || component_processes(&dir, components))
+        .await
+        .unwrap_or_else(|_| {
+            components
+                .iter()
+                .map(|name| ComponentProcess {
+                    name: (*name).to_string(),
+                    pid: None,
+                    alive: false,
+                })
+                .collect()
+        })
+}
+
+/// The pid file kwokctl writes for `component`.
+pub fn pid_file(cluster_dir: &Path, component: &str) -> PathBuf {
+    cluster_dir.join("pids").join(format!("{component}.pid"))
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
@@ -55,7 +92,7 @@ fn read_pid(path: &Path) -> Option<u32> {
 /// component and its arguments mention a path inside the cluster directory, which rules out a
 /// recycled pid.
 pub fn is_cluster_process(pid: u32, component: &str, cluster_dir: &Path) -> bool {
-    if is_zombie(pid) {
+    if !crate::process::pid_alive(pid) {
         return false;
     }
     let Some(args) = cmdline(pid) else {
@@ -72,18 +109,6 @@ pub fn is_cluster_process(pid: u32, component: &str, cluster_dir: &Path) -> bool
 /// `<dir>/`, so that cluster `a` never claims the processes of cluster `ab`.
 fn inside_prefix(cluster_dir: &Path) -> String {
     format!("{}/", cluster_dir.to_string_lossy().trim_end_matches('/'))
-}
-
-/// True for a zombie (exited, not yet reaped) or a vanished process.
-pub fn is_zombie(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // The state field follows the parenthesised command name, which may itself contain spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    matches!(state, Some("Z") | Some("X") | None)
 }
 
 fn cmdline(pid: u32) -> Option<Vec<String>> {

@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::kwok::ports::{PortBlock, PortRange};
+use crate::process::{self, ProcessId};
 
 mod agent;
 pub use agent::{AgentPhase, AgentRecord, PhaseWrite};
@@ -59,6 +60,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE agent_clusters DROP COLUMN server_url;
      ALTER TABLE agent_clusters DROP COLUMN ca_checksum;
      CREATE TABLE agent_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // The owner's start time (`/proc/<pid>/stat` field 22) next to its pid, so a recycled pid (our
+    // own, too: a restarted container agent is pid 1 again) is not mistaken for a live owner. Rows
+    // written before this migration keep NULL: see `Owner::is_alive`.
+    "ALTER TABLE clusters ADD COLUMN owner_start_time INTEGER;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +96,9 @@ pub enum StoreError {
     InstanceMismatch { stored: String, requested: String },
 }
 
-/// Where a cluster is in its life. Transitional phases (`Creating`, `Deleting`) carry the pid of the
-/// process doing the work, so a crash can be told apart from work still in progress.
+/// Where a cluster is in its life. Transitional phases (`Creating`, `Deleting`) carry the identity
+/// of the process doing the work (pid + start time), so a crash can be told apart from work still
+/// in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -141,10 +147,45 @@ pub struct ClusterRecord {
     /// The population profile as JSON (owned by `kwok::population`).
     pub population: String,
     pub phase: Phase,
-    pub owner_pid: Option<u32>,
+    /// The process working on a transitional phase; `None` in settled phases.
+    pub owner: Option<Owner>,
     pub last_error: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// The process that owns a transitional row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// `None` for rows written by an agent version that did not record start times.
+    pub start_time: Option<u64>,
+}
+
+impl Owner {
+    /// This process, as recorded in the rows it takes ownership of.
+    fn current() -> Self {
+        Owner {
+            pid: std::process::id(),
+            start_time: ProcessId::current().map(|p| p.start_time),
+        }
+    }
+
+    /// Whether the owner still runs. Reads `/proc`: call it off the async runtime.
+    ///
+    /// With a start time this is exact. Without one (an older row) only the pid can be compared,
+    /// except for our own pid: this version always records a start time, so a row without one
+    /// that names our pid was written by an earlier run that had the same pid (a container's pid
+    /// 1), and that run is dead.
+    pub fn is_alive(&self) -> bool {
+        match self.start_time {
+            Some(start_time) => process::is_alive(&ProcessId {
+                pid: self.pid,
+                start_time,
+            }),
+            None => self.pid != std::process::id() && process::pid_alive(self.pid),
+        }
+    }
 }
 
 /// What a new cluster needs besides its ports.
@@ -259,16 +300,19 @@ impl Store {
                     }
                 })?;
             let now = now_secs();
+            let owner = Owner::current();
             tx.execute(
                 "INSERT INTO clusters (name, first_port, component_profile, population, phase, owner_pid,
-                    last_error, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?7)",
+                    owner_start_time, last_error, created_at, updated_at)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8)",
                 params![
                     name,
                     block.first(),
                     profile,
                     population,
                     Phase::Creating.as_str(),
-                    std::process::id(),
+                    owner.pid,
+                    owner.start_time,
                     now
                 ],
             )?;
@@ -303,10 +347,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         let name = name.to_string();
         self.with_conn(move |conn| {
-            let owner = matches!(phase, Phase::Creating | Phase::Deleting).then(std::process::id);
+            let owner = matches!(phase, Phase::Creating | Phase::Deleting).then(Owner::current);
             let changed = conn.execute(
-                "UPDATE clusters SET phase = ?2, owner_pid = ?3, last_error = ?4, updated_at = ?5 WHERE name = ?1",
-                params![name, phase.as_str(), owner, last_error, now_secs()],
+                "UPDATE clusters SET phase = ?2, owner_pid = ?3, owner_start_time = ?4, last_error = ?5,
+                    updated_at = ?6 WHERE name = ?1",
+                params![
+                    name,
+                    phase.as_str(),
+                    owner.map(|o| o.pid),
+                    owner.and_then(|o| o.start_time),
+                    last_error,
+                    now_secs()
+                ],
             )?;
             if changed == 0 {
                 return Err(StoreError::NotFound(name));
@@ -326,6 +378,24 @@ impl Store {
             if changed == 0 {
                 return Err(StoreError::NotFound(name));
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Overwrites a row's owner, to stage what a crashed or concurrent process would have left.
+    #[cfg(test)]
+    pub(crate) async fn set_owner(
+        &self,
+        name: &str,
+        owner: Option<Owner>,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE clusters SET owner_pid = ?2, owner_start_time = ?3 WHERE name = ?1",
+                params![name, owner.map(|o| o.pid), owner.and_then(|o| o.start_time)],
+            )?;
             Ok(())
         })
         .await
@@ -361,7 +431,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 const SELECT_ROW: &str =
     "SELECT name, first_port, component_profile, population, phase, owner_pid, last_error, \
-                          created_at, updated_at FROM clusters";
+                          created_at, updated_at, owner_start_time FROM clusters";
 
 struct RawRow {
     name: String,
@@ -370,6 +440,7 @@ struct RawRow {
     population: String,
     phase: String,
     owner_pid: Option<u32>,
+    owner_start_time: Option<u64>,
     last_error: Option<String>,
     created_at: u64,
     updated_at: u64,
@@ -387,7 +458,10 @@ impl RawRow {
             component_profile: self.component_profile,
             population: self.population,
             phase,
-            owner_pid: self.owner_pid,
+            owner: self.owner_pid.map(|pid| Owner {
+                pid,
+                start_time: self.owner_start_time,
+            }),
             last_error: self.last_error,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -406,6 +480,7 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         last_error: r.get(6)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
+        owner_start_time: r.get(9)?,
     })
 }
 
@@ -449,7 +524,14 @@ mod tests {
         assert_eq!(a.ports.first(), 20000);
         assert_eq!(b.ports.first(), 20010);
         assert_eq!(a.phase, Phase::Creating);
-        assert_eq!(a.owner_pid, Some(std::process::id()));
+        let me = ProcessId::current().unwrap();
+        assert_eq!(
+            a.owner,
+            Some(Owner {
+                pid: me.pid,
+                start_time: Some(me.start_time)
+            })
+        );
         assert!(matches!(
             store.reserve(new("a"), range, all_free).await,
             Err(StoreError::Duplicate(_))
@@ -490,12 +572,54 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let a = store.get("a").await.unwrap().unwrap();
         assert_eq!(a.phase, Phase::Running);
-        assert_eq!(a.owner_pid, None);
+        assert_eq!(a.owner, None);
         assert_eq!(store.list().await.unwrap().len(), 2);
         let mode = std::fs::metadata(&path).unwrap().permissions();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_owner_start_times_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // The database as the previous version left it: two migrations, a row mid-create.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO clusters (name, first_port, component_profile, population, phase, owner_pid,
+                    last_error, created_at, updated_at) VALUES ('old', 20000, 'lean', '{}', 'creating', 4242,
+                    NULL, 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let old = store.get("old").await.unwrap().unwrap();
+        assert_eq!(
+            old.owner,
+            Some(Owner {
+                pid: 4242,
+                start_time: None
+            })
+        );
+        // A pid-only row naming our own pid was written by an earlier run: dead.
+        let ours = Owner {
+            pid: std::process::id(),
+            start_time: None,
+        };
+        assert!(!ours.is_alive());
+        assert!(Owner::current().is_alive());
+        store.set_phase("old", Phase::Deleting, None).await.unwrap();
+        assert_eq!(
+            store.get("old").await.unwrap().unwrap().owner,
+            Some(Owner::current())
         );
     }
 
