@@ -438,3 +438,90 @@ async fn foreign_clusters_are_never_touched_and_a_missing_answer_is_not_a_deleti
         "{raw}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_are_untouched() {
+    let home = Home::new(24300);
+    let sim = rancher_sim::start(sim_options());
+    let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
+    let api = home.api_url(&mut agent.0).await;
+    let resp = http()
+        .post(format!("{api}/clusters/bulk"))
+        .json(&json!({"count": 2, "prefix": "heal"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let names = ["heal-00001".to_string(), "heal-00002".to_string()];
+    let ids = wait_all_active(&api, &names).await;
+    let clusters_dir = home.kwok_workdir().join("clusters");
+    let (sick, healthy) = (clusters_dir.join(&names[0]), clusters_dir.join(&names[1]));
+    let healthy_before = support::cluster_processes(&healthy);
+    assert_eq!(healthy_before.len(), 4, "{healthy_before:?}");
+
+    for component in ["kube-apiserver", "etcd"] {
+        let before = support::cluster_processes(&sick);
+        let (pid, _) = before[component];
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // Reality first: a new process of that component runs, the others are the same ones.
+        support::eventually(DEADLINE, &format!("{component} restarted"), || async {
+            let now = support::cluster_processes(&sick);
+            let restarted = now
+                .get(component)
+                .is_some_and(|id| *id != before[component]);
+            (restarted && now.len() == before.len()).then_some(now)
+        })
+        .await;
+        // Then the agent's account: active again, with the reason.
+        let view = support::eventually(DEADLINE, "the cluster active again", || async {
+            cluster_view(&api, &names[0]).await.filter(|v| {
+                v["phase"] == "active"
+                    && v["last_heal"]
+                        .as_str()
+                        .is_some_and(|h| h.contains(&format!("{component} process gone")))
+            })
+        })
+        .await;
+        assert!(view["last_error"].is_null(), "{view}");
+        // The objects survived (they live in etcd): the cluster's nodes through its apiserver.
+        let kubeconfig = sick.join("kubeconfig.yaml");
+        let nodes = support::eventually(DEADLINE, "nodes listed after the heal", || async {
+            let client = scale_cluster_agent::kwok::population::client(&kubeconfig)
+                .await
+                .ok()?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+            api.list(&Default::default())
+                .await
+                .ok()
+                .map(|l| l.items.len())
+        })
+        .await;
+        assert_eq!(nodes, 2, "both fake nodes are still there");
+    }
+    assert_eq!(
+        support::cluster_processes(&healthy),
+        healthy_before,
+        "the other cluster's processes were never touched"
+    );
+    let metrics = http()
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for component in ["kube-apiserver", "etcd"] {
+        assert!(
+            metrics.contains(&format!(
+                "sca_cluster_heals_total{{component=\"{component}\"}} 1\n"
+            )),
+            "{metrics}"
+        );
+    }
+    wait_active_in_rancher(&sim, &ids[0]).await;
+}

@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -54,35 +52,6 @@ impl Drop for TestEnv {
         // A failed assertion must not leave control planes running on the CI machine.
         support::kill_processes_mentioning(&self.settings.kwok_workdir);
     }
-}
-
-/// `(pid, start time)` of a process, read from `/proc/<pid>/stat` here rather than through the
-/// product's process module.
-fn identity(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let start = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    Some((pid, start))
-}
-
-fn program(pid: u32) -> Option<String> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let first = cmdline.split(|b| *b == 0).next()?;
-    let name = String::from_utf8_lossy(first);
-    Some(name.rsplit('/').next()?.to_string())
-}
-
-/// The cluster's live processes by program name, with their identities.
-fn processes(cluster_dir: &Path) -> BTreeMap<String, (u32, u64)> {
-    support::processes_mentioning(&cluster_dir.join(""))
-        .into_iter()
-        .filter_map(|pid| Some((program(pid)?, identity(pid)?)))
-        .collect()
 }
 
 async fn node_names(manager: &ClusterManager, name: &str) -> Vec<String> {
@@ -146,7 +115,7 @@ async fn killed_components_are_restarted_and_other_clusters_are_untouched() {
     let (a, b) = (a.unwrap(), b.unwrap());
     let dir_a = env.manager.cluster_dir("heal-a");
     let dir_b = env.manager.cluster_dir("heal-b");
-    let b_before = processes(&dir_b);
+    let b_before = support::cluster_processes(&dir_b);
     assert_eq!(
         b_before.keys().map(String::as_str).collect::<Vec<_>>(),
         [
@@ -183,11 +152,11 @@ async fn killed_components_are_restarted_and_other_clusters_are_untouched() {
         .unwrap();
 
     for victim in ["kube-apiserver", "etcd"] {
-        let before = processes(&dir_a);
+        let before = support::cluster_processes(&dir_a);
         let (pid, _) = before[victim];
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
         support::eventually(DEADLINE, &format!("{victim} to die"), || async {
-            (!processes(&dir_a).contains_key(victim)).then_some(())
+            (!support::cluster_processes(&dir_a).contains_key(victim)).then_some(())
         })
         .await;
 
@@ -222,7 +191,7 @@ async fn killed_components_are_restarted_and_other_clusters_are_untouched() {
         eprintln!("heal after SIGKILL of {victim}: {:?}", outcome.took);
 
         // Reality: a new process of that component, every other one the same as before.
-        let after = processes(&dir_a);
+        let after = support::cluster_processes(&dir_a);
         assert_eq!(
             after.keys().collect::<Vec<_>>(),
             before.keys().collect::<Vec<_>>()
@@ -241,11 +210,15 @@ async fn killed_components_are_restarted_and_other_clusters_are_untouched() {
             kept.data, survivor.data,
             "objects survive a {victim} restart"
         );
-        assert_eq!(processes(&dir_b), b_before, "cluster B is untouched");
+        assert_eq!(
+            support::cluster_processes(&dir_b),
+            b_before,
+            "cluster B is untouched"
+        );
     }
 
     // A hung apiserver (frozen, so /readyz times out) is restarted once its grace has passed.
-    let before = processes(&dir_a);
+    let before = support::cluster_processes(&dir_a);
     let (pid, _) = before["kube-apiserver"];
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
     let grace = Duration::from_secs(2);
@@ -261,19 +234,23 @@ async fn killed_components_are_restarted_and_other_clusters_are_untouched() {
         "{outcome}"
     );
     assert!(
-        identity(pid) != Some(before["kube-apiserver"]),
+        support::process_identity(pid) != Some(before["kube-apiserver"]),
         "the frozen process was killed"
     );
     assert_ne!(
-        processes(&dir_a)["kube-apiserver"],
+        support::cluster_processes(&dir_a)["kube-apiserver"],
         before["kube-apiserver"]
     );
     assert!(readyz(&env.manager, "heal-a", a.ports.kube_apiserver).await);
     assert_eq!(node_names(&env.manager, "heal-a").await, nodes_a);
-    assert_eq!(processes(&dir_b), b_before, "cluster B is untouched");
+    assert_eq!(
+        support::cluster_processes(&dir_b),
+        b_before,
+        "cluster B is untouched"
+    );
 
     // What a health check costs, for the watch loop that runs it every few seconds per cluster.
-    let (checks, apiserver) = (200, processes(&dir_a)["kube-apiserver"].0);
+    let (checks, apiserver) = (200, support::cluster_processes(&dir_a)["kube-apiserver"].0);
     let (own_before, apiserver_before) = (cpu_ticks(std::process::id()), cpu_ticks(apiserver));
     let started = Instant::now();
     for _ in 0..checks {

@@ -23,7 +23,7 @@ mod rancher_watch;
 mod reconcile;
 pub mod tunnels;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,6 +125,9 @@ pub struct ClusterView {
     pub apiserver: Option<String>,
     pub tunnels: tunnels::TunnelsView,
     pub last_error: Option<String>,
+    /// The last time the agent healed the cluster: what it restarted, why, and when (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heal: Option<String>,
     pub attempts: u32,
     /// Unix seconds.
     pub created_at: u64,
@@ -160,6 +163,10 @@ struct Inner {
     tunnels: tunnels::TunnelSet,
     /// Rancher's state per cluster, from the last poll.
     rancher_states: Mutex<HashMap<String, String>>,
+    /// The last heal per cluster, for the API view: what was restarted, why, and when.
+    last_heals: Mutex<HashMap<String, String>>,
+    /// Components restarted by heals since start, by component name.
+    heals: Mutex<BTreeMap<String, u64>>,
     /// Names with a worker task, so each cluster has at most one.
     workers: Mutex<HashMap<String, CancellationToken>>,
     /// Every task the agent spawned (workers, the Rancher watcher): shutdown waits for them.
@@ -202,6 +209,8 @@ impl Agent {
                 rancher,
                 config,
                 rancher_states: Mutex::new(HashMap::new()),
+                last_heals: Mutex::new(HashMap::new()),
+                heals: Mutex::new(BTreeMap::new()),
                 workers: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
@@ -300,10 +309,36 @@ impl Agent {
             .insert(name.to_string(), state.to_string());
     }
 
+    fn record_heal(&self, name: &str, outcome: &crate::kwok::HealOutcome) {
+        let mut heals = self.inner.heals.lock().unwrap_or_else(|p| p.into_inner());
+        for restart in &outcome.restarted {
+            *heals.entry(restart.component.clone()).or_default() += 1;
+        }
+        self.inner
+            .last_heals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name.to_string(),
+                format!("{outcome} at {}", crate::store::now_secs()),
+            );
+    }
+
+    /// Components restarted by self-healing since the agent started, by component.
+    pub fn heal_counts(&self) -> Vec<(String, u64)> {
+        let heals = self.inner.heals.lock().unwrap_or_else(|p| p.into_inner());
+        heals.iter().map(|(c, n)| (c.clone(), *n)).collect()
+    }
+
     /// Drops what the agent remembers of a cluster that is gone.
     fn forget(&self, name: &str) {
         self.inner
             .rancher_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.inner
+            .last_heals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
@@ -387,6 +422,13 @@ impl Agent {
             .lock()
             .ok()
             .and_then(|s| s.get(&record.name).cloned());
+        let last_heal = self
+            .inner
+            .last_heals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.name)
+            .cloned();
         // Kubernetes shows a deleting object as such the moment its deletion is requested.
         let phase = if record.deletion_requested() {
             AgentPhase::Deleting
@@ -402,6 +444,7 @@ impl Agent {
             rancher_state,
             apiserver,
             last_error: record.last_error,
+            last_heal,
             attempts: record.attempts,
             created_at: record.created_at,
             active_at: record.active_at,

@@ -28,6 +28,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 const WATCH_TICK: Duration = Duration::from_secs(1);
 /// How often a connecting cluster's state is read from Rancher until it is active.
 const ACTIVE_POLL: Duration = Duration::from_secs(2);
+/// How often an active cluster's processes are checked (a few small /proc reads and one
+/// `/readyz`): an OOM-killed apiserver or etcd is noticed within this.
+const HEAL_CHECK: Duration = Duration::from_secs(5);
+/// How long a running apiserver may fail `/readyz` before it is restarted: long enough for a
+/// restarted etcd to come back under it.
+const UNREADY_GRACE: Duration = Duration::from_secs(20);
 
 /// Why bringing a cluster up, or keeping it up, failed.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +199,17 @@ async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
 
 /// Records a bring-up phase; [`StepError::Superseded`] if the cluster's deletion was requested.
 async fn advance(agent: &Agent, name: &str, phase: AgentPhase) -> Result<(), StepError> {
-    match agent.inner.store.set_agent_phase(name, phase, None).await? {
+    advance_with(agent, name, phase, None).await
+}
+
+/// [`advance`] with a note shown as the cluster's last error until the next phase.
+async fn advance_with(
+    agent: &Agent,
+    name: &str,
+    phase: AgentPhase,
+    note: Option<String>,
+) -> Result<(), StepError> {
+    match agent.inner.store.set_agent_phase(name, phase, note).await? {
         PhaseWrite::Applied => Ok(()),
         PhaseWrite::Superseded => Err(StepError::Superseded),
     }
@@ -345,13 +361,20 @@ async fn ensure_kwok(
     }
 }
 
-/// Watches an active cluster's tunnels until one is given up (Rancher refused it for good):
-/// then the error, which sends the cluster back through bring-up. Whether the cluster still
-/// exists in Rancher is the Rancher watcher's business, with one list for all clusters.
+/// Watches an active cluster until one of its tunnels is given up (Rancher refused it for good),
+/// which sends the cluster back through bring-up, and heals it: a component whose process is
+/// gone, or an apiserver not ready for [`UNREADY_GRACE`], is restarted while the cluster shows
+/// `provisioning` with the reason, then it is `active` again. Whether the cluster still exists in
+/// Rancher is the Rancher watcher's business, with one list for all clusters.
 async fn watch(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
     let name = record.name.as_str();
+    let mut last_check = Instant::now();
     loop {
         tokio::time::sleep(WATCH_TICK).await;
+        if last_check.elapsed() >= HEAL_CHECK {
+            heal(agent, name).await?;
+            last_check = Instant::now();
+        }
         let Some((main, steve)) = agent.inner.tunnels.status(name) else {
             return Ok(());
         };
@@ -368,6 +391,35 @@ async fn watch(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
             return Err(StepError::Tunnel(TunnelError::Rejected { tunnel, error }));
         }
     }
+}
+
+/// Restarts what is broken in an active cluster, if anything; an error sends the cluster through
+/// a full bring-up (which restarts every component) after a backoff.
+async fn heal(agent: &Agent, name: &str) -> Result<(), StepError> {
+    let manager = &agent.inner.manager;
+    let needed = manager
+        .check_health(name)
+        .await?
+        .restarts_needed(UNREADY_GRACE);
+    if needed.is_empty() {
+        return Ok(());
+    }
+    let reason = needed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::warn!(cluster = name, %reason, "healing");
+    advance_with(
+        agent,
+        name,
+        AgentPhase::Provisioning,
+        Some(format!("healing: {reason}")),
+    )
+    .await?;
+    let outcome = manager.heal(name, UNREADY_GRACE).await?;
+    agent.record_heal(name, &outcome);
+    advance(agent, name, AgentPhase::Active).await
 }
 
 /// Deletes the cluster under the agent's concurrency bound; a failure is recorded and retried

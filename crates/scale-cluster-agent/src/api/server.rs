@@ -348,6 +348,7 @@ async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
     let text = exposition(
         &phases,
         &state.agent.rancher_requests(),
+        &state.agent.heal_counts(),
         health.tunnels_connected,
         state.agent.tunnel_metrics(),
     );
@@ -358,6 +359,7 @@ async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
 fn exposition(
     phases: &[(&str, usize)],
     rancher_requests: &[(&str, u64)],
+    heals: &[(String, u64)],
     tunnels_connected: usize,
     tunnel: remotedialer::MetricsSnapshot,
 ) -> String {
@@ -400,6 +402,18 @@ fn exposition(
         let _ = writeln!(
             out,
             "sca_rancher_requests_total{{method=\"{method}\"}} {count}"
+        );
+    }
+    family(
+        &mut out,
+        "sca_cluster_heals_total",
+        "counter",
+        "Components of active clusters the agent restarted (process gone, or apiserver not ready).",
+    );
+    for (component, count) in heals {
+        let _ = writeln!(
+            out,
+            "sca_cluster_heals_total{{component=\"{component}\"}} {count}"
         );
     }
     let simple: [(&str, &str, &str, i128); 16] = [
@@ -589,6 +603,7 @@ mod tests {
         let text = exposition(
             &[("active", 2), ("failed", 0)],
             &[("GET", 12), ("POST", 1)],
+            &[("etcd".to_string(), 1)],
             4,
             snapshot,
         );
@@ -611,6 +626,10 @@ mod tests {
         );
         assert!(text.contains("\nsca_tunnel_sessions_active -1\n"), "{text}");
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 18, "{text}");
+        assert!(
+            text.contains("sca_cluster_heals_total{component=\"etcd\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(families, 19, "{text}");
     }
 }

@@ -128,3 +128,35 @@ pub fn listening_ports(range: std::ops::Range<u16>) -> Vec<u16> {
     ports.dedup();
     ports
 }
+
+/// `(pid, start time)` of a process, read from `/proc/<pid>/stat` here rather than through the
+/// product's process module: a restarted component has a new identity even if its pid recurs.
+pub fn process_identity(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let start = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some((pid, start))
+}
+
+/// The program a process runs (base name of `argv[0]`).
+pub fn program_name(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let first = cmdline.split(|b| *b == 0).next()?;
+    let name = String::from_utf8_lossy(first);
+    Some(name.rsplit('/').next()?.to_string())
+}
+
+/// A cluster's live processes by program name, with their identities.
+pub fn cluster_processes(
+    cluster_dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, (u32, u64)> {
+    processes_mentioning(&cluster_dir.join(""))
+        .into_iter()
+        .filter_map(|pid| Some((program_name(pid)?, process_identity(pid)?)))
+        .collect()
+}
