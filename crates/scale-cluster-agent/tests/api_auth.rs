@@ -7,7 +7,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -17,6 +17,7 @@ use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile};
 use scale_cluster_agent::store::Store;
 use serde_json::Value;
+use support::agent_home::AgentProcess;
 use support::rancher_sim::{self, RancherSim, SimOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -280,20 +281,6 @@ fn a_non_loopback_listen_without_a_token_refuses_to_start() {
         !home.path().join("data/agent.json").exists(),
         "nothing was announced"
     );
-}
-
-/// Kills the agent process when dropped, and whatever it started.
-struct AgentProcess {
-    child: Child,
-    kwok: PathBuf,
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        support::kill_processes_mentioning(&self.kwok);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

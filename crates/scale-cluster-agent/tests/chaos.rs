@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::agent_home::*;
 use support::rancher_sim;
 
@@ -71,14 +71,7 @@ async fn agent_killed_at_random_points_converges_without_duplicates_orphans_or_h
         };
         let what = match action {
             Action::Create(count) => {
-                let resp = http()
-                    .post(format!("{api}/clusters/bulk"))
-                    .json(&json!({"count": count, "prefix": "chaos"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), 201, "round {round}");
-                let views: Vec<Value> = resp.json().await.unwrap();
+                let views = bulk(&api, count, "chaos").await;
                 let names: Vec<String> = views
                     .iter()
                     .map(|v| v["name"].as_str().unwrap().to_string())

@@ -18,18 +18,7 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
     let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
     let api = home.api_url(&mut agent.0).await;
 
-    let resp = http()
-        .post(format!("{api}/clusters/bulk"))
-        .json(&json!({"count": 5, "prefix": "e2e", "profile": "lean"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status(),
-        201,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    bulk(&api, 5, "e2e").await;
     let names: Vec<String> = (1..=5).map(|i| format!("e2e-{i:05}")).collect();
     let ids = wait_all_active(&api, &names).await;
     for (name, id) in names.iter().zip(&ids) {
@@ -190,13 +179,7 @@ async fn agent_killed_mid_bulk_create_recovers_without_duplicates_or_leaks() {
     let sim = rancher_sim::start(sim_options());
     let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
     let api = home.api_url(&mut agent.0).await;
-    let resp = http()
-        .post(format!("{api}/clusters/bulk"))
-        .json(&json!({"count": 4, "prefix": "crash"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    bulk(&api, 4, "crash").await;
     // Kill it while it is mid-way: some KWOK processes run, not everything is active yet.
     support::eventually(
         DEADLINE,
@@ -344,13 +327,7 @@ async fn foreign_clusters_are_never_touched_and_a_missing_answer_is_not_a_deleti
     let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
     let api = home.api_url(&mut agent.0).await;
 
-    let resp = http()
-        .post(format!("{api}/clusters/bulk"))
-        .json(&json!({"count": 3, "prefix": "own"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    bulk(&api, 3, "own").await;
     let ids = wait_all_active(&api, &["own-00003".to_string()]).await;
     wait_active_in_rancher(&sim, &ids[0]).await;
     for (name, expect) in [
@@ -445,13 +422,7 @@ async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_ar
     let sim = rancher_sim::start(sim_options());
     let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
     let api = home.api_url(&mut agent.0).await;
-    let resp = http()
-        .post(format!("{api}/clusters/bulk"))
-        .json(&json!({"count": 2, "prefix": "heal"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    bulk(&api, 2, "heal").await;
     let names = ["heal-00001".to_string(), "heal-00002".to_string()];
     let ids = wait_all_active(&api, &names).await;
     let clusters_dir = home.kwok_workdir().join("clusters");

@@ -10,12 +10,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
 use scale_cluster_agent::store::Store;
 use serde_json::{json, Value};
+use support::agent_home::AgentProcess;
 use support::rancher_sim::{self, RancherSim, SimOptions};
 
 const DEADLINE: Duration = Duration::from_secs(240);
@@ -153,20 +154,6 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
         } else if kind.is_file() {
             out.push(entry.path());
         }
-    }
-}
-
-/// Kills the agent when dropped, and every process of its KWOK clusters.
-struct AgentProcess {
-    child: Child,
-    kwok: PathBuf,
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        support::kill_processes_mentioning(&self.kwok);
     }
 }
 

@@ -196,6 +196,38 @@ pub async fn cluster_view(api: &str, name: &str) -> Option<Value> {
     Some(resp.json::<Value>().await.unwrap())
 }
 
+/// `POST /clusters/bulk`; returns the created clusters' views.
+pub async fn bulk(api: &str, count: usize, prefix: &str) -> Vec<Value> {
+    let resp = http()
+        .post(format!("{api}/clusters/bulk"))
+        .json(&json!({"count": count, "prefix": prefix}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    resp.json().await.unwrap()
+}
+
+/// Kills the agent when dropped, and every process of its KWOK clusters: for tests that start
+/// the agent binary without a [`Home`].
+pub struct AgentProcess {
+    pub child: Child,
+    pub kwok: PathBuf,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        super::kill_processes_mentioning(&self.kwok);
+    }
+}
+
 pub async fn create(api: &str, name: &str) {
     let resp = http()
         .post(format!("{api}/clusters"))
