@@ -891,6 +891,19 @@ mod tests {
         left.sort();
         assert_eq!(left, ["live-other", "live-other-no-start-time", "ours-now"]);
 
+        // Healing is for running clusters only: a row mid-create belongs to its creator.
+        let err = manager.heal("ours-now", Duration::ZERO).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KwokError::WrongPhase {
+                    phase: Phase::Creating,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
         // Once the other owner is gone, its rows are recovered too.
         other.kill().unwrap();
         other.wait().unwrap();
