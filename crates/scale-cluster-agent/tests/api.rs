@@ -683,8 +683,13 @@ fn discovery_file_is_private_atomic_and_ignores_stale_pids() {
         Discovery {
             url: "http://127.0.0.1:41234".into(),
             pid: std::process::id(),
+            start_time: written.start_time,
             token: None,
         }
+    );
+    assert!(
+        written.start_time.is_some(),
+        "the agent's start time is recorded"
     );
     let path = discovery::path(&data_dir);
     let mode = std::fs::metadata(&path)

@@ -1,8 +1,9 @@
 //! How the CLI finds a running agent: the agent writes `<data_dir>/agent.json`
 //! (`{"url": "http://127.0.0.1:PORT", "pid": N}`, plus `"token"` when the API requires one) once
 //! its API listens, and removes it on a clean exit. The file is mode 0600 in a 0700 directory, so
-//! only the agent's user can read the token from it. A file left by an agent that died (`kill -9`) names a dead pid and is ignored, so the CLI
-//! never waits on an address nobody serves.
+//! only the agent's user can read the token from it. A file left by an agent that died (`kill -9`)
+//! names a dead process (pid and start time: a restarted container agent is pid 1 again) and is
+//! ignored, so the CLI never waits on an address nobody serves.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,6 +23,10 @@ pub struct Discovery {
     pub url: String,
     /// Process id of the agent.
     pub pid: u32,
+    /// The agent's start time (`/proc/<pid>/stat`), which tells it from a later process with the
+    /// same pid. Files written before it was recorded are judged by the pid alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
     /// The API bearer token, when the agent requires one (`Debug` redacts it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<ApiToken>,
@@ -63,6 +68,7 @@ pub fn write_with_token(
     let discovery = Discovery {
         url: url.to_string(),
         pid: std::process::id(),
+        start_time: crate::process::ProcessId::current().map(|id| id.start_time),
         token: token.cloned(),
     };
     let target = path(data_dir);
@@ -97,7 +103,7 @@ pub fn write_with_token(
 pub fn read(data_dir: &Path) -> Option<Discovery> {
     let text = std::fs::read(path(data_dir)).ok()?;
     let discovery: Discovery = serde_json::from_slice(&text).ok()?;
-    pid_alive(discovery.pid).then_some(discovery)
+    announced_alive(&discovery).then_some(discovery)
 }
 
 /// Removes the file if this process wrote it. Another agent's file is left alone: an agent that
@@ -107,7 +113,10 @@ pub fn remove(data_dir: &Path) -> Result<(), DiscoveryError> {
     let ours = std::fs::read(&target)
         .ok()
         .and_then(|text| serde_json::from_slice::<Discovery>(&text).ok())
-        .is_some_and(|d| d.pid == std::process::id());
+        .is_some_and(|d| {
+            d.pid == std::process::id()
+                && d.start_time == crate::process::ProcessId::current().map(|id| id.start_time)
+        });
     if !ours {
         return Ok(());
     }
@@ -121,20 +130,55 @@ pub fn remove(data_dir: &Path) -> Result<(), DiscoveryError> {
     }
 }
 
-/// Whether the announced agent still runs (a zombie or a vanished pid does not); the liveness rule
-/// is [`crate::process`]'s, shared with the KWOK layer.
-fn pid_alive(pid: u32) -> bool {
-    crate::process::pid_alive(pid)
+/// Whether the announced agent still runs (a zombie, a vanished pid or a recycled one does not);
+/// the liveness rule is [`crate::process`]'s, shared with the KWOK layer.
+fn announced_alive(discovery: &Discovery) -> bool {
+    match discovery.start_time {
+        Some(start_time) => crate::process::is_alive(&crate::process::ProcessId {
+            pid: discovery.pid,
+            start_time,
+        }),
+        None => crate::process::pid_alive(discovery.pid),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn announced(pid: u32, start_time: Option<u64>) -> Discovery {
+        Discovery {
+            url: "http://127.0.0.1:1".into(),
+            pid,
+            start_time,
+            token: None,
+        }
+    }
+
     #[test]
-    fn invalid_pids_are_never_alive() {
-        assert!(!pid_alive(0));
-        assert!(!pid_alive(u32::MAX));
-        assert!(pid_alive(std::process::id()));
+    fn a_file_names_a_live_agent_only_with_its_own_start_time() {
+        let me = crate::process::ProcessId::current().expect("/proc");
+        assert!(announced_alive(&announced(me.pid, Some(me.start_time))));
+        // Our pid, but another start time: a dead agent whose pid came back (pid 1 in a container).
+        assert!(!announced_alive(&announced(
+            me.pid,
+            Some(me.start_time + 1)
+        )));
+        assert!(
+            announced_alive(&announced(me.pid, None)),
+            "old files: pid only"
+        );
+        assert!(!announced_alive(&announced(0, None)));
+        assert!(!announced_alive(&announced(u32::MAX, None)));
+    }
+
+    #[test]
+    fn written_files_carry_the_start_time_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written = write(dir.path(), "http://127.0.0.1:9").expect("write");
+        assert!(written.start_time.is_some());
+        assert_eq!(read(dir.path()), Some(written));
+        remove(dir.path()).expect("remove");
+        assert!(read(dir.path()).is_none());
     }
 }
