@@ -66,6 +66,21 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted.get(rank).copied().unwrap_or(f64::NAN)
 }
 
+/// The agent's `sca_rancher_requests_total`, summed over methods.
+async fn rancher_requests(http: &reqwest::Client, api: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{api}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("sca_rancher_requests_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tokio::runtime::Runtime::new()?.block_on(run(args))
@@ -117,8 +132,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "all active after {all_active:.1} s; idling {} s",
         args.settle
     );
+    let requests_before = rancher_requests(&http, &api).await?;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let loaded = memory(pid)?;
+    // What the agent itself asks of Rancher while its clusters idle (Rancher's own traffic
+    // through the tunnels is not counted): one cluster list per poll, whatever N.
+    let idle_requests_per_min =
+        (rancher_requests(&http, &api).await? - requests_before) * 60.0 / args.settle as f64;
     // One-time costs (runtime threads, TLS setup, first allocations) make the figure from idle
     // overstate what one more cluster costs: also measure the margin of N/2 more clusters.
     let extra = (args.clusters / 2).max(1);
@@ -140,13 +160,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.clusters, args.concurrency, args.settle
     );
     println!(
-        "| clusters | concurrency | all active (s) | create→active p50 / p95 (s) | agent RSS idle → {} → {} clusters (MiB) | RSS / cluster from idle (KiB) | marginal RSS / PSS per cluster (KiB) | tunnels connected |",
+        "| clusters | concurrency | all active (s) | create→active p50 / p95 (s) | agent RSS idle → {} → {} clusters (MiB) | RSS / cluster from idle (KiB) | marginal RSS / PSS per cluster (KiB) | tunnels connected | agent requests to Rancher while idle (per min) |",
         args.clusters,
         args.clusters + extra
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {:.1} | {:.1} / {:.1} | {:.1} → {:.1} → {:.1} | {:.0} | {:.0} / {:.0} | {} |",
+        "| {} | {} | {:.1} | {:.1} / {:.1} | {:.1} → {:.1} → {:.1} | {:.0} | {:.0} / {:.0} | {} | {:.1} |",
         args.clusters,
         args.concurrency,
         all_active,
@@ -159,6 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (more.0.saturating_sub(loaded.0)) as f64 / extra as f64,
         (more.1.saturating_sub(loaded.1)) as f64 / extra as f64,
         health["tunnels_connected"],
+        idle_requests_per_min,
     );
 
     // Leave nothing running: delete through the agent (Rancher and KWOK), then stop it.
