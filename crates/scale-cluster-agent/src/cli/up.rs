@@ -50,7 +50,7 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
         .or(agent_file.concurrency)
         .unwrap_or(3);
     let opts = ToolchainOptions::from_settings(settings);
-    if toolchain::locate(&opts).is_err() {
+    if toolchain::locate(&opts).await.is_err() {
         eprintln!("provisioning the KWOK and Kubernetes toolchain (first run only; a cold build takes several minutes)");
         toolchain::install(&opts, Progress::auto()).await?;
     }
