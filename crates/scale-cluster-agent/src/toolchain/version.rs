@@ -248,6 +248,25 @@ mod tests {
         }
     }
 
+    /// The probed binary may be anything on PATH: it must not see a token variable.
+    #[tokio::test]
+    async fn the_probed_binary_gets_no_token() {
+        // A name of its own, so no other test reads it.
+        const SECRET: &str = "SCA_VERSION_PROBE_TEST_TOKEN";
+        // std serialises its own environment reads and writes (spawning included), and no other
+        // test uses this name.
+        std::env::set_var(SECRET, "token-xxxxx:secret");
+        let tmp = tempfile::tempdir().unwrap();
+        let spy = script(
+            tmp.path(),
+            "etcd",
+            &format!("[ -z \"${SECRET}\" ] || exit 9\necho 'etcd Version: 3.6.16'"),
+        );
+        let probed = run_with_timeout(&spy, &["--version"], VERSION_TIMEOUT).await;
+        std::env::remove_var(SECRET);
+        assert_eq!(probed.unwrap().trim(), "etcd Version: 3.6.16");
+    }
+
     #[tokio::test]
     async fn a_failing_version_command_reports_its_status_and_first_line() {
         let tmp = tempfile::tempdir().unwrap();
