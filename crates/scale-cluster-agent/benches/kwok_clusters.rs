@@ -78,6 +78,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         file: Default::default(),
     };
     let toolchain = toolchain::locate(&ToolchainOptions::from_settings(&settings))
+        .await
         .context("run `scale-cluster-agent toolchain install` first")?;
     let manager = ClusterManager::new(&settings, toolchain, Store::open(&settings.state_db())?);
 

@@ -239,8 +239,8 @@ async fn download_installs_every_component_and_second_install_is_a_no_op() {
     let again = toolchain::install(&opts, Progress::Silent).await.unwrap();
     assert_eq!(again, tc);
     assert_eq!(mirror.total_hits(), first_round);
-    assert_eq!(toolchain::locate(&opts).unwrap(), tc);
-    let status = toolchain::status(&opts);
+    assert_eq!(toolchain::locate(&opts).await.unwrap(), tc);
+    let status = toolchain::status(&opts).await;
     assert!(status.iter().all(|s| s.usable && s.source == Source::Cache));
 }
 
@@ -268,7 +268,7 @@ async fn checksum_mismatch_is_an_error_and_leaves_nothing_in_the_cache() {
     }
     assert_eq!(cached_files(tmp.path()), Vec::<PathBuf>::new());
     assert!(matches!(
-        toolchain::locate(&opts),
+        toolchain::locate(&opts).await,
         Err(ToolchainError::Missing { .. })
     ));
 
@@ -337,8 +337,8 @@ fn write_script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-#[test]
-fn explicit_path_must_exist_and_report_the_pin() {
+#[tokio::test]
+async fn explicit_path_must_exist_and_report_the_pin() {
     let tmp = tempfile::tempdir().unwrap();
     let wrong = tmp.path().join("kube-apiserver");
     write_script(&wrong, "echo 'Kubernetes v1.35.0'");
@@ -346,7 +346,7 @@ fn explicit_path_must_exist_and_report_the_pin() {
     opts.search_path = Some(OsString::new());
     opts.explicit
         .insert(Component::KubeApiserver, wrong.clone());
-    let err = toolchain::locate(&opts).unwrap_err();
+    let err = toolchain::locate(&opts).await.unwrap_err();
     match &err {
         ToolchainError::WrongVersion {
             component,
@@ -363,7 +363,7 @@ fn explicit_path_must_exist_and_report_the_pin() {
     }
     let msg = err.to_string();
     assert!(msg.contains("v1.35.0") && msg.contains("v1.36.1"), "{msg}");
-    let st = toolchain::status(&opts);
+    let st = toolchain::status(&opts).await;
     let api = st
         .iter()
         .find(|s| s.component == Component::KubeApiserver)
@@ -374,7 +374,7 @@ fn explicit_path_must_exist_and_report_the_pin() {
     let gone = tmp.path().join("no-such-etcd");
     opts.explicit.clear();
     opts.explicit.insert(Component::Etcd, gone.clone());
-    let err = toolchain::locate(&opts).unwrap_err();
+    let err = toolchain::locate(&opts).await.unwrap_err();
     assert!(
         matches!(&err, ToolchainError::ExplicitNotFound { path, .. } if path == &gone),
         "{err:?}"
@@ -537,7 +537,7 @@ async fn concurrent_install_processes_share_one_download() {
     assert_eq!(mirror.total_hits(), 14);
     let mut opts = ToolchainOptions::new(tmp.path());
     opts.search_path = Some(OsString::new());
-    let tc = toolchain::locate(&opts).unwrap();
+    let tc = toolchain::locate(&opts).await.unwrap();
     assert_eq!(tc.etcd, Component::Etcd.cache_path(tmp.path()));
 }
 

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::output::{
+    format_duration, or_none, print_object, shorten, time_and_age, Output, OutputArgs, Table,
+};
 use crate::api::{discovery, AgentClient, Cluster};
 use crate::config::Settings;
 use crate::kwok::names;
@@ -116,21 +118,9 @@ pub struct CreateArgs {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Args)]
-pub struct OutputArgs {
-    #[arg(short, long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
-}
-
 /// Opens the state database and the manager, after finishing any operation a crashed process left.
 pub async fn open_manager(settings: &Settings) -> anyhow::Result<ClusterManager> {
-    let toolchain = toolchain::locate(&ToolchainOptions::from_settings(settings))?;
+    let toolchain = toolchain::locate(&ToolchainOptions::from_settings(settings)).await?;
     settings.ensure_private_dirs()?;
     let store = Store::open(&settings.state_db())?;
     let manager = ClusterManager::new(settings, toolchain, store);
@@ -156,9 +146,8 @@ pub async fn run(settings: &Settings, cmd: ClusterCommand) -> anyhow::Result<()>
         }
         (ClusterCommand::Get { name, output }, Some(agent)) => {
             let cluster = agent.get(&name).await?;
-            match output.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&cluster)?),
-                Output::Table => print_agent_details(&agent, &cluster),
+            if !print_object(&cluster, output.output)? {
+                print_agent_details(&agent, &cluster);
             }
             Ok(())
         }
@@ -215,9 +204,8 @@ async fn direct(settings: &Settings, cmd: ClusterCommand) -> anyhow::Result<()> 
         }
         ClusterCommand::Get { name, output } => {
             let info = manager.get(&name).await?;
-            match output.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-                Output::Table => print_details(&info),
+            if !print_object(&info, output.output)? {
+                print_details(&info);
             }
             Ok(())
         }
@@ -380,33 +368,51 @@ fn print_reach(info: &ClusterInfo) {
 }
 
 fn print_clusters(clusters: &[ClusterInfo], output: Output) -> anyhow::Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(clusters)?);
+    if print_object(clusters, output)? {
         return Ok(());
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let wide = output == Output::Wide;
+    let mut headers = vec![
         "NAME",
         "HEALTH",
         "PROFILE",
         "APISERVER",
         "NODES",
         "PODS/NODE",
-        "KUBECONFIG",
-    ]);
+    ];
+    if wide {
+        headers.extend(["PHASE", "KUBECONFIG", "LAST ERROR"]);
+    }
+    let mut table = Table::new(headers);
     for c in clusters {
-        table.add_row([
+        let mut row = vec![
             c.name.clone(),
             c.health.to_string(),
             c.profile.clone(),
             c.server.clone(),
             c.nodes.to_string(),
             c.pods_per_node.to_string(),
-            c.kubeconfig.display().to_string(),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                c.phase.to_string(),
+                c.kubeconfig.display().to_string(),
+                or_none(c.last_error.as_deref()),
+            ]);
+        }
+        table.row(row);
     }
-    println!("{table}");
+    print_table(&table);
     Ok(())
+}
+
+/// Prints a table, or, like kubectl, says on stderr that there is nothing to list.
+fn print_table(table: &Table) {
+    if table.is_empty() {
+        eprintln!("No clusters found.");
+    } else {
+        print!("{table}");
+    }
 }
 
 fn print_details(info: &ClusterInfo) {
@@ -466,11 +472,14 @@ async fn logs(
             print!("{text}");
         }
         None => {
+            let mut table = Table::new(["COMPONENT", "BYTES", "PATH"]);
             for c in &info.components {
                 let path = manager.log_path(name, &c.name);
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                println!("{:<24} {:>10} bytes  {}", c.name, size, path.display());
+                // A component that has not logged yet has no file: size 0.
+                let size = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+                table.row([c.name.clone(), size.to_string(), path.display().to_string()]);
             }
+            print!("{table}");
         }
     }
     Ok(())
@@ -696,74 +705,74 @@ fn print_agent_clusters(
     clusters: &[Cluster],
     output: Output,
 ) -> anyhow::Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(clusters)?);
+    if print_object(clusters, output)? {
         return Ok(());
     }
     eprintln!("via agent at {}", agent.url());
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let wide = output == Output::Wide;
+    let mut headers = vec![
         "NAME",
         "PHASE",
-        "PROFILE",
         "RANCHER ID",
         "RANCHER STATE",
         "TUNNELS (MAIN/STEVE)",
-        "APISERVER",
-        "LAST ERROR",
-    ]);
+        "AGE",
+    ];
+    if wide {
+        headers.extend(["PROFILE", "APISERVER", "ATTEMPTS"]);
+    }
+    headers.push("LAST ERROR");
+    let mut table = Table::new(headers);
     for c in clusters {
-        table.add_row([
+        let mut row = vec![
             c.name.clone(),
             c.phase.to_string(),
-            c.profile.clone(),
-            c.rancher_cluster_id.clone().unwrap_or_else(|| "-".into()),
-            c.rancher_state.clone().unwrap_or_else(|| "-".into()),
+            or_none(c.rancher_cluster_id.as_deref()),
+            or_none(c.rancher_state.as_deref()),
             format!("{}/{}", c.tunnels.main, c.tunnels.steve),
-            c.apiserver.clone().unwrap_or_else(|| "-".into()),
-            c.last_error
-                .as_deref()
-                .map(|e| shorten(e, 60))
-                .unwrap_or_else(|| "-".into()),
-        ]);
+            super::output::age_now(c.created_at),
+        ];
+        if wide {
+            row.extend([
+                c.profile.clone(),
+                or_none(c.apiserver.as_deref()),
+                c.attempts.to_string(),
+            ]);
+        }
+        // The whole error in wide output; the default keeps one screen line per cluster.
+        row.push(match (&c.last_error, wide) {
+            (Some(err), true) => err.clone(),
+            (Some(err), false) => shorten(err, 60),
+            (None, _) => String::new(),
+        });
+        table.row(row);
     }
-    println!("{table}");
+    print_table(&table);
     Ok(())
 }
 
 fn print_agent_details(agent: &AgentClient, c: &Cluster) {
-    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     eprintln!("via agent at {}", agent.url());
     println!("name:          {}", c.name);
     println!("phase:         {} (attempts {})", c.phase, c.attempts);
     println!("profile:       {}", c.profile);
     println!(
         "rancher:       {} (state {})",
-        or_dash(&c.rancher_cluster_id),
-        or_dash(&c.rancher_state)
+        or_none(c.rancher_cluster_id.as_deref()),
+        or_none(c.rancher_state.as_deref())
     );
     println!(
         "tunnels:       main {}, steve {}",
         c.tunnels.main, c.tunnels.steve
     );
-    println!("apiserver:     {}", or_dash(&c.apiserver));
-    println!("created at:    {} (unix seconds)", c.created_at);
+    println!("apiserver:     {}", or_none(c.apiserver.as_deref()));
+    println!("created:       {}", time_and_age(c.created_at));
     if let Some(at) = c.active_at {
-        println!("active since:  {at} (unix seconds)");
+        println!("active since:  {}", time_and_age(at));
     }
     if let Some(err) = &c.last_error {
         println!("last error:    {err}");
     }
-}
-
-/// At most `max` characters, with an ellipsis when cut.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 /// `90s`, `10m`, `1h`, `500ms`, or plain seconds.
@@ -792,16 +801,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
-fn format_duration(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    match secs {
-        0 => format!("{}ms", duration.as_millis()),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,8 +817,6 @@ mod tests {
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("99999999999999999h").is_err());
-        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
-        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions and thin dispatch into the library modules.
 
 mod cluster;
+mod output;
 mod preflight;
 pub mod serve;
 mod toolchain;
@@ -90,14 +91,25 @@ fn init_tracing(filter: &str) {
             tracing_subscriber::EnvFilter::new("warn")
         }
     };
+    let colour = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_filter(log_filter(user));
     // `try_init` also routes the `log` records of tungstenite, reqwest and rustls into tracing,
     // where the clamps below apply to them.
     if let Err(err) = tracing_subscriber::registry().with(layer).try_init() {
         eprintln!("warning: logging is not available: {err}");
     }
+}
+
+/// Colour codes only for a person at a terminal: a log redirected to a file or a pipe stays plain
+/// text, and `NO_COLOR` (any non-empty value, <https://no-color.org>) turns colour off everywhere.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Targets that can print request headers, bodies or URLs carrying secrets, and the most verbose
@@ -206,6 +218,15 @@ mod tests {
             tracing::info!(target: "scale_cluster_agent", "info line");
         });
         assert!(lines.is_empty(), "{lines:?}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::use_colour(true, None));
+        assert!(super::use_colour(true, Some(OsStr::new(""))));
+        assert!(!super::use_colour(true, Some(OsStr::new("1"))));
+        assert!(!super::use_colour(false, None));
     }
 
     #[test]

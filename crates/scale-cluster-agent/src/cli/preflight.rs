@@ -1,8 +1,8 @@
 //! `scale-cluster-agent preflight [--fix] [--clusters N]`.
 
 use clap::Args;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 
+use super::output::Table;
 use crate::config::Settings;
 use crate::preflight::{self, Check, FixOutcome, Plan, Readings, Status};
 
@@ -29,7 +29,7 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
         plan.clusters,
         settings.kwok_workdir.display()
     );
-    println!("{}", table(&checks));
+    print_checks(&checks);
 
     if args.fix {
         let outcomes = preflight::apply_fixes(&checks, readings.is_root);
@@ -51,7 +51,8 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
                     preflight::SYSCTL_FILE
                 );
                 checks = preflight::evaluate(&Readings::read(&settings.kwok_workdir), &plan);
-                println!("After --fix:\n{}", table(&checks));
+                println!("After --fix:");
+                print_checks(&checks);
             }
         }
     }
@@ -66,20 +67,23 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-fn table(checks: &[Check]) -> Table {
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(["check", "status", "measured", "need", "fix"]);
+/// The checks as a table, then the commands that fix each one not OK (a command per line, ready
+/// to copy).
+fn print_checks(checks: &[Check]) {
+    let mut table = Table::new(["CHECK", "STATUS", "MEASURED", "NEED"]);
     for c in checks {
-        table.add_row([
+        table.row([
             c.name.to_string(),
             c.status.to_string(),
             c.measured.clone(),
             c.need.clone(),
-            c.fix.join("\n"),
         ]);
     }
-    table
+    print!("{table}");
+    for c in checks.iter().filter(|c| !c.fix.is_empty()) {
+        println!("To fix {} ({}):", c.name, c.status);
+        for command in &c.fix {
+            println!("  {command}");
+        }
+    }
 }

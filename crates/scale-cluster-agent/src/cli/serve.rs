@@ -60,7 +60,7 @@ impl RunningAgent {
         settings.ensure_private_dirs()?;
         let lock = lock_data_dir(&settings.data_dir)?;
         let opts = ToolchainOptions::from_settings(settings);
-        let toolchain = match toolchain::locate(&opts) {
+        let toolchain = match toolchain::locate(&opts).await {
             Ok(toolchain) => toolchain,
             Err(_) => {
                 eprintln!("provisioning the KWOK and Kubernetes toolchain (first run only)");

@@ -1,8 +1,9 @@
 //! `scale-cluster-agent toolchain install|status`.
 
 use clap::{Args, Subcommand};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde::Serialize;
 
+use super::output::{or_none, print_object, Output, OutputArgs, Table};
 use crate::config::Settings;
 use crate::toolchain::{self, Progress, SourcePreference, ToolchainOptions};
 
@@ -12,7 +13,7 @@ pub enum ToolchainCommand {
     #[command(after_long_help = toolchain::MIRROR_LAYOUT)]
     Install(InstallArgs),
     /// Show each component's version, path and source.
-    Status,
+    Status(OutputArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,13 +46,16 @@ pub async fn run(settings: &Settings, cmd: ToolchainCommand) -> anyhow::Result<(
                 Progress::auto()
             };
             toolchain::install(&opts, progress).await?;
-            println!("{}", status_table(&opts));
+            print!("{}", table(&toolchain::status(&opts).await, Output::Table));
             Ok(())
         }
-        ToolchainCommand::Status => {
-            let statuses = toolchain::status(&opts);
+        ToolchainCommand::Status(output) => {
+            let statuses = toolchain::status(&opts).await;
             let missing = statuses.iter().filter(|s| !s.usable).count();
-            println!("{}", table(&statuses));
+            let rows: Vec<StatusRow> = statuses.iter().map(StatusRow::from).collect();
+            if !print_object(&rows, output.output)? {
+                print!("{}", table(&statuses, output.output));
+            }
             if missing > 0 {
                 anyhow::bail!(
                     "{missing} component(s) missing or unusable; run `scale-cluster-agent toolchain install`"
@@ -62,24 +66,59 @@ pub async fn run(settings: &Settings, cmd: ToolchainCommand) -> anyhow::Result<(
     }
 }
 
-fn status_table(opts: &ToolchainOptions) -> Table {
-    table(&toolchain::status(opts))
+/// One component as `-o json|yaml` prints it.
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    component: String,
+    version: Option<String>,
+    pinned_version: &'static str,
+    path: Option<String>,
+    source: String,
+    usable: bool,
+    note: Option<String>,
 }
 
-fn table(statuses: &[toolchain::ComponentStatus]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["component", "version", "path", "source", "note"]);
+impl From<&toolchain::ComponentStatus> for StatusRow {
+    fn from(s: &toolchain::ComponentStatus) -> Self {
+        Self {
+            component: s.component.to_string(),
+            version: s.version.clone(),
+            pinned_version: s.component.pinned_version(),
+            path: s.path.as_ref().map(|p| p.display().to_string()),
+            source: s.source.to_string(),
+            usable: s.usable,
+            note: s.note.clone(),
+        }
+    }
+}
+
+/// COMPONENT, VERSION, SOURCE, PATH, NOTE; `-o wide` adds the pinned version and whether the
+/// component is usable.
+fn table(statuses: &[toolchain::ComponentStatus], output: Output) -> Table {
+    let wide = output == Output::Wide;
+    let mut headers = vec!["COMPONENT", "VERSION", "SOURCE", "PATH"];
+    if wide {
+        headers.extend(["PINNED", "USABLE"]);
+    }
+    headers.push("NOTE");
+    let mut table = Table::new(headers);
     for s in statuses {
-        table.add_row([
+        let mut row = vec![
             s.component.to_string(),
-            s.version.clone().unwrap_or_else(|| "-".into()),
+            or_none(s.version.as_deref()),
+            s.source.to_string(),
             s.path
                 .as_ref()
-                .map_or_else(|| "-".into(), |p| p.display().to_string()),
-            s.source.to_string(),
-            s.note.clone().unwrap_or_default(),
-        ]);
+                .map_or_else(String::new, |p| p.display().to_string()),
+        ];
+        if wide {
+            row.extend([
+                s.component.pinned_version().to_string(),
+                s.usable.to_string(),
+            ]);
+        }
+        row.push(s.note.clone().unwrap_or_default());
+        table.row(row);
     }
     table
 }

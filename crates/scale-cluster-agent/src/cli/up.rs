@@ -9,6 +9,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::cluster::{create_many, open_manager};
+use super::output::{or_none, Table};
 use super::serve::{shutdown_signal, RunningAgent};
 use crate::agent::{AgentError, ClusterView};
 use crate::config::{AgentSettings, RancherArgs, Settings};
@@ -50,7 +51,7 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
         .or(agent_file.concurrency)
         .unwrap_or(3);
     let opts = ToolchainOptions::from_settings(settings);
-    if toolchain::locate(&opts).is_err() {
+    if toolchain::locate(&opts).await.is_err() {
         eprintln!("provisioning the KWOK and Kubernetes toolchain (first run only; a cold build takes several minutes)");
         toolchain::install(&opts, Progress::auto()).await?;
     }
@@ -81,16 +82,19 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
         }
     }
     println!("\n{} simulated clusters:", names.len());
+    let mut table = Table::new(["NAME", "HEALTH", "APISERVER", "KUBECONFIG"]);
     for name in &names {
         if let Ok(info) = manager.get(name).await {
-            println!(
-                "  {name:<10} {health:<9} {server}  kubectl --kubeconfig {kc} get nodes",
-                health = info.health,
-                server = info.server,
-                kc = info.kubeconfig.display()
-            );
+            table.row([
+                name.clone(),
+                info.health.to_string(),
+                info.server,
+                info.kubeconfig.display().to_string(),
+            ]);
         }
     }
+    print!("{table}");
+    println!("\nreach one with `kubectl --kubeconfig <KUBECONFIG> get nodes`");
     println!("\nlist them with `scale-cluster-agent cluster list`; remove them with `scale-cluster-agent cluster delete --all`");
     if failures > 0 {
         bail!("{failures} clusters failed to come up");
@@ -171,19 +175,20 @@ async fn with_rancher(
     bar.finish_and_clear();
     if !interrupted {
         println!("\n{} clusters active in Rancher:", names.len());
+        let mut table = Table::new(["NAME", "RANCHER ID", "APISERVER"]);
         for v in agent
             .list()
             .await?
             .into_iter()
             .filter(|v| names.contains(&v.name))
         {
-            println!(
-                "  {:<12} {:<10} apiserver {}",
+            table.row([
                 v.name,
-                v.rancher_cluster_id.as_deref().unwrap_or("-"),
-                v.apiserver.as_deref().unwrap_or("-")
-            );
+                or_none(v.rancher_cluster_id.as_deref()),
+                or_none(v.apiserver.as_deref()),
+            ]);
         }
+        print!("{table}");
         println!("\nholding their tunnels; Ctrl-C to stop (the clusters keep running and are re-adopted next time)");
         shutdown_signal().await;
     }

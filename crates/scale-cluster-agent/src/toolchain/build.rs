@@ -217,7 +217,7 @@ pub(crate) async fn build(
         }
         Err(e) => return Err(fail(format!("cannot run {}: {e}", go.display()))),
     }
-    if let Err(err) = verify(component, &partial) {
+    if let Err(err) = verify(component, &partial).await {
         return Err(fail(format!("the built binary failed verification: {err}")));
     }
     std::fs::rename(&partial, &dest).map_err(|e| fail(format!("renaming into place: {e}")))?;

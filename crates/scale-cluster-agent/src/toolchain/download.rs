@@ -206,7 +206,7 @@ pub(crate) async fn download(
         }
     };
     set_executable(&binary)?;
-    verify(component, &binary)?;
+    verify(component, &binary).await?;
     binary
         .persist(&dest)
         .map_err(|e| ToolchainError::io(format!("moving into {}", dest.display()))(e.error))?;

@@ -66,7 +66,7 @@ async fn provision(
     progress: Progress,
 ) -> Result<Installed, ToolchainError> {
     let version = component.pinned_version();
-    let found = lookup(opts, component);
+    let found = lookup(opts, component).await;
     for skipped in &found.skipped {
         progress.line(&format!("{component}: {skipped}"));
     }

@@ -40,12 +40,9 @@ pub(crate) struct Lookup {
 
 /// Finds every component without building or downloading; the first missing or unusable one is an
 /// error telling the user to run `scale-cluster-agent toolchain install`.
-pub fn locate(opts: &ToolchainOptions) -> Result<Toolchain, ToolchainError> {
+pub async fn locate(opts: &ToolchainOptions) -> Result<Toolchain, ToolchainError> {
     // A bad explicit path is reported before any missing component: installing would not fix it.
-    let mut lookups: BTreeMap<Component, Lookup> = Component::ALL
-        .iter()
-        .map(|&c| (c, lookup(opts, c)))
-        .collect();
+    let mut lookups: BTreeMap<Component, Lookup> = lookup_all(opts).await;
     if let Some(c) = Component::ALL
         .into_iter()
         .find(|c| lookups.get(c).is_some_and(|l| l.found.is_err()))
@@ -73,11 +70,11 @@ pub fn locate(opts: &ToolchainOptions) -> Result<Toolchain, ToolchainError> {
 }
 
 /// Each component's version, path and source; never fails (problems show up in `note`).
-pub fn status(opts: &ToolchainOptions) -> Vec<ComponentStatus> {
-    Component::ALL
-        .iter()
-        .map(|&component| {
-            let lookup = lookup(opts, component);
+pub async fn status(opts: &ToolchainOptions) -> Vec<ComponentStatus> {
+    lookup_all(opts)
+        .await
+        .into_iter()
+        .map(|(component, lookup)| {
             let skipped = (!lookup.skipped.is_empty()).then(|| lookup.skipped.join("; "));
             match lookup.found {
                 Ok(Some(found)) => ComponentStatus {
@@ -122,12 +119,21 @@ pub fn status(opts: &ToolchainOptions) -> Vec<ComponentStatus> {
         .collect()
 }
 
+/// Looks for every component at once: the seven version probes run concurrently.
+async fn lookup_all(opts: &ToolchainOptions) -> BTreeMap<Component, Lookup> {
+    let lookups = Component::ALL.map(|c| async move { (c, lookup(opts, c).await) });
+    futures::future::join_all(lookups)
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// Looks for one component: explicit path, then `PATH`, then the cache.
-pub(crate) fn lookup(opts: &ToolchainOptions, component: Component) -> Lookup {
+pub(crate) async fn lookup(opts: &ToolchainOptions, component: Component) -> Lookup {
     let mut skipped = Vec::new();
     if let Some(path) = opts.explicit.get(&component) {
         let found = if path.is_file() {
-            verify(component, path).map(|()| {
+            verify(component, path).await.map(|()| {
                 Some(Found {
                     path: path.clone(),
                     source: Source::Explicit,
@@ -143,7 +149,7 @@ pub(crate) fn lookup(opts: &ToolchainOptions, component: Component) -> Lookup {
     }
 
     if let Some(path) = find_on_path(opts.search_path().as_deref(), component.binary_name()) {
-        match probe(component, &path) {
+        match probe(component, &path).await {
             Ok(version) if version == component.pinned_version() => {
                 return Lookup {
                     found: Ok(Some(Found {
@@ -164,7 +170,7 @@ pub(crate) fn lookup(opts: &ToolchainOptions, component: Component) -> Lookup {
 
     let cached = component.cache_path(&opts.cache_dir);
     if cached.is_file() {
-        match verify(component, &cached) {
+        match verify(component, &cached).await {
             Ok(()) => {
                 return Lookup {
                     found: Ok(Some(Found {
@@ -224,8 +230,8 @@ mod tests {
         path
     }
 
-    #[test]
-    fn path_binary_with_the_wrong_version_is_skipped_for_the_cache() {
+    #[tokio::test]
+    async fn path_binary_with_the_wrong_version_is_skipped_for_the_cache() {
         let tmp = tempfile::tempdir().unwrap();
         let bin = tmp.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -237,7 +243,7 @@ mod tests {
 
         let mut opts = ToolchainOptions::new(&cache);
         opts.search_path = Some(OsString::from(&bin));
-        let l = lookup(&opts, Component::Etcd);
+        let l = lookup(&opts, Component::Etcd).await;
         let found = l.found.unwrap().unwrap();
         assert_eq!(found.path, cached);
         assert_eq!(found.source, Source::Cache);
@@ -245,8 +251,8 @@ mod tests {
         assert!(l.skipped[0].contains("v3.4.23"), "{:?}", l.skipped);
     }
 
-    #[test]
-    fn path_binary_with_the_pin_wins_over_the_cache() {
+    #[tokio::test]
+    async fn path_binary_with_the_pin_wins_over_the_cache() {
         let tmp = tempfile::tempdir().unwrap();
         fake_binary(
             tmp.path(),
@@ -255,24 +261,24 @@ mod tests {
         );
         let mut opts = ToolchainOptions::new(tmp.path().join("cache"));
         opts.search_path = Some(tmp.path().as_os_str().to_owned());
-        let found = lookup(&opts, Component::Kwok).found.unwrap().unwrap();
+        let found = lookup(&opts, Component::Kwok).await.found.unwrap().unwrap();
         assert_eq!(found.source, Source::Path);
         assert_eq!(found.path, tmp.path().join("kwok"));
     }
 
-    #[test]
-    fn missing_component_says_to_run_install() {
+    #[tokio::test]
+    async fn missing_component_says_to_run_install() {
         let tmp = tempfile::tempdir().unwrap();
         let mut opts = ToolchainOptions::new(tmp.path());
         opts.search_path = Some(OsString::new());
-        let err = locate(&opts).unwrap_err();
+        let err = locate(&opts).await.unwrap_err();
         assert!(matches!(err, ToolchainError::Missing { .. }), "{err:?}");
         assert!(
             err.to_string()
                 .contains("run `scale-cluster-agent toolchain install`"),
             "{err}"
         );
-        let st = status(&opts);
+        let st = status(&opts).await;
         assert_eq!(st.len(), Component::ALL.len());
         assert!(st.iter().all(|s| s.source == Source::Missing));
     }
