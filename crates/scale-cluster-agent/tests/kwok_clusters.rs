@@ -13,10 +13,10 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::kwok::manager::port_is_free;
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{
     ClusterManager, ComponentProfile, CreateRequest, KwokError, PopulationProfile,
 };
+use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::{Phase, Store, StoreError};
 use scale_cluster_agent::toolchain::Toolchain;
 
@@ -42,7 +42,7 @@ impl TestEnv {
         settings.kwok_workdir = dir.path().join("kwok");
         settings.ports = PortRange::new(port_base, 10, blocks).unwrap();
         let store = Store::open(&settings.state_db()).unwrap();
-        let manager = ClusterManager::new(&settings, toolchain, store);
+        let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
         Self {
             _dir: dir,
             settings,
@@ -223,7 +223,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
 
     // State survives a new manager (a restart of the CLI / agent).
     let reopened = ClusterManager::new(
-        &env.settings,
+        &env.settings.kwok(),
         support::toolchain(),
         Store::open(&env.settings.state_db()).unwrap(),
     );

@@ -25,7 +25,7 @@ use crate::kwok::{
     ClusterInfo, ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
 };
 use crate::store::{AgentPhase, Store};
-use crate::toolchain::{self, ToolchainOptions};
+use crate::toolchain;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -130,10 +130,10 @@ pub enum Output {
 
 /// Opens the state database and the manager, after finishing any operation a crashed process left.
 pub async fn open_manager(settings: &Settings) -> anyhow::Result<ClusterManager> {
-    let toolchain = toolchain::locate(&ToolchainOptions::from_settings(settings))?;
+    let toolchain = toolchain::locate(&settings.toolchain_options())?;
     settings.ensure_private_dirs()?;
     let store = Store::open(&settings.state_db())?;
-    let manager = ClusterManager::new(settings, toolchain, store);
+    let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
     for name in manager.recover().await? {
         eprintln!("cleaned up cluster {name:?}, left half-done by an interrupted command");
     }

@@ -31,7 +31,7 @@ pub struct InstallArgs {
 }
 
 pub async fn run(settings: &Settings, cmd: ToolchainCommand) -> anyhow::Result<()> {
-    let mut opts = ToolchainOptions::from_settings(settings);
+    let mut opts = settings.toolchain_options();
     match cmd {
         ToolchainCommand::Install(args) => {
             if let Some(source) = args.source {

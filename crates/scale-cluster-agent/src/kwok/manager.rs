@@ -19,10 +19,10 @@ use super::heal::{
 use super::kwokctl::{Kwokctl, KwokctlError};
 use super::names::{self, InvalidName};
 use super::population::{self, PopulationError, PopulationProfile};
-use super::ports::PortBlock;
 use super::profile::ComponentProfile;
 use super::status::{self, ComponentProcess};
-use crate::config::Settings;
+use crate::store::ports::PortBlock;
+use crate::store::ports::PortRange;
 use crate::store::{ClusterRecord, NewCluster, Phase, Store, StoreError};
 use crate::toolchain::Toolchain;
 
@@ -126,22 +126,33 @@ pub struct ClusterInfo {
     pub last_error: Option<String>,
 }
 
+/// What the manager needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct KwokSettings {
+    /// kwokctl's work directory (`KWOK_WORKDIR`): clusters live in `<workdir>/clusters/<name>`.
+    pub workdir: PathBuf,
+    /// Where the kwokctl configuration of each cluster is written.
+    pub config_dir: PathBuf,
+    /// The port blocks clusters are given.
+    pub ports: PortRange,
+}
+
 #[derive(Clone)]
 pub struct ClusterManager {
     store: Store,
     kwokctl: Kwokctl,
     toolchain: Toolchain,
     config_dir: PathBuf,
-    settings: Settings,
+    ports: PortRange,
     health: Arc<HealthMemory>,
 }
 
 impl ClusterManager {
-    pub fn new(settings: &Settings, toolchain: Toolchain, store: Store) -> Self {
+    pub fn new(settings: &KwokSettings, toolchain: Toolchain, store: Store) -> Self {
         Self {
-            kwokctl: Kwokctl::new(&toolchain, &settings.kwok_workdir),
-            config_dir: settings.data_dir.join("kwokctl"),
-            settings: settings.clone(),
+            kwokctl: Kwokctl::new(&toolchain, &settings.workdir),
+            config_dir: settings.config_dir.clone(),
+            ports: settings.ports,
             toolchain,
             store,
             health: Arc::default(),
@@ -196,7 +207,7 @@ impl ClusterManager {
                     component_profile: req.profile.as_str(),
                     population: &population_json,
                 },
-                self.settings.ports,
+                self.ports,
                 port_is_free,
             )
             .await?;
@@ -779,20 +790,16 @@ async fn remove_file(path: &Path) -> Result<(), KwokError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kwok::ports::PortRange;
     use crate::process::ProcessId;
     use crate::store::{NewCluster, Owner};
 
     /// A manager on a temporary directory. Its toolchain does not exist: recovering rows that
     /// have no cluster directory never runs kwokctl.
     fn manager(dir: &Path) -> ClusterManager {
-        let settings = Settings {
-            data_dir: dir.join("data"),
-            kwok_workdir: dir.join("kwok"),
-            cache_dir: dir.join("cache"),
+        let settings = KwokSettings {
+            workdir: dir.join("kwok"),
+            config_dir: dir.join("data/kwokctl"),
             ports: PortRange::new(24900, 10, 10).unwrap_or(PortRange::DEFAULT),
-            toolchain: Default::default(),
-            file: Default::default(),
         };
         let missing = |n: &str| dir.join("missing").join(n);
         let toolchain = Toolchain {
@@ -804,7 +811,7 @@ mod tests {
             kubectl: missing("kubectl"),
             etcd: missing("etcd"),
         };
-        let store = Store::open(&settings.state_db()).unwrap();
+        let store = Store::open(&dir.join("data/state.db")).unwrap();
         ClusterManager::new(&settings, toolchain, store)
     }
 
@@ -817,7 +824,7 @@ mod tests {
         };
         manager
             .store()
-            .reserve(new, manager.settings.ports, |_| true)
+            .reserve(new, manager.ports, |_| true)
             .await
             .unwrap();
         manager.store().set_owner(name, owner).await.unwrap();

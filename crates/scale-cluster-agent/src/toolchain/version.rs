@@ -155,7 +155,7 @@ fn spawn_retrying_busy(path: &Path, args: &[&str]) -> std::io::Result<std::proce
     loop {
         let mut command = Command::new(path);
         // The probed binary may be any file on PATH; it gets no token.
-        crate::config::scrub_secret_env(&mut command);
+        crate::secrets::scrub_secret_env(&mut command);
         let spawned = command
             .args(args)
             .stdin(Stdio::null())
