@@ -87,6 +87,8 @@ pub enum KwokError {
         component: String,
         log: PathBuf,
     },
+    #[error("cluster {name:?} is {phase}; another operation owns it, so it cannot be adopted")]
+    Busy { name: String, phase: Phase },
     #[error("{0}; rolling back also failed: {1}")]
     RollbackFailed(Box<KwokError>, Box<KwokError>),
 }
@@ -108,13 +110,64 @@ pub struct CreateTimings {
     pub populated: Duration,
 }
 
+/// A cluster's health as observed from its stored phase, its processes and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Running, every component alive and the apiserver ready.
+    Ready,
+    /// Running, but a component is gone or the apiserver is not ready.
+    Degraded,
+    Stopped,
+    Creating,
+    Deleting,
+    Failed,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ready => "ready",
+            Health::Degraded => "degraded",
+            Health::Stopped => "stopped",
+            Health::Creating => "creating",
+            Health::Deleting => "deleting",
+            Health::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, not `write_str`: tables align this with `{:<9}`.
+        f.pad(self.as_str())
+    }
+}
+
+/// Where a cluster's kube-apiserver serves: loopback, on its port block's apiserver port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `127.0.0.1:<port>`, what a tunnel dials.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `https://127.0.0.1:<port>`, what a kubeconfig names.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.address())
+    }
+}
+
 /// A cluster as stored plus what is observed right now.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterInfo {
     pub name: String,
     pub phase: Phase,
-    /// `ready`, `degraded`, `stopped`, `creating`, `deleting` or `failed`, from the processes and `/readyz`.
-    pub health: &'static str,
+    pub health: Health,
     pub profile: String,
     pub ports: PortBlock,
     pub server: String,
@@ -124,6 +177,15 @@ pub struct ClusterInfo {
     pub nodes: u32,
     pub pods_per_node: u32,
     pub last_error: Option<String>,
+}
+
+impl ClusterInfo {
+    /// Where its apiserver serves.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            port: self.ports.kube_apiserver,
+        }
+    }
 }
 
 /// What the manager needs from the configuration.
@@ -175,6 +237,47 @@ impl ClusterManager {
         self.cluster_dir(name)
             .join("logs")
             .join(format!("{component}.log"))
+    }
+
+    /// The cluster's CA certificate (kwokctl's `pki/ca.crt`), which signs its apiserver's.
+    pub fn ca_path(&self, name: &str) -> PathBuf {
+        self.cluster_dir(name).join("pki").join("ca.crt")
+    }
+
+    /// Where the cluster's apiserver serves, from its stored port block (no probe); `None` for a
+    /// cluster the manager does not know.
+    pub async fn endpoint(&self, name: &str) -> Result<Option<Endpoint>, KwokError> {
+        Ok(self.store.get(name).await?.as_ref().map(endpoint_of))
+    }
+
+    /// Makes sure the cluster exists and is [`Health::Ready`]: creates it, starts it after a
+    /// reboot or a stop, restarts it if its processes died, or recreates it if it failed. A
+    /// cluster another operation is creating or deleting is [`KwokError::Busy`].
+    pub async fn ensure_running(&self, req: CreateRequest) -> Result<ClusterInfo, KwokError> {
+        let Some(existing) = self.store.get(&req.name).await? else {
+            return self.create(req).await;
+        };
+        let name = req.name.as_str();
+        match existing.phase {
+            Phase::Running => {
+                let info = self.get(name).await?;
+                if info.health == Health::Ready {
+                    return Ok(info);
+                }
+                // Processes died (host reboot, OOM kill): stop what is left, then start again.
+                self.stop(name).await?;
+                self.start(name).await
+            }
+            Phase::Stopped => self.start(name).await,
+            Phase::Failed => {
+                self.delete(name).await?;
+                self.create(req).await
+            }
+            phase @ (Phase::Creating | Phase::Deleting) => Err(KwokError::Busy {
+                name: name.to_string(),
+                phase,
+            }),
+        }
     }
 
     fn config_path(&self, name: &str) -> PathBuf {
@@ -461,16 +564,16 @@ impl ClusterManager {
                 .await;
         let all_alive = components.iter().all(|c| c.alive);
         let health = match record.phase {
-            Phase::Running if apiserver_ready && all_alive => "ready",
-            Phase::Running => "degraded",
-            Phase::Stopped => "stopped",
-            Phase::Creating => "creating",
-            Phase::Deleting => "deleting",
-            Phase::Failed => "failed",
+            Phase::Running if apiserver_ready && all_alive => Health::Ready,
+            Phase::Running => Health::Degraded,
+            Phase::Stopped => Health::Stopped,
+            Phase::Creating => Health::Creating,
+            Phase::Deleting => Health::Deleting,
+            Phase::Failed => Health::Failed,
         };
         let population = stored_population(&record).unwrap_or_default();
         ClusterInfo {
-            server: format!("https://127.0.0.1:{}", record.ports.kube_apiserver),
+            server: endpoint_of(&record).url(),
             kubeconfig: dir.join("kubeconfig.yaml"),
             name: record.name,
             phase: record.phase,
@@ -750,6 +853,12 @@ fn require_phase(
     }
 }
 
+fn endpoint_of(record: &ClusterRecord) -> Endpoint {
+    Endpoint {
+        port: record.ports.kube_apiserver,
+    }
+}
+
 /// A port is free if nothing listens on it on loopback or on the wildcard address.
 pub fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -917,5 +1026,59 @@ mod tests {
         let mut cleaned = manager.recover().await.unwrap();
         cleaned.sort();
         assert_eq!(cleaned, ["live-other", "live-other-no-start-time"]);
+    }
+
+    #[tokio::test]
+    async fn ensure_running_leaves_a_busy_cluster_alone_and_endpoints_come_from_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = manager(dir.path());
+        let me = ProcessId::current().unwrap();
+        let owner = Some(Owner {
+            pid: me.pid,
+            start_time: Some(me.start_time),
+        });
+        row_owned_by(&manager, "mid-create", owner).await;
+
+        // Another operation (here: this process) is creating it: no kwokctl run, no change.
+        let req = CreateRequest {
+            name: "mid-create".into(),
+            profile: ComponentProfile::Lean,
+            population: PopulationProfile::default(),
+        };
+        let err = manager.ensure_running(req).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                KwokError::Busy {
+                    phase: Phase::Creating,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let row = manager.store().get("mid-create").await.unwrap().unwrap();
+        assert_eq!(row.phase, Phase::Creating);
+
+        // The endpoint is the reserved block's apiserver port, read back from the database.
+        let endpoint = manager.endpoint("mid-create").await.unwrap().unwrap();
+        assert_eq!(endpoint.port, row.ports.kube_apiserver);
+        assert_eq!(
+            endpoint.url(),
+            format!("https://127.0.0.1:{}", row.ports.kube_apiserver)
+        );
+        assert!(manager.endpoint("unknown").await.unwrap().is_none());
+        assert_eq!(
+            manager.ca_path("mid-create"),
+            dir.path().join("kwok/clusters/mid-create/pki/ca.crt")
+        );
+    }
+
+    #[test]
+    fn health_prints_and_serialises_as_before() {
+        assert_eq!(format!("[{:<9}]", Health::Ready), "[ready    ]");
+        assert_eq!(
+            serde_json::to_string(&Health::Degraded).unwrap(),
+            "\"degraded\""
+        );
     }
 }

@@ -15,7 +15,8 @@ pub use heal::{
     ClusterHealth, ComponentHealth, ComponentState, HealOutcome, Restart, RestartReason,
 };
 pub use manager::{
-    ClusterInfo, ClusterManager, CreateRequest, CreateTimings, KwokError, KwokSettings,
+    ClusterInfo, ClusterManager, CreateRequest, CreateTimings, Endpoint, Health, KwokError,
+    KwokSettings,
 };
 pub use population::PopulationProfile;
 pub use profile::ComponentProfile;
