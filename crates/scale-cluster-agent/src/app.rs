@@ -49,10 +49,17 @@ impl RunningAgent {
         settings: &Settings,
         agent_settings: &AgentSettings,
     ) -> anyhow::Result<Self> {
-        settings.ensure_private_dirs()?;
-        let lock = lock_data_dir(&settings.data_dir)?;
+        let lock = blocking({
+            let settings = settings.clone();
+            move || {
+                settings.ensure_private_dirs()?;
+                lock_data_dir(&settings.data_dir)
+            }
+        })
+        .await?;
         let toolchain = provision_toolchain(&settings.toolchain_options()).await?;
-        let store = Store::open(&settings.state_db())?;
+        let state_db = settings.state_db();
+        let store = blocking(move || Ok(Store::open(&state_db)?)).await?;
         let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
         let rancher = RancherClient::new(agent_settings.rancher.clone())
             .await
@@ -88,14 +95,7 @@ impl RunningAgent {
                 let _ = stopped.await;
             },
         ));
-        // The token goes into the private discovery file so the CLI of the same user can call
-        // the API; nobody else can read the file.
-        api::discovery::write_with_token(
-            &settings.data_dir,
-            &url,
-            agent_settings.api_token.as_ref(),
-        )?;
-        Ok(Self {
+        let running = Self {
             agent,
             url,
             data_dir: settings.data_dir.clone(),
@@ -103,18 +103,52 @@ impl RunningAgent {
             stop_server,
             reconcile,
             _lock: lock,
+        };
+        // The token goes into the private discovery file so the CLI of the same user can call
+        // the API; nobody else can read the file.
+        let written = blocking({
+            let (data_dir, url) = (running.data_dir.clone(), running.url.clone());
+            let token = agent_settings.api_token.clone();
+            move || {
+                Ok(api::discovery::write_with_token(
+                    &data_dir,
+                    &url,
+                    token.as_ref(),
+                )?)
+            }
         })
+        .await;
+        if let Err(err) = written {
+            // Not left running half-announced: the tasks end before the error is returned.
+            if let Err(stop_err) = running.stop().await {
+                tracing::warn!(error = %format!("{stop_err:#}"), "stopping after a failed start");
+            }
+            return Err(err);
+        }
+        Ok(running)
     }
 
-    /// Stops the API and the reconcile loop and closes every tunnel.
+    /// Stops the API and the reconcile loop and closes every tunnel, awaiting every task; the
+    /// discovery file goes first, so the CLI stops calling an agent on its way out.
     pub async fn stop(self) -> anyhow::Result<()> {
-        api::discovery::remove(&self.data_dir)?;
+        let data_dir = self.data_dir.clone();
+        // Shut down even when the file cannot be removed; its error is reported afterwards.
+        let removed = blocking(move || Ok(api::discovery::remove(&data_dir)?)).await;
         let _ = self.stop_server.send(());
         self.agent.shutdown().await;
         let _ = self.reconcile.await;
         self.server.await.context("API server task")??;
-        Ok(())
+        removed
     }
+}
+
+/// Runs file-system work (locks, SQLite, small files) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("blocking task")?
 }
 
 /// The address the CLI should connect to: an agent listening on all interfaces is reached
