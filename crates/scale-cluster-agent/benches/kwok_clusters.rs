@@ -17,13 +17,13 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use futures::StreamExt;
 use scale_cluster_agent::config::Settings;
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::status::processes_in;
 use scale_cluster_agent::kwok::{
     ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
 };
+use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::Store;
-use scale_cluster_agent::toolchain::{self, ToolchainOptions};
+use scale_cluster_agent::toolchain;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -77,10 +77,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         toolchain: Default::default(),
         file: Default::default(),
     };
-    let toolchain = toolchain::locate(&ToolchainOptions::from_settings(&settings))
+    let toolchain = toolchain::locate(&settings.toolchain_options())
         .await
         .context("run `scale-cluster-agent toolchain install` first")?;
-    let manager = ClusterManager::new(&settings, toolchain, Store::open(&settings.state_db())?);
+    let manager = ClusterManager::new(
+        &settings.kwok(),
+        toolchain,
+        Store::open(&settings.state_db())?,
+    );
 
     let mut results = Vec::new();
     for profile in [ComponentProfile::Lean, ComponentProfile::Full] {

@@ -8,14 +8,11 @@
 //! would show in `ps`), and is never printed. The same holds for the agent's own API token, which a
 //! non-loopback `--listen` requires.
 //!
-//! This module also owns the rules that keep those secrets on this side: no child process
-//! inherits a secret variable (the CLI moves them out of its environment at start,
-//! [`take_secret_env`], and every spawn removes them again, [`scrub_secret_env`]), and the
-//! directories holding state are private to the user ([`ensure_private_dir`]).
+//! It is the top layer with the CLI: it turns what the user gave into the small settings structs
+//! of the layers below ([`Settings::kwok`], [`Settings::toolchain_options`]), which know nothing of
+//! it. Secret variables are read through [`crate::secrets`].
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -23,10 +20,11 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::api::ApiToken as AgentApiToken;
-use crate::kwok::ports::PortRange;
-use crate::kwok::ComponentProfile;
+use crate::kwok::{ComponentProfile, KwokSettings};
 use crate::rancher::{ApiToken, RancherConfig, TlsMode};
-use crate::toolchain::ToolchainArgs;
+use crate::secrets::{ensure_private_dir, secret_var, API_TOKEN_ENV, RANCHER_TOKEN_ENV};
+use crate::store::ports::PortRange;
+use crate::toolchain::{Component, SourcePreference, ToolchainOptions};
 
 /// Default address of the agent's HTTP API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8089";
@@ -64,6 +62,84 @@ pub struct GlobalArgs {
 
     #[command(flatten)]
     pub toolchain: ToolchainArgs,
+}
+
+/// Toolchain options every command accepts (explicit binary paths, download mirror, ...).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ToolchainArgs {
+    /// kwokctl binary to use instead of PATH/cache (must report the pinned version).
+    #[arg(long, env = "SCA_KWOKCTL_BINARY", global = true)]
+    pub kwokctl_binary: Option<PathBuf>,
+
+    /// kwok controller binary to use instead of PATH/cache.
+    #[arg(long, env = "SCA_KWOK_BINARY", global = true)]
+    pub kwok_binary: Option<PathBuf>,
+
+    /// kube-apiserver binary to use instead of PATH/cache.
+    #[arg(long, env = "SCA_KUBE_APISERVER_BINARY", global = true)]
+    pub kube_apiserver_binary: Option<PathBuf>,
+
+    /// kube-controller-manager binary to use instead of PATH/cache.
+    #[arg(long, env = "SCA_KUBE_CONTROLLER_MANAGER_BINARY", global = true)]
+    pub kube_controller_manager_binary: Option<PathBuf>,
+
+    /// kube-scheduler binary to use instead of PATH/cache.
+    #[arg(long, env = "SCA_KUBE_SCHEDULER_BINARY", global = true)]
+    pub kube_scheduler_binary: Option<PathBuf>,
+
+    /// kubectl binary to use instead of PATH/cache.
+    #[arg(long, env = "SCA_KUBECTL_BINARY", global = true)]
+    pub kubectl_binary: Option<PathBuf>,
+
+    /// etcd binary to use instead of PATH/cache.
+    #[arg(long, env = "SCA_ETCD_BINARY", global = true)]
+    pub etcd_binary: Option<PathBuf>,
+
+    /// Mirror serving the official release paths (see `toolchain install --help` for the layout);
+    /// setting it makes `install` download rather than build.
+    #[arg(long, env = "SCA_DOWNLOAD_BASE_URL", global = true)]
+    pub download_base_url: Option<String>,
+
+    /// `go` binary used to build missing components (default: `go` on PATH).
+    #[arg(long, env = "SCA_GO_BINARY", global = true)]
+    pub go_binary: Option<PathBuf>,
+
+    /// How to provision missing components.
+    #[arg(
+        long,
+        env = "SCA_TOOLCHAIN_SOURCE",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub toolchain_source: SourcePreference,
+}
+
+/// `--toolchain-source`: the CLI's names for [`SourcePreference`], kept here so that the toolchain
+/// layer knows nothing of clap.
+impl clap::ValueEnum for SourcePreference {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Auto, Self::Build, Self::Download]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let (name, help) = match self {
+            Self::Auto => (
+                "auto",
+                "Download when a mirror is configured, else build when `go` is available, else \
+                 download the official release",
+            ),
+            Self::Build => (
+                "build",
+                "Always build from the pinned Go modules (needs `go`)",
+            ),
+            Self::Download => (
+                "download",
+                "Always download release binaries (official locations or `--download-base-url`)",
+            ),
+        };
+        Some(clap::builder::PossibleValue::new(name).help(help))
+    }
 }
 
 /// The YAML configuration file. Every key is optional; unknown keys are an error.
@@ -175,6 +251,46 @@ impl Settings {
             toolchain: args.toolchain.clone(),
             file,
         })
+    }
+
+    /// What the toolchain layer needs: the cache and the `--*-binary`, source and mirror options.
+    pub fn toolchain_options(&self) -> ToolchainOptions {
+        let args = &self.toolchain;
+        let explicit = [
+            (Component::Kwokctl, &args.kwokctl_binary),
+            (Component::Kwok, &args.kwok_binary),
+            (Component::KubeApiserver, &args.kube_apiserver_binary),
+            (
+                Component::KubeControllerManager,
+                &args.kube_controller_manager_binary,
+            ),
+            (Component::KubeScheduler, &args.kube_scheduler_binary),
+            (Component::Kubectl, &args.kubectl_binary),
+            (Component::Etcd, &args.etcd_binary),
+        ]
+        .into_iter()
+        .filter_map(|(c, p)| p.clone().map(|p| (c, p)))
+        .collect();
+        ToolchainOptions {
+            cache_dir: self.cache_dir.clone(),
+            explicit,
+            source: args.toolchain_source,
+            download_base_url: args
+                .download_base_url
+                .clone()
+                .filter(|url| !url.trim().is_empty()),
+            go: args.go_binary.clone(),
+            search_path: None,
+        }
+    }
+
+    /// What the KWOK layer needs: kwokctl's work dir, where cluster configs are written, the ports.
+    pub fn kwok(&self) -> KwokSettings {
+        KwokSettings {
+            workdir: self.kwok_workdir.clone(),
+            config_dir: self.data_dir.join("kwokctl"),
+            ports: self.ports,
+        }
     }
 
     /// Path of the state database.
@@ -395,100 +511,6 @@ impl RancherArgs {
     }
 }
 
-/// Environment variable holding the Rancher API token.
-pub const RANCHER_TOKEN_ENV: &str = "SCA_RANCHER_TOKEN";
-/// Environment variable holding the agent API's bearer token.
-pub const API_TOKEN_ENV: &str = "SCA_API_TOKEN";
-
-/// Whether a child process must not inherit the variable `name`: our two token variables and,
-/// so a token variable added later is covered without remembering this list, any `SCA_*`
-/// variable whose name mentions a token (the `*_TOKEN_FILE` paths go too; no child needs them).
-pub fn is_secret_env(name: &str) -> bool {
-    name == RANCHER_TOKEN_ENV
-        || name == API_TOKEN_ENV
-        || (name.starts_with("SCA_") && name.to_ascii_uppercase().contains("TOKEN"))
-}
-
-/// The secret variables [`take_secret_env`] moved out of the environment.
-static TAKEN_SECRETS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-
-/// Moves every secret variable ([`is_secret_env`]) out of this process's environment into
-/// memory, where [`RancherArgs::resolve`] still finds them, so that no child process can inherit
-/// one, whoever spawns it and however. The CLI calls it first thing, after parsing the command
-/// line (clap reads `SCA_*_TOKEN_FILE` from the environment) and before any other thread exists:
-/// changing the environment while another thread reads it is undefined behaviour in libc.
-pub fn take_secret_env() {
-    let taken: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
-        .filter(|(name, _)| is_secret_env(name))
-        .collect();
-    for (name, _) in &taken {
-        std::env::remove_var(name);
-    }
-    let _ = TAKEN_SECRETS.set(taken);
-}
-
-/// A secret variable: from [`take_secret_env`]'s copy, else (library use, tests) the environment.
-fn secret_var(name: &str) -> Option<String> {
-    match TAKEN_SECRETS.get() {
-        Some(taken) => taken
-            .iter()
-            .find(|(taken, _)| taken == name)
-            .map(|(_, value)| value.clone()),
-        None => std::env::var(name).ok(),
-    }
-}
-
-/// Removes every secret variable ([`is_secret_env`]) from what `cmd` passes to its child. Every
-/// process the agent spawns goes through this: kwokctl passes its environment on to etcd,
-/// kube-apiserver and the rest, whose `/proc/<pid>/environ` any process of the user can read for
-/// as long as they run.
-pub fn scrub_secret_env(cmd: &mut std::process::Command) {
-    for name in secret_env_names(std::env::vars_os().map(|(name, _)| name)) {
-        cmd.env_remove(name);
-    }
-}
-
-/// The names among `names` that [`is_secret_env`] rejects, plus the fixed ones (removing an unset
-/// variable is harmless, and it also undoes a `cmd.env()` set earlier by mistake).
-fn secret_env_names(names: impl Iterator<Item = OsString>) -> Vec<OsString> {
-    let mut secret: Vec<OsString> = names
-        .filter(|name| name.to_str().is_some_and(is_secret_env))
-        .collect();
-    secret.push(RANCHER_TOKEN_ENV.into());
-    secret.push(API_TOKEN_ENV.into());
-    secret
-}
-
-/// Creates `dir` (and its parents) with mode 0700, or tightens an existing `dir` to 0700 when it
-/// belongs to this user. A directory of someone else's, or a shared sticky one like `/tmp`, is
-/// left as it is (with a warning): changing it would break its other users.
-pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::metadata(dir)?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 == 0 {
-        return Ok(());
-    }
-    // /proc/self belongs to this process's effective uid.
-    let ours = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
-    let sticky = mode & 0o1000 != 0;
-    if ours && !sticky {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-    } else {
-        tracing::warn!(
-            dir = %dir.display(),
-            mode = format!("{:o}", mode & 0o7777),
-            "directory holding secrets is open to other users and is not ours to tighten"
-        );
-        Ok(())
-    }
-}
-
 /// `$XDG_CACHE_HOME/scale-cluster-agent`, else `~/.cache/scale-cluster-agent`.
 pub fn default_cache_dir(home: &std::path::Path) -> PathBuf {
     match std::env::var_os("XDG_CACHE_HOME") {
@@ -606,60 +628,6 @@ mod tests {
         ]);
         let err = format!("{:#}", rancher.resolve(&settings).unwrap_err());
         assert!(err.contains("shorter than 16"), "{err}");
-    }
-
-    #[test]
-    fn secret_variables_are_recognised() {
-        for name in [
-            "SCA_RANCHER_TOKEN",
-            "SCA_API_TOKEN",
-            "SCA_API_TOKEN_FILE",
-            "SCA_SOME_NEW_token",
-        ] {
-            assert!(is_secret_env(name), "{name}");
-        }
-        for name in ["PATH", "HOME", "SCA_DATA_DIR", "KUBE_TOKEN", "GOFLAGS"] {
-            assert!(!is_secret_env(name), "{name}");
-        }
-        let names = secret_env_names(
-            ["PATH", "SCA_X_TOKEN", "SCA_LOG"]
-                .into_iter()
-                .map(OsString::from),
-        );
-        assert_eq!(
-            names,
-            ["SCA_X_TOKEN", RANCHER_TOKEN_ENV, API_TOKEN_ENV].map(OsString::from)
-        );
-        // What a child really sees.
-        let mut cmd = std::process::Command::new("env");
-        cmd.env(RANCHER_TOKEN_ENV, "leaked-value")
-            .env("SCA_KEEP", "kept");
-        scrub_secret_env(&mut cmd);
-        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
-        assert!(
-            !out.contains("leaked-value") && out.contains("SCA_KEEP=kept"),
-            "{out}"
-        );
-    }
-
-    #[test]
-    fn private_dirs_are_created_and_tightened() {
-        let dir = tempfile::tempdir().unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-        let fresh = dir.path().join("a/b");
-        ensure_private_dir(&fresh).unwrap();
-        assert_eq!(mode(&fresh), 0o700);
-        let open = dir.path().join("open");
-        std::fs::create_dir(&open).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-        ensure_private_dir(&open).unwrap();
-        assert_eq!(mode(&open), 0o700);
-        // A shared sticky directory is not ours to change.
-        let shared = dir.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        ensure_private_dir(&shared).unwrap();
-        assert_eq!(mode(&shared), 0o1777);
     }
 
     #[test]

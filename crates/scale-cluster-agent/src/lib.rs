@@ -8,16 +8,21 @@
 //! - [`agent`]: the per-cluster lifecycle (reconcile loop) and the two tunnels per cluster.
 //! - [`api`]: the agent's HTTP API (axum server, discovery file, typed client for the CLI).
 //! - [`process`]: process identity (pid + start time) and the one liveness rule.
+//! - [`secrets`]: secret variables kept from child processes, private state directories.
 //! - [`preflight`]: host limits that bite when many clusters run on one machine.
+//! - [`app`]: the wiring of all of them into a running agent ([`app::RunningAgent`]).
+//! - [`config`]: flags, environment and config file, resolved into each layer's own settings.
 //! - [`cli`]: the clap commands; thin wrappers over the modules above.
 
 pub mod agent;
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod kwok;
 pub mod preflight;
 pub mod process;
 pub mod rancher;
+pub mod secrets;
 pub mod store;
 pub mod toolchain;

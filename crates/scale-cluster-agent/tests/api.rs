@@ -11,8 +11,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use scale_cluster_agent::agent::{Agent, AgentConfig, MAX_BULK};
 use scale_cluster_agent::api::{self, discovery, AgentClient, ClientError, Cluster, Discovery};
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile, PopulationProfile};
+use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::{AgentPhase, Store};
 use serde_json::{json, Value};
 use support::eventually;
@@ -50,7 +50,7 @@ impl Env {
             .await
             .expect("toolchain");
         let store = Store::open(&settings.state_db()).expect("state db");
-        let manager = ClusterManager::new(&settings, toolchain, store.clone());
+        let manager = ClusterManager::new(&settings.kwok(), toolchain, store.clone());
         let config = AgentConfig {
             concurrency: 1,
             population: PopulationProfile {

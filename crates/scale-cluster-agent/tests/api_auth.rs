@@ -13,8 +13,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use scale_cluster_agent::agent::{Agent, AgentConfig};
 use scale_cluster_agent::api::{self, AgentClient, ApiToken};
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile};
+use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::Store;
 use serde_json::Value;
 use support::agent_home::AgentProcess;
@@ -54,7 +54,7 @@ impl Env {
             .await
             .expect("toolchain");
         let store = Store::open(&settings.state_db()).expect("state db");
-        let manager = ClusterManager::new(&settings, toolchain, store);
+        let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
         let config = AgentConfig {
             rancher_tls: sim.config().tls,
             ..AgentConfig::default()

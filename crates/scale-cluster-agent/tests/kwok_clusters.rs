@@ -13,10 +13,10 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::kwok::manager::port_is_free;
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{
-    ClusterManager, ComponentProfile, CreateRequest, KwokError, PopulationProfile,
+    ClusterManager, ComponentProfile, CreateRequest, Health, KwokError, PopulationProfile,
 };
+use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::{Phase, Store, StoreError};
 use scale_cluster_agent::toolchain::Toolchain;
 
@@ -42,7 +42,7 @@ impl TestEnv {
         settings.kwok_workdir = dir.path().join("kwok");
         settings.ports = PortRange::new(port_base, 10, blocks).unwrap();
         let store = Store::open(&settings.state_db()).unwrap();
-        let manager = ClusterManager::new(&settings, toolchain, store);
+        let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
         Self {
             _dir: dir,
             settings,
@@ -168,7 +168,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
     let ports: BTreeSet<u16> = infos.iter().flat_map(|i| i.ports.all()).collect();
     assert_eq!(ports.len(), 3 * 6, "every cluster gets its own six ports");
     for info in &infos {
-        assert_eq!(info.health, "ready", "{info:?}");
+        assert_eq!(info.health, Health::Ready, "{info:?}");
         assert!(info.components.iter().all(|c| c.alive), "{info:?}");
         let client = client_for(&env.manager, &info.name).await;
         let version = client.apiserver_version().await.unwrap();
@@ -204,7 +204,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
 
     // Stop, then start: processes go away and come back, objects survive in etcd.
     let stopped = env.manager.stop("life-b").await.unwrap();
-    assert_eq!(stopped.health, "stopped");
+    assert_eq!(stopped.health, Health::Stopped);
     assert!(stopped.components.iter().all(|c| !c.alive), "{stopped:?}");
     for port in stopped.ports.all() {
         assert!(
@@ -213,7 +213,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
         );
     }
     let started = env.manager.start("life-b").await.unwrap();
-    assert_eq!(started.health, "ready", "{started:?}");
+    assert_eq!(started.health, Health::Ready, "{started:?}");
     assert_eq!(
         started.ports, infos[1].ports,
         "a restarted cluster keeps its ports"
@@ -223,7 +223,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
 
     // State survives a new manager (a restart of the CLI / agent).
     let reopened = ClusterManager::new(
-        &env.settings,
+        &env.settings.kwok(),
         support::toolchain(),
         Store::open(&env.settings.state_db()).unwrap(),
     );
@@ -239,7 +239,7 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
         listed,
         names
             .iter()
-            .map(|n| (n.to_string(), "ready"))
+            .map(|n| (n.to_string(), Health::Ready))
             .collect::<BTreeSet<_>>()
     );
 
@@ -425,7 +425,8 @@ async fn bad_input_is_rejected_and_leaves_nothing() {
     );
     let still = env.manager.get("only").await.unwrap();
     assert_eq!(
-        still.health, "ready",
+        still.health,
+        Health::Ready,
         "a duplicate create leaves the original alone"
     );
 

@@ -13,11 +13,11 @@ use kube::Api;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use scale_cluster_agent::config::Settings;
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{
     ClusterManager, ComponentProfile, ComponentState, CreateRequest, PopulationProfile,
     RestartReason,
 };
+use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::Store;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -38,7 +38,7 @@ impl TestEnv {
         settings.kwok_workdir = dir.path().join("kwok");
         settings.ports = PortRange::new(port_base, 10, blocks).unwrap();
         let store = Store::open(&settings.state_db()).unwrap();
-        let manager = ClusterManager::new(&settings, support::toolchain(), store);
+        let manager = ClusterManager::new(&settings.kwok(), support::toolchain(), store);
         Self {
             _dir: dir,
             settings,

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::preflight::{evaluate, Plan, Readings, Status};
+use scale_cluster_agent::store::ports::PortRange;
 
 #[test]
 fn real_readings_are_available_on_linux() {

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use scale_cluster_agent::agent::tunnels::apiserver_only;
-use scale_cluster_agent::kwok::ports::PortRange;
 use scale_cluster_agent::kwok::{
     ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
 };
+use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::Store;
 
 struct Server(Child);
@@ -42,7 +42,7 @@ async fn upstream_server_reaches_the_kwok_apiserver_through_our_tunnel_and_nothi
     settings.kwok_workdir = dir.path().join("kwok");
     settings.ports = PortRange::new(22800, 10, 2).unwrap();
     let manager = ClusterManager::new(
-        &settings,
+        &settings.kwok(),
         support::toolchain(),
         Store::open(&settings.state_db()).unwrap(),
     );

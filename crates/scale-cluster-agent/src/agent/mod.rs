@@ -412,9 +412,9 @@ impl Agent {
     }
 
     async fn view(&self, record: AgentRecord) -> ClusterView {
-        let apiserver = match self.inner.manager.store().get(&record.name).await {
-            Ok(Some(kwok)) => Some(format!("https://127.0.0.1:{}", kwok.ports.kube_apiserver)),
-            _ => None,
+        let apiserver = match self.inner.manager.endpoint(&record.name).await {
+            Ok(endpoint) => endpoint.map(|e| e.url()),
+            Err(_) => None,
         };
         let rancher_state = self
             .inner

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::prepare::{self, tunnel_params};
 use super::tunnels::{TunnelError, TunnelSpec};
 use super::Agent;
-use crate::kwok::{ClusterInfo, ComponentProfile, CreateRequest, KwokError};
+use crate::kwok::{ComponentProfile, CreateRequest, KwokError};
 use crate::rancher::{RancherError, TlsMode as RancherTls};
 use crate::store::{now_secs, AgentPhase, AgentRecord, PhaseWrite, StoreError};
 
@@ -52,8 +52,6 @@ enum StepError {
     Ca(String, std::io::Error),
     #[error("Rancher did not report the cluster active within {timeout:?} (last state {state:?})")]
     NotActive { timeout: Duration, state: String },
-    #[error("KWOK cluster is {0}; the agent cannot adopt it")]
-    KwokBusy(String),
     /// Rancher answered 404 for the cluster. Not taken as a deletion on its own: the Rancher
     /// watcher confirms that before anything local is removed.
     #[error(
@@ -221,17 +219,24 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
     let name = record.name.as_str();
     advance(agent, name, AgentPhase::Provisioning).await?;
     let profile: ComponentProfile = record.profile.parse().unwrap_or_default();
-    let kwok = ensure_kwok(agent, name, profile).await?;
+    let kwok = inner
+        .manager
+        .ensure_running(CreateRequest {
+            name: name.to_string(),
+            profile,
+            population: inner.config.population.clone(),
+        })
+        .await?;
 
     let client = crate::kwok::population::client(&kwok.kubeconfig)
         .await
         .map_err(KwokError::from)?;
     let token = prepare::prepare(&client).await?;
-    let ca_path = inner.manager.cluster_dir(name).join("pki").join("ca.crt");
+    let ca_path = inner.manager.ca_path(name);
     let ca = tokio::fs::read_to_string(&ca_path)
         .await
         .map_err(|e| StepError::Ca(ca_path.display().to_string(), e))?;
-    let address = format!("127.0.0.1:{}", kwok.ports.kube_apiserver);
+    let address = kwok.endpoint().address();
     let params = tunnel_params(&address, &token, &ca);
     let digest = hex::encode(sha2::Sha256::digest(params.as_bytes()));
     if record.tunnel_params_sha256.as_deref() != Some(digest.as_str()) {
@@ -315,49 +320,6 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
             });
         }
         tokio::time::sleep(ACTIVE_POLL).await;
-    }
-}
-
-/// Makes sure the KWOK cluster exists and answers `/readyz`: creates it, starts it after a reboot or
-/// a stop, or recreates it if it failed.
-async fn ensure_kwok(
-    agent: &Agent,
-    name: &str,
-    profile: ComponentProfile,
-) -> Result<ClusterInfo, StepError> {
-    let manager = &agent.inner.manager;
-    let Some(existing) = manager.store().get(name).await? else {
-        return Ok(manager
-            .create(CreateRequest {
-                name: name.to_string(),
-                profile,
-                population: agent.inner.config.population.clone(),
-            })
-            .await?);
-    };
-    use crate::store::Phase;
-    match existing.phase {
-        Phase::Running => {
-            let info = manager.get(name).await?;
-            if info.health == "ready" {
-                return Ok(info);
-            }
-            // Processes died (host reboot, OOM kill): stop what is left, then start again.
-            manager.stop(name).await?;
-            Ok(manager.start(name).await?)
-        }
-        Phase::Stopped => Ok(manager.start(name).await?),
-        Phase::Failed => {
-            manager.delete(name).await?;
-            Ok(manager
-                .create(CreateRequest {
-                    name: name.to_string(),
-                    profile,
-                    population: agent.inner.config.population.clone(),
-                })
-                .await?)
-        }
-        phase @ (Phase::Creating | Phase::Deleting) => Err(StepError::KwokBusy(phase.to_string())),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::kwok::{
     ClusterInfo, ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
 };
 use crate::store::{AgentPhase, Store};
-use crate::toolchain::{self, ToolchainOptions};
+use crate::toolchain;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -120,10 +120,10 @@ pub struct CreateArgs {
 
 /// Opens the state database and the manager, after finishing any operation a crashed process left.
 pub async fn open_manager(settings: &Settings) -> anyhow::Result<ClusterManager> {
-    let toolchain = toolchain::locate(&ToolchainOptions::from_settings(settings)).await?;
+    let toolchain = toolchain::locate(&settings.toolchain_options()).await?;
     settings.ensure_private_dirs()?;
     let store = Store::open(&settings.state_db())?;
-    let manager = ClusterManager::new(settings, toolchain, store);
+    let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
     for name in manager.recover().await? {
         eprintln!("cleaned up cluster {name:?}, left half-done by an interrupted command");
     }

@@ -50,7 +50,7 @@ pub enum Command {
 /// Entry point used by `main`.
 pub fn main(cli: Cli) -> ExitCode {
     // Before the runtime (and any thread) exists; see take_secret_env.
-    crate::config::take_secret_env();
+    crate::secrets::take_secret_env();
     init_tracing(&cli.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

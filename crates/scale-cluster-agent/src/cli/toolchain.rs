@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::output::{or_none, print_object, Output, OutputArgs, Table};
 use crate::config::Settings;
-use crate::toolchain::{self, Progress, SourcePreference, ToolchainOptions};
+use crate::toolchain::{self, Progress, SourcePreference};
 
 #[derive(Debug, Subcommand)]
 pub enum ToolchainCommand {
@@ -32,7 +32,7 @@ pub struct InstallArgs {
 }
 
 pub async fn run(settings: &Settings, cmd: ToolchainCommand) -> anyhow::Result<()> {
-    let mut opts = ToolchainOptions::from_settings(settings);
+    let mut opts = settings.toolchain_options();
     match cmd {
         ToolchainCommand::Install(args) => {
             if let Some(source) = args.source {

@@ -10,13 +10,13 @@ use clap::Args;
 
 use super::cluster::{create_many, open_manager};
 use super::output::{or_none, Table};
-use super::serve::{shutdown_signal, RunningAgent};
+use super::serve::shutdown_signal;
 use crate::agent::{AgentError, ClusterView};
+use crate::app::{provision_toolchain, RunningAgent};
 use crate::config::{AgentSettings, RancherArgs, Settings};
 use crate::kwok::PopulationProfile;
 use crate::store::AgentPhase;
 use crate::store::Phase;
-use crate::toolchain::{self, Progress, ToolchainOptions};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -50,11 +50,7 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
         .concurrency
         .or(agent_file.concurrency)
         .unwrap_or(3);
-    let opts = ToolchainOptions::from_settings(settings);
-    if toolchain::locate(&opts).await.is_err() {
-        eprintln!("provisioning the KWOK and Kubernetes toolchain (first run only; a cold build takes several minutes)");
-        toolchain::install(&opts, Progress::auto()).await?;
-    }
+    provision_toolchain(&settings.toolchain_options()).await?;
     let manager = open_manager(settings).await?;
     let mut missing = Vec::new();
     for name in &names {

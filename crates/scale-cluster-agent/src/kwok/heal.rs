@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
-use super::ports::PortBlock;
+use crate::store::ports::PortBlock;
 
 /// The component whose `/readyz` is probed; the others are judged by their process only.
 pub const APISERVER: &str = "kube-apiserver";

@@ -66,7 +66,7 @@ impl Kwokctl {
     pub async fn run(&self, args: &[String], timeout: Duration) -> Result<String, KwokctlError> {
         let mut cmd = Command::new(&self.binary);
         // kwokctl hands its environment to every component it starts; no token may reach them.
-        crate::config::scrub_secret_env(cmd.as_std_mut());
+        crate::secrets::scrub_secret_env(cmd.as_std_mut());
         cmd.args(args)
             .env("KWOK_WORKDIR", &self.workdir)
             .env("PATH", &self.path_env)

@@ -19,10 +19,10 @@ use super::heal::{
 use super::kwokctl::{Kwokctl, KwokctlError};
 use super::names::{self, InvalidName};
 use super::population::{self, PopulationError, PopulationProfile};
-use super::ports::PortBlock;
 use super::profile::ComponentProfile;
 use super::status::{self, ComponentProcess};
-use crate::config::Settings;
+use crate::store::ports::PortBlock;
+use crate::store::ports::PortRange;
 use crate::store::{ClusterRecord, NewCluster, Phase, Store, StoreError};
 use crate::toolchain::Toolchain;
 
@@ -87,6 +87,8 @@ pub enum KwokError {
         component: String,
         log: PathBuf,
     },
+    #[error("cluster {name:?} is {phase}; another operation owns it, so it cannot be adopted")]
+    Busy { name: String, phase: Phase },
     #[error("{0}; rolling back also failed: {1}")]
     RollbackFailed(Box<KwokError>, Box<KwokError>),
 }
@@ -108,13 +110,64 @@ pub struct CreateTimings {
     pub populated: Duration,
 }
 
+/// A cluster's health as observed from its stored phase, its processes and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Running, every component alive and the apiserver ready.
+    Ready,
+    /// Running, but a component is gone or the apiserver is not ready.
+    Degraded,
+    Stopped,
+    Creating,
+    Deleting,
+    Failed,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ready => "ready",
+            Health::Degraded => "degraded",
+            Health::Stopped => "stopped",
+            Health::Creating => "creating",
+            Health::Deleting => "deleting",
+            Health::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, not `write_str`: tables align this with `{:<9}`.
+        f.pad(self.as_str())
+    }
+}
+
+/// Where a cluster's kube-apiserver serves: loopback, on its port block's apiserver port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `127.0.0.1:<port>`, what a tunnel dials.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `https://127.0.0.1:<port>`, what a kubeconfig names.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.address())
+    }
+}
+
 /// A cluster as stored plus what is observed right now.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterInfo {
     pub name: String,
     pub phase: Phase,
-    /// `ready`, `degraded`, `stopped`, `creating`, `deleting` or `failed`, from the processes and `/readyz`.
-    pub health: &'static str,
+    pub health: Health,
     pub profile: String,
     pub ports: PortBlock,
     pub server: String,
@@ -126,22 +179,42 @@ pub struct ClusterInfo {
     pub last_error: Option<String>,
 }
 
+impl ClusterInfo {
+    /// Where its apiserver serves.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            port: self.ports.kube_apiserver,
+        }
+    }
+}
+
+/// What the manager needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct KwokSettings {
+    /// kwokctl's work directory (`KWOK_WORKDIR`): clusters live in `<workdir>/clusters/<name>`.
+    pub workdir: PathBuf,
+    /// Where the kwokctl configuration of each cluster is written.
+    pub config_dir: PathBuf,
+    /// The port blocks clusters are given.
+    pub ports: PortRange,
+}
+
 #[derive(Clone)]
 pub struct ClusterManager {
     store: Store,
     kwokctl: Kwokctl,
     toolchain: Toolchain,
     config_dir: PathBuf,
-    settings: Settings,
+    ports: PortRange,
     health: Arc<HealthMemory>,
 }
 
 impl ClusterManager {
-    pub fn new(settings: &Settings, toolchain: Toolchain, store: Store) -> Self {
+    pub fn new(settings: &KwokSettings, toolchain: Toolchain, store: Store) -> Self {
         Self {
-            kwokctl: Kwokctl::new(&toolchain, &settings.kwok_workdir),
-            config_dir: settings.data_dir.join("kwokctl"),
-            settings: settings.clone(),
+            kwokctl: Kwokctl::new(&toolchain, &settings.workdir),
+            config_dir: settings.config_dir.clone(),
+            ports: settings.ports,
             toolchain,
             store,
             health: Arc::default(),
@@ -164,6 +237,47 @@ impl ClusterManager {
         self.cluster_dir(name)
             .join("logs")
             .join(format!("{component}.log"))
+    }
+
+    /// The cluster's CA certificate (kwokctl's `pki/ca.crt`), which signs its apiserver's.
+    pub fn ca_path(&self, name: &str) -> PathBuf {
+        self.cluster_dir(name).join("pki").join("ca.crt")
+    }
+
+    /// Where the cluster's apiserver serves, from its stored port block (no probe); `None` for a
+    /// cluster the manager does not know.
+    pub async fn endpoint(&self, name: &str) -> Result<Option<Endpoint>, KwokError> {
+        Ok(self.store.get(name).await?.as_ref().map(endpoint_of))
+    }
+
+    /// Makes sure the cluster exists and is [`Health::Ready`]: creates it, starts it after a
+    /// reboot or a stop, restarts it if its processes died, or recreates it if it failed. A
+    /// cluster another operation is creating or deleting is [`KwokError::Busy`].
+    pub async fn ensure_running(&self, req: CreateRequest) -> Result<ClusterInfo, KwokError> {
+        let Some(existing) = self.store.get(&req.name).await? else {
+            return self.create(req).await;
+        };
+        let name = req.name.as_str();
+        match existing.phase {
+            Phase::Running => {
+                let info = self.get(name).await?;
+                if info.health == Health::Ready {
+                    return Ok(info);
+                }
+                // Processes died (host reboot, OOM kill): stop what is left, then start again.
+                self.stop(name).await?;
+                self.start(name).await
+            }
+            Phase::Stopped => self.start(name).await,
+            Phase::Failed => {
+                self.delete(name).await?;
+                self.create(req).await
+            }
+            phase @ (Phase::Creating | Phase::Deleting) => Err(KwokError::Busy {
+                name: name.to_string(),
+                phase,
+            }),
+        }
     }
 
     fn config_path(&self, name: &str) -> PathBuf {
@@ -196,7 +310,7 @@ impl ClusterManager {
                     component_profile: req.profile.as_str(),
                     population: &population_json,
                 },
-                self.settings.ports,
+                self.ports,
                 port_is_free,
             )
             .await?;
@@ -450,16 +564,16 @@ impl ClusterManager {
                 .await;
         let all_alive = components.iter().all(|c| c.alive);
         let health = match record.phase {
-            Phase::Running if apiserver_ready && all_alive => "ready",
-            Phase::Running => "degraded",
-            Phase::Stopped => "stopped",
-            Phase::Creating => "creating",
-            Phase::Deleting => "deleting",
-            Phase::Failed => "failed",
+            Phase::Running if apiserver_ready && all_alive => Health::Ready,
+            Phase::Running => Health::Degraded,
+            Phase::Stopped => Health::Stopped,
+            Phase::Creating => Health::Creating,
+            Phase::Deleting => Health::Deleting,
+            Phase::Failed => Health::Failed,
         };
         let population = stored_population(&record).unwrap_or_default();
         ClusterInfo {
-            server: format!("https://127.0.0.1:{}", record.ports.kube_apiserver),
+            server: endpoint_of(&record).url(),
             kubeconfig: dir.join("kubeconfig.yaml"),
             name: record.name,
             phase: record.phase,
@@ -739,6 +853,12 @@ fn require_phase(
     }
 }
 
+fn endpoint_of(record: &ClusterRecord) -> Endpoint {
+    Endpoint {
+        port: record.ports.kube_apiserver,
+    }
+}
+
 /// A port is free if nothing listens on it on loopback or on the wildcard address.
 pub fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -779,20 +899,16 @@ async fn remove_file(path: &Path) -> Result<(), KwokError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kwok::ports::PortRange;
     use crate::process::ProcessId;
     use crate::store::{NewCluster, Owner};
 
     /// A manager on a temporary directory. Its toolchain does not exist: recovering rows that
     /// have no cluster directory never runs kwokctl.
     fn manager(dir: &Path) -> ClusterManager {
-        let settings = Settings {
-            data_dir: dir.join("data"),
-            kwok_workdir: dir.join("kwok"),
-            cache_dir: dir.join("cache"),
+        let settings = KwokSettings {
+            workdir: dir.join("kwok"),
+            config_dir: dir.join("data/kwokctl"),
             ports: PortRange::new(24900, 10, 10).unwrap_or(PortRange::DEFAULT),
-            toolchain: Default::default(),
-            file: Default::default(),
         };
         let missing = |n: &str| dir.join("missing").join(n);
         let toolchain = Toolchain {
@@ -804,7 +920,7 @@ mod tests {
             kubectl: missing("kubectl"),
             etcd: missing("etcd"),
         };
-        let store = Store::open(&settings.state_db()).unwrap();
+        let store = Store::open(&dir.join("data/state.db")).unwrap();
         ClusterManager::new(&settings, toolchain, store)
     }
 
@@ -817,7 +933,7 @@ mod tests {
         };
         manager
             .store()
-            .reserve(new, manager.settings.ports, |_| true)
+            .reserve(new, manager.ports, |_| true)
             .await
             .unwrap();
         manager.store().set_owner(name, owner).await.unwrap();
@@ -910,5 +1026,59 @@ mod tests {
         let mut cleaned = manager.recover().await.unwrap();
         cleaned.sort();
         assert_eq!(cleaned, ["live-other", "live-other-no-start-time"]);
+    }
+
+    #[tokio::test]
+    async fn ensure_running_leaves_a_busy_cluster_alone_and_endpoints_come_from_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = manager(dir.path());
+        let me = ProcessId::current().unwrap();
+        let owner = Some(Owner {
+            pid: me.pid,
+            start_time: Some(me.start_time),
+        });
+        row_owned_by(&manager, "mid-create", owner).await;
+
+        // Another operation (here: this process) is creating it: no kwokctl run, no change.
+        let req = CreateRequest {
+            name: "mid-create".into(),
+            profile: ComponentProfile::Lean,
+            population: PopulationProfile::default(),
+        };
+        let err = manager.ensure_running(req).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                KwokError::Busy {
+                    phase: Phase::Creating,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let row = manager.store().get("mid-create").await.unwrap().unwrap();
+        assert_eq!(row.phase, Phase::Creating);
+
+        // The endpoint is the reserved block's apiserver port, read back from the database.
+        let endpoint = manager.endpoint("mid-create").await.unwrap().unwrap();
+        assert_eq!(endpoint.port, row.ports.kube_apiserver);
+        assert_eq!(
+            endpoint.url(),
+            format!("https://127.0.0.1:{}", row.ports.kube_apiserver)
+        );
+        assert!(manager.endpoint("unknown").await.unwrap().is_none());
+        assert_eq!(
+            manager.ca_path("mid-create"),
+            dir.path().join("kwok/clusters/mid-create/pki/ca.crt")
+        );
+    }
+
+    #[test]
+    fn health_prints_and_serialises_as_before() {
+        assert_eq!(format!("[{:<9}]", Health::Ready), "[ready    ]");
+        assert_eq!(
+            serde_json::to_string(&Health::Degraded).unwrap(),
+            "\"degraded\""
+        );
     }
 }

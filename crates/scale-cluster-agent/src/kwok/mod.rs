@@ -8,13 +8,15 @@ pub mod kwokctl;
 pub mod manager;
 pub mod names;
 pub mod population;
-pub mod ports;
 pub mod profile;
 pub mod status;
 
 pub use heal::{
     ClusterHealth, ComponentHealth, ComponentState, HealOutcome, Restart, RestartReason,
 };
-pub use manager::{ClusterInfo, ClusterManager, CreateRequest, CreateTimings, KwokError};
+pub use manager::{
+    ClusterInfo, ClusterManager, CreateRequest, CreateTimings, Endpoint, Health, KwokError,
+    KwokSettings,
+};
 pub use population::PopulationProfile;
 pub use profile::ComponentProfile;

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::ports::PortBlock;
+use crate::store::ports::PortBlock;
 use crate::toolchain::Toolchain;
 
 /// kube-controller-manager controllers the `lean` profile keeps: service-account tokens that Rancher
@@ -199,7 +199,7 @@ impl FromStr for ComponentProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kwok::ports::PortBlock;
+    use crate::store::ports::PortBlock;
     use std::path::PathBuf;
 
     fn toolchain() -> Toolchain {

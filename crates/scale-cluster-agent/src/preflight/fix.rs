@@ -86,7 +86,7 @@ pub fn apply_fixes_in(proc_sys: &Path, checks: &[Check], is_root: bool) -> Vec<F
 mod tests {
     use super::super::{evaluate, Plan, Readings};
     use super::*;
-    use crate::kwok::ports::PortRange;
+    use crate::store::ports::PortRange;
 
     fn low_inotify_and_overlap() -> (Vec<Check>, tempfile::TempDir) {
         let r = Readings {

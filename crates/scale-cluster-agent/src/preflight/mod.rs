@@ -13,7 +13,7 @@ use std::fmt;
 
 pub use fix::{apply_fixes, apply_fixes_in, FixOutcome};
 
-use crate::kwok::ports::{PortRange, PORTS_PER_BLOCK};
+use crate::store::ports::{PortRange, PORTS_PER_BLOCK};
 
 /// Default number of clusters preflight sizes its needs for.
 pub const DEFAULT_CLUSTERS: u32 = 50;

@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::kwok::ports::{PortBlock, PortRange};
 use crate::process::{self, ProcessId};
+use ports::{PortBlock, PortRange};
 
 mod agent;
+pub mod ports;
 pub use agent::{AgentPhase, AgentRecord, PhaseWrite};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -210,7 +211,7 @@ impl Store {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::config::ensure_private_dir(dir).map_err(|e| open_err(e.into()))?;
+            crate::secrets::ensure_private_dir(dir).map_err(|e| open_err(e.into()))?;
         }
         // Create the file ourselves so it is never world-readable, even for a moment: it holds
         // Rancher credentials. `mode` only applies to a new file, so an existing one (from an
@@ -415,7 +416,7 @@ impl Store {
 /// Two blocks overlap if their first ports are closer than one block (the stride may have changed
 /// since a block was reserved).
 fn overlaps(first_a: u16, first_b: u16) -> bool {
-    first_a.abs_diff(first_b) < crate::kwok::ports::PORTS_PER_BLOCK
+    first_a.abs_diff(first_b) < ports::PORTS_PER_BLOCK
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -179,7 +179,7 @@ pub(crate) async fn build(
     ));
     let mut command = tokio::process::Command::new(go);
     // `go build` runs arbitrary module code (generators, cgo tools); it gets no token.
-    crate::config::scrub_secret_env(command.as_std_mut());
+    crate::secrets::scrub_secret_env(command.as_std_mut());
     let status = command
         .arg("build")
         .arg("-trimpath")

@@ -30,8 +30,6 @@ pub use locate::{locate, status, ComponentStatus};
 pub use progress::Progress;
 pub use version::parse_version;
 
-use crate::config::Settings;
-
 /// Kubernetes release whose binaries every simulated cluster runs: the one kwok's pinned release defaults to.
 pub const KUBE_VERSION: &str = "v1.36.1";
 /// kwok / kwokctl release.
@@ -142,7 +140,7 @@ impl Toolchain {
 }
 
 /// How [`install`] provisions a component that is neither given, on `PATH`, nor cached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SourcePreference {
     /// Download when a mirror is configured, else build when `go` is available, else download the
     /// official release.
@@ -154,59 +152,8 @@ pub enum SourcePreference {
     Download,
 }
 
-/// Toolchain options every command accepts (explicit binary paths, download mirror, ...).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ToolchainArgs {
-    /// kwokctl binary to use instead of PATH/cache (must report the pinned version).
-    #[arg(long, env = "SCA_KWOKCTL_BINARY", global = true)]
-    pub kwokctl_binary: Option<PathBuf>,
-
-    /// kwok controller binary to use instead of PATH/cache.
-    #[arg(long, env = "SCA_KWOK_BINARY", global = true)]
-    pub kwok_binary: Option<PathBuf>,
-
-    /// kube-apiserver binary to use instead of PATH/cache.
-    #[arg(long, env = "SCA_KUBE_APISERVER_BINARY", global = true)]
-    pub kube_apiserver_binary: Option<PathBuf>,
-
-    /// kube-controller-manager binary to use instead of PATH/cache.
-    #[arg(long, env = "SCA_KUBE_CONTROLLER_MANAGER_BINARY", global = true)]
-    pub kube_controller_manager_binary: Option<PathBuf>,
-
-    /// kube-scheduler binary to use instead of PATH/cache.
-    #[arg(long, env = "SCA_KUBE_SCHEDULER_BINARY", global = true)]
-    pub kube_scheduler_binary: Option<PathBuf>,
-
-    /// kubectl binary to use instead of PATH/cache.
-    #[arg(long, env = "SCA_KUBECTL_BINARY", global = true)]
-    pub kubectl_binary: Option<PathBuf>,
-
-    /// etcd binary to use instead of PATH/cache.
-    #[arg(long, env = "SCA_ETCD_BINARY", global = true)]
-    pub etcd_binary: Option<PathBuf>,
-
-    /// Mirror serving the official release paths (see `toolchain install --help` for the layout);
-    /// setting it makes `install` download rather than build.
-    #[arg(long, env = "SCA_DOWNLOAD_BASE_URL", global = true)]
-    pub download_base_url: Option<String>,
-
-    /// `go` binary used to build missing components (default: `go` on PATH).
-    #[arg(long, env = "SCA_GO_BINARY", global = true)]
-    pub go_binary: Option<PathBuf>,
-
-    /// How to provision missing components.
-    #[arg(
-        long,
-        env = "SCA_TOOLCHAIN_SOURCE",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
-    pub toolchain_source: SourcePreference,
-}
-
-/// Everything [`locate`], [`install`] and [`status`] need; built from [`Settings`] by the app, or
-/// directly by tests.
+/// Everything [`locate`], [`install`] and [`status`] need; built from the configuration by the
+/// app, or directly by tests.
 #[derive(Debug, Clone)]
 pub struct ToolchainOptions {
     /// Versioned binary cache.
@@ -232,36 +179,6 @@ impl ToolchainOptions {
             source: SourcePreference::Auto,
             download_base_url: None,
             go: None,
-            search_path: None,
-        }
-    }
-
-    pub fn from_settings(settings: &Settings) -> ToolchainOptions {
-        let args = &settings.toolchain;
-        let explicit = [
-            (Component::Kwokctl, &args.kwokctl_binary),
-            (Component::Kwok, &args.kwok_binary),
-            (Component::KubeApiserver, &args.kube_apiserver_binary),
-            (
-                Component::KubeControllerManager,
-                &args.kube_controller_manager_binary,
-            ),
-            (Component::KubeScheduler, &args.kube_scheduler_binary),
-            (Component::Kubectl, &args.kubectl_binary),
-            (Component::Etcd, &args.etcd_binary),
-        ]
-        .into_iter()
-        .filter_map(|(c, p)| p.clone().map(|p| (c, p)))
-        .collect();
-        ToolchainOptions {
-            cache_dir: settings.cache_dir.clone(),
-            explicit,
-            source: args.toolchain_source,
-            download_base_url: args
-                .download_base_url
-                .clone()
-                .filter(|url| !url.trim().is_empty()),
-            go: args.go_binary.clone(),
             search_path: None,
         }
     }

@@ -157,7 +157,7 @@ async fn spawn_retrying_busy(path: &Path, args: &[&str]) -> std::io::Result<toki
     loop {
         let mut command = Command::new(path);
         // The probed binary may be any file on PATH; it gets no token.
-        crate::config::scrub_secret_env(command.as_std_mut());
+        crate::secrets::scrub_secret_env(command.as_std_mut());
         let spawned = command
             .args(args)
             .stdin(Stdio::null())

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use clap::Parser;
 use scale_cluster_agent::cli::Cli;
 use scale_cluster_agent::config::Settings;
-use scale_cluster_agent::toolchain::{self, Progress, Toolchain, ToolchainOptions};
+use scale_cluster_agent::toolchain::{self, Progress, Toolchain};
 
 /// Settings as the CLI would resolve them from the environment.
 pub fn settings() -> Settings {
@@ -31,7 +31,7 @@ pub fn toolchain() -> Toolchain {
     static TOOLCHAIN: OnceLock<Toolchain> = OnceLock::new();
     TOOLCHAIN
         .get_or_init(|| {
-            let opts = ToolchainOptions::from_settings(&settings());
+            let opts = settings().toolchain_options();
             // A private runtime on its own thread: callers may be inside another runtime, where a
             // runtime can be neither driven nor dropped.
             std::thread::scope(|s| {

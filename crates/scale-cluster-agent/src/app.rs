@@ -1,0 +1,180 @@
+//! The application wiring shared by `serve`, `up` and the tests: [`RunningAgent`] takes the data
+//! directory (lock file, private dirs), provisions the toolchain, opens the store, builds the KWOK
+//! manager and the Rancher client, starts the agent and its HTTP API, writes the discovery file,
+//! and on [`RunningAgent::stop`] shuts all of it down, awaiting its tasks. It is the one place that
+//! knows every layer; the CLI commands around it only parse, print and wait for a signal.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use fs4::fs_std::FileExt;
+use tokio::task::JoinHandle;
+
+use crate::agent::{Agent, AgentConfig};
+use crate::api;
+use crate::config::{AgentSettings, Settings};
+use crate::kwok::ClusterManager;
+use crate::rancher::RancherClient;
+use crate::store::Store;
+use crate::toolchain::{self, Progress, Toolchain, ToolchainOptions};
+
+/// The toolchain in `opts`, installed first (with progress on the terminal) if anything is missing.
+pub async fn provision_toolchain(opts: &ToolchainOptions) -> anyhow::Result<Toolchain> {
+    match toolchain::locate(opts).await {
+        Ok(toolchain) => Ok(toolchain),
+        Err(_) => {
+            eprintln!("provisioning the KWOK and Kubernetes toolchain (first run only; a cold build takes several minutes)");
+            Ok(toolchain::install(opts, Progress::auto()).await?)
+        }
+    }
+}
+
+/// An agent with its HTTP API, started by `serve` or `up`.
+pub struct RunningAgent {
+    pub agent: Agent,
+    pub url: String,
+    data_dir: std::path::PathBuf,
+    server: JoinHandle<std::io::Result<()>>,
+    stop_server: tokio::sync::oneshot::Sender<()>,
+    reconcile: JoinHandle<()>,
+    /// Held for the agent's lifetime: a second agent on the same data directory would run a second
+    /// reconcile loop over the same clusters.
+    _lock: File,
+}
+
+impl RunningAgent {
+    pub async fn start(
+        settings: &Settings,
+        agent_settings: &AgentSettings,
+    ) -> anyhow::Result<Self> {
+        let lock = blocking({
+            let settings = settings.clone();
+            move || {
+                settings.ensure_private_dirs()?;
+                lock_data_dir(&settings.data_dir)
+            }
+        })
+        .await?;
+        let toolchain = provision_toolchain(&settings.toolchain_options()).await?;
+        let state_db = settings.state_db();
+        let store = blocking(move || Ok(Store::open(&state_db)?)).await?;
+        let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
+        let rancher = RancherClient::new(agent_settings.rancher.clone())
+            .await
+            .context("setting up the Rancher client")?;
+        // Fail fast, before anything is created, on a wrong token or an unreachable Rancher.
+        rancher
+            .check_access()
+            .await
+            .context("checking access to Rancher")?;
+        let mut config = AgentConfig {
+            concurrency: agent_settings.concurrency,
+            rancher_tls: agent_settings.rancher.tls.clone(),
+            instance_id: agent_settings.instance_id.clone(),
+            rancher_poll: agent_settings.rancher_poll,
+            rancher_gone_after: agent_settings.rancher_gone_after,
+            ..AgentConfig::default()
+        };
+        config.tunnel.backoff.cap = agent_settings.reconnect_max;
+        let listener = tokio::net::TcpListener::bind(agent_settings.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} (use --listen)", agent_settings.listen)
+            })?;
+        let url = format!("http://{}", announced_addr(listener.local_addr()?));
+        let (agent, reconcile) = Agent::start(config, manager, rancher).await?;
+        let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(
+            listener,
+            agent.clone(),
+            agent_settings.profile,
+            agent_settings.api_token.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let running = Self {
+            agent,
+            url,
+            data_dir: settings.data_dir.clone(),
+            server,
+            stop_server,
+            reconcile,
+            _lock: lock,
+        };
+        // The token goes into the private discovery file so the CLI of the same user can call
+        // the API; nobody else can read the file.
+        let written = blocking({
+            let (data_dir, url) = (running.data_dir.clone(), running.url.clone());
+            let token = agent_settings.api_token.clone();
+            move || {
+                Ok(api::discovery::write_with_token(
+                    &data_dir,
+                    &url,
+                    token.as_ref(),
+                )?)
+            }
+        })
+        .await;
+        if let Err(err) = written {
+            // Not left running half-announced: the tasks end before the error is returned.
+            if let Err(stop_err) = running.stop().await {
+                tracing::warn!(error = %format!("{stop_err:#}"), "stopping after a failed start");
+            }
+            return Err(err);
+        }
+        Ok(running)
+    }
+
+    /// Stops the API and the reconcile loop and closes every tunnel, awaiting every task; the
+    /// discovery file goes first, so the CLI stops calling an agent on its way out.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let data_dir = self.data_dir.clone();
+        // Shut down even when the file cannot be removed; its error is reported afterwards.
+        let removed = blocking(move || Ok(api::discovery::remove(&data_dir)?)).await;
+        let _ = self.stop_server.send(());
+        self.agent.shutdown().await;
+        let _ = self.reconcile.await;
+        self.server.await.context("API server task")??;
+        removed
+    }
+}
+
+/// Runs file-system work (locks, SQLite, small files) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("blocking task")?
+}
+
+/// The address the CLI should connect to: an agent listening on all interfaces is reached
+/// through loopback (`0.0.0.0` names no host to connect to, even if Linux happens to accept it).
+fn announced_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, local.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, local.port()))
+        }
+        _ => local,
+    }
+}
+
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("agent.lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    match file.try_lock_exclusive() {
+        Ok(true) => Ok(file),
+        _ => bail!(
+            "another agent is already running on {} (its API address is in agent.json there)",
+            data_dir.display()
+        ),
+    }
+}
