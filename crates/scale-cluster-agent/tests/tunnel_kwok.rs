@@ -120,7 +120,13 @@ async fn upstream_server_reaches_the_kwok_apiserver_through_our_tunnel_and_nothi
     let etcd = format!("127.0.0.1:{}", info.ports.etcd_client);
     let (status_code, body) = get(format!("http/{etcd}/version")).await;
     assert_eq!(status_code, 500, "{body}");
-    assert!(body.contains("not this cluster's apiserver"), "{body}");
+    // The upstream server writes the request into the new stream at once; when our refusal (an
+    // Error frame) closes the stream before that write, its HTTP transport reports the closed
+    // pipe instead of our reason. Either way the stream was refused, and nothing of etcd came back.
+    assert!(
+        body.contains("not this cluster's apiserver") || body.contains("read/write on closed pipe"),
+        "{body}"
+    );
     assert!(
         !body.contains("etcdserver"),
         "nothing from etcd came back: {body}"
