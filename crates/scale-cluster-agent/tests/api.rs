@@ -57,9 +57,11 @@ impl Env {
                 nodes: 1,
                 ..PopulationProfile::default()
             },
-            rancher_tls: sim.config().tls,
             rancher_poll: Duration::from_secs(2),
-            retry_base: Duration::from_millis(500),
+            retry: scale_cluster_agent::rancher::Backoff {
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(120),
+            },
             ..AgentConfig::default()
         };
         let (agent, reconcile) = Agent::start(config, manager, sim.client().await)

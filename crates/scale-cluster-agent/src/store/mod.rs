@@ -16,7 +16,7 @@ use crate::kwok::ports::{PortBlock, PortRange};
 use crate::process::{self, ProcessId};
 
 mod agent;
-pub use agent::{AgentPhase, AgentRecord, PhaseWrite};
+pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
