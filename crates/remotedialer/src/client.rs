@@ -22,8 +22,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-/// Reconnect delays: attempt `n` waits a uniformly random time in `[0, min(cap, base * 2^n)]`
-/// ("full jitter"), so many clients cut off together do not come back together.
+/// Exponential backoff with full jitter: attempt `n` waits a uniformly random time in
+/// `[0, min(cap, base * 2^n)]`, so many clients cut off together do not come back together.
+/// Used for the reconnects here; an application can use the same policy for its own retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
@@ -40,14 +41,23 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The delay before reconnect attempt `attempt` (0 after a session that was up).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base
+    /// The longest delay of attempt `attempt`: `min(cap, base * 2^attempt)`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        self.base
             .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
-            .min(self.cap);
-        let ceiling_ms = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(0..=ceiling_ms))
+            .min(self.cap)
+    }
+
+    /// The delay before attempt `attempt` (for the reconnects: 0 after a session that was up).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        self.delay_with(attempt, &mut rand::rng())
+    }
+
+    /// [`Backoff::delay`] drawn from `rng`: a seeded one gives a caller that evaluates the
+    /// delay repeatedly (e.g. once per tick) the same delay every time.
+    pub fn delay_with<R: Rng + ?Sized>(&self, attempt: u32, rng: &mut R) -> Duration {
+        let ceiling_ms = u64::try_from(self.ceiling(attempt).as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rng.random_range(0..=ceiling_ms))
     }
 }
 
@@ -351,7 +361,7 @@ async fn open_websocket(
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     if secure && tls.is_none() {
         // Resolved once per client and kept across reconnects; a failure is retried.
-        let config = client_tls_config(&config.tls, &config.url)
+        let config = client_tls_config(&config.tls)
             .await
             .map_err(|error| SessionError::Tls(error.to_string()))?;
         *tls = Some(config);
@@ -442,6 +452,27 @@ mod tests {
                 assert!(backoff.delay(attempt) <= Duration::from_millis(ceiling));
             }
         }
+    }
+
+    #[test]
+    fn seeded_backoff_repeats_and_stays_under_the_ceiling() {
+        use rand::SeedableRng;
+        let backoff = Backoff {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(120),
+        };
+        assert_eq!(backoff.ceiling(0), Duration::from_secs(2));
+        assert_eq!(backoff.ceiling(3), Duration::from_secs(16));
+        assert_eq!(backoff.ceiling(40), Duration::from_secs(120));
+        for seed in 0..50 {
+            let draw = || backoff.delay_with(3, &mut rand::rngs::StdRng::seed_from_u64(seed));
+            assert_eq!(draw(), draw(), "same seed, same delay");
+            assert!(draw() <= Duration::from_secs(16));
+        }
+        let spread: std::collections::HashSet<_> = (0..50)
+            .map(|seed| backoff.delay_with(3, &mut rand::rngs::StdRng::seed_from_u64(seed)))
+            .collect();
+        assert!(spread.len() > 10, "seeds should spread: {spread:?}");
     }
 
     #[test]

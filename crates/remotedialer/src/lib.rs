@@ -24,4 +24,4 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use router::{ConnectRequest, DialTcp, InProcessHandler, Route, Router, TunnelStream};
 pub use session::{Keepalive, StreamLimits};
 pub use stream::FlowControl;
-pub use tls::{ca_checksum, client_tls_config, fetch_pinned_ca, TlsError, TlsMode};
+pub use tls::{client_tls_config, TlsError, TlsMode};

@@ -1,11 +1,9 @@
 //! `wss://` with each TLS mode against a local server whose certificate chains to a private
-//! CA; the server also answers `/v3/settings/cacerts` like Rancher for checksum pinning. A plain
-//! HTTP server with an oversized `cacerts` answer checks the cap on what is read.
+//! CA.
 
-use remotedialer::tls::CACERTS_BODY_LIMIT;
 use remotedialer::{
-    ca_checksum, fetch_pinned_ca, spawn_client, ClientConfig, ClientHandle, ConnectionState,
-    DialTcp, Metrics, SessionError, TlsError, TlsMode,
+    spawn_client, ClientConfig, ClientHandle, ConnectionState, DialTcp, Metrics, SessionError,
+    TlsMode,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::SocketAddr;
@@ -58,11 +56,9 @@ impl TlsServer {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("addr");
-        let cacerts = serde_json::json!({ "value": ca_pem.trim_end() }).to_string();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
-                let cacerts = cacerts.clone();
                 tokio::spawn(async move {
                     let Ok(mut stream) = acceptor.accept(socket).await else {
                         return;
@@ -76,15 +72,6 @@ impl TlsServer {
                         head.push(byte[0]);
                     }
                     let head = String::from_utf8_lossy(&head).into_owned();
-                    if head.starts_with("GET /v3/settings/cacerts ") {
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{cacerts}",
-                            cacerts.len()
-                        );
-                        let _ = stream.write_all(response.as_bytes()).await;
-                        let _ = stream.shutdown().await;
-                        return;
-                    }
                     let key = head
                         .lines()
                         .find_map(|line| {
@@ -171,110 +158,48 @@ async fn skipping_verification_is_explicit_and_works() {
 }
 
 #[tokio::test]
-async fn ca_checksum_pins_the_fetched_ca_in_strict_mode() {
+async fn a_ca_bundle_given_as_pem_is_trusted_alone_or_with_the_webpki_roots() {
     let server = TlsServer::start().await;
-    let checksum = ca_checksum(server.ca_pem.trim_end());
-    connects(client(
-        &server,
-        TlsMode::CaChecksum {
-            checksum,
-            strict: true,
-        },
-    ))
-    .await;
+    for also_webpki_roots in [false, true] {
+        connects(client(
+            &server,
+            TlsMode::CaBundle {
+                pem: server.ca_pem.clone(),
+                also_webpki_roots,
+            },
+        ))
+        .await;
+    }
 }
 
 #[tokio::test]
-async fn ca_checksum_mismatch_refuses_to_connect() {
+async fn a_ca_bundle_of_another_ca_is_refused() {
     let server = TlsServer::start().await;
+    let (other_ca, _) = server_config();
     fails_with_tls_error(
         client(
             &server,
-            TlsMode::CaChecksum {
-                checksum: "00".repeat(32),
-                strict: false,
+            TlsMode::CaBundle {
+                pem: other_ca,
+                also_webpki_roots: true,
             },
         ),
-        "checksum mismatch",
+        // The other CA has the same name, so the chain is tried and its signature fails.
+        "invalid peer certificate",
     )
     .await;
-}
-
-/// A plain-HTTP server that answers every request with `head` and then `body_bytes` of a
-/// JSON-looking body (endless when `None`), counting what it managed to send.
-async fn spawn_oversized_cacerts(
-    head: &'static str,
-    body_bytes: Option<u64>,
-) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("addr");
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = sent.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = socket.read(&mut request).await;
-                if socket.write_all(head.as_bytes()).await.is_err()
-                    || socket.write_all(b"{\"value\":\"").await.is_err()
-                {
-                    return;
-                }
-                let block = vec![b'A'; 64 << 10];
-                let mut left = body_bytes.unwrap_or(u64::MAX);
-                while left > 0 {
-                    let n = left.min(block.len() as u64) as usize;
-                    if socket.write_all(&block[..n]).await.is_err() {
-                        return;
-                    }
-                    counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    left -= n as u64;
-                }
-            });
-        }
-    });
-    (address, sent)
 }
 
 #[tokio::test]
-async fn an_endless_cacerts_answer_is_cut_off_at_the_limit() {
-    let (address, sent) = spawn_oversized_cacerts(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
-        None,
-    )
-    .await;
-    let result = tokio::time::timeout(
-        LIMIT,
-        fetch_pinned_ca(&format!("http://{address}"), &"00".repeat(32)),
-    )
+async fn a_bundle_without_certificates_is_a_clear_error() {
+    let error = remotedialer::client_tls_config(&TlsMode::CaBundle {
+        pem: "not a certificate".into(),
+        also_webpki_roots: false,
+    })
     .await
-    .expect("gave up in time");
-    match result {
-        Err(error @ TlsError::TooLarge { limit, .. }) => {
-            assert_eq!(limit, CACERTS_BODY_LIMIT);
-            assert!(
-                error.to_string().contains("larger than 1048576 bytes"),
-                "{error}"
-            );
-        }
-        other => panic!("expected TooLarge, got {other:?}"),
-    }
-    // The server was stopped by the client closing, not by a body read to its end.
-    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(sent < 64 << 20, "the client read {sent} bytes");
-}
-
-#[tokio::test]
-async fn a_declared_oversized_cacerts_answer_is_refused_unread() {
-    let (address, _) = spawn_oversized_cacerts(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n",
-        Some(4 << 20),
-    )
-    .await;
-    let result = fetch_pinned_ca(&format!("http://{address}"), &"00".repeat(32)).await;
+    .expect_err("refused");
     assert!(
-        matches!(result, Err(TlsError::TooLarge { .. })),
-        "{result:?}"
+        matches!(error, remotedialer::TlsError::EmptyBundle(_)),
+        "{error}"
     );
 }

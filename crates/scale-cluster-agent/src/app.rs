@@ -71,7 +71,6 @@ impl RunningAgent {
             .context("checking access to Rancher")?;
         let mut config = AgentConfig {
             concurrency: agent_settings.concurrency,
-            rancher_tls: agent_settings.rancher.tls.clone(),
             instance_id: agent_settings.instance_id.clone(),
             rancher_poll: agent_settings.rancher_poll,
             rancher_gone_after: agent_settings.rancher_gone_after,

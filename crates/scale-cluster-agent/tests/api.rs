@@ -57,9 +57,11 @@ impl Env {
                 nodes: 1,
                 ..PopulationProfile::default()
             },
-            rancher_tls: sim.config().tls,
             rancher_poll: Duration::from_secs(2),
-            retry_base: Duration::from_millis(500),
+            retry: scale_cluster_agent::rancher::Backoff {
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(120),
+            },
             ..AgentConfig::default()
         };
         let (agent, reconcile) = Agent::start(config, manager, sim.client().await)
@@ -640,14 +642,28 @@ async fn a_created_cluster_is_listed_without_secrets_becomes_active_and_is_delet
 
     let health = env.client.health().await.expect("health");
     assert_eq!((health.clusters, health.active, health.failed), (1, 1, 0));
+    // Rancher holds both sessions of the active cluster, and the agent counts them.
+    let stats = env.sim.stats(cluster_id).await;
+    let held = |tunnel: &str| {
+        let count = |event: &str| stats["stats"][format!("{tunnel}{event}")].as_i64();
+        count("Connects").unwrap_or(0) - count("Disconnects").unwrap_or(0)
+    };
+    assert_eq!((held("main"), held("steve")), (1, 1), "{stats}");
+    assert_eq!(health.tunnels_connected, 2);
     let samples = metrics(&env).await;
     assert_eq!(sample(&samples, "sca_clusters", "phase=\"active\""), 1.0);
     assert_eq!(sample(&samples, "sca_clusters", "phase=\"pending\""), 0.0);
+    assert_eq!(sample(&samples, "sca_tunnels_connected", ""), 2.0);
     assert!(sample(&samples, "sca_tunnel_sessions_established_total", "") >= 2.0);
 
     let (status, deleting) = env.json(Method::DELETE, "/clusters/api-one", None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{deleting}");
     assert_eq!(deleting["phase"], "deleting");
+    // Counted as the API shows it: deleting from the moment it is requested (the KWOK delete
+    // that follows takes seconds).
+    let samples = metrics(&env).await;
+    assert_eq!(sample(&samples, "sca_clusters", "phase=\"deleting\""), 1.0);
+    assert_eq!(sample(&samples, "sca_clusters", "phase=\"active\""), 0.0);
     assert_no_secret_keys(&deleting);
     eventually(Duration::from_secs(40), "the cluster to be gone", || {
         let client = env.client.clone();

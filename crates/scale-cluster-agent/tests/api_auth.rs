@@ -56,7 +56,6 @@ impl Env {
         let store = Store::open(&settings.state_db()).expect("state db");
         let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
         let config = AgentConfig {
-            rancher_tls: sim.config().tls,
             ..AgentConfig::default()
         };
         let (agent, _reconcile) = Agent::start(config, manager, sim.client().await)

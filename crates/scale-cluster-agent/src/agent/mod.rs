@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::kwok::{names, ClusterManager, ComponentProfile, PopulationProfile};
-use crate::rancher::RancherClient;
+use crate::rancher::{Backoff, RancherClient};
 use crate::store::{AgentPhase, AgentRecord, Store, StoreError};
 
 /// Most clusters one bulk request may add.
@@ -55,13 +55,11 @@ pub struct AgentConfig {
     pub rancher_gone_after: Duration,
     /// How long to wait for Rancher to report a connected cluster `active`.
     pub active_timeout: Duration,
-    /// Backoff before a failed cluster is retried: `base * 2^attempts`, capped, with full jitter.
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
-    /// Tunnel options shared by every cluster (keepalive, reconnect backoff).
+    /// Backoff before a failed cluster is retried: up to `base * 2^attempts`, capped, full jitter.
+    pub retry: Backoff,
+    /// Tunnel options shared by every cluster (keepalive, reconnect backoff). What the tunnels
+    /// trust comes from the Rancher client ([`RancherClient::tunnel_tls`]).
     pub tunnel: tunnels::TunnelOptions,
-    /// How the tunnels verify Rancher: the same trust as the management API client.
-    pub rancher_tls: crate::rancher::TlsMode,
 }
 
 impl Default for AgentConfig {
@@ -73,10 +71,11 @@ impl Default for AgentConfig {
             rancher_poll: Duration::from_secs(30),
             rancher_gone_after: Duration::from_secs(60),
             active_timeout: Duration::from_secs(300),
-            retry_base: Duration::from_secs(2),
-            retry_cap: Duration::from_secs(120),
+            retry: Backoff {
+                base: Duration::from_secs(2),
+                cap: Duration::from_secs(120),
+            },
             tunnel: tunnels::TunnelOptions::default(),
-            rancher_tls: crate::rancher::TlsMode::PublicRoots,
         }
     }
 }
@@ -270,10 +269,9 @@ impl Agent {
             .insert_agent_clusters(batch.clone(), profile.as_str().to_string())
             .await?;
         self.inner.wake.notify_one();
-        let mut views = Vec::with_capacity(batch.len());
-        for name in &batch {
-            views.push(self.get(name).await?);
-        }
+        let batch: std::collections::HashSet<String> = batch.into_iter().collect();
+        let mut views = self.list().await?;
+        views.retain(|view| batch.contains(&view.name));
         Ok(views)
     }
 
@@ -355,25 +353,54 @@ impl Agent {
     }
 
     pub async fn get(&self, name: &str) -> Result<ClusterView, AgentError> {
-        let record = self
+        let (record, apiserver_port) = self
             .inner
             .store
-            .agent_cluster(name)
+            .agent_cluster_with_apiserver(name)
             .await?
             .ok_or_else(|| AgentError::NotFound(name.to_string()))?;
-        Ok(self.view(record).await)
+        Ok(self.view(record, apiserver_port))
     }
 
+    /// Every cluster, from one query (agent and KWOK rows joined).
     pub async fn list(&self) -> Result<Vec<ClusterView>, AgentError> {
-        let mut views = Vec::new();
-        for record in self.inner.store.agent_clusters().await? {
-            views.push(self.view(record).await);
+        let rows = self.inner.store.agent_clusters_with_apiserver().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(record, apiserver_port)| self.view(record, apiserver_port))
+            .collect())
+    }
+
+    /// Clusters by the phase the API shows them in (a requested deletion shows as `deleting`;
+    /// phases without clusters are absent), from one grouped query: what `/metrics` reports, at a
+    /// cost that does not grow with the number of clusters.
+    pub async fn phase_counts(&self) -> Result<BTreeMap<AgentPhase, usize>, AgentError> {
+        let mut counts = BTreeMap::new();
+        for count in self.inner.store.agent_phase_counts().await? {
+            let shown = if count.deletion_requested {
+                AgentPhase::Deleting
+            } else {
+                count.phase
+            };
+            *counts.entry(shown).or_default() += count.count;
         }
-        Ok(views)
+        Ok(counts)
+    }
+
+    /// Connected tunnels (two per fully connected cluster), from a shared gauge.
+    pub fn tunnels_connected(&self) -> usize {
+        self.inner.tunnels.connected_count()
     }
 
     pub async fn health(&self) -> Result<Health, AgentError> {
-        let clusters = self.inner.store.agent_clusters().await?;
+        let counts = self.inner.store.agent_phase_counts().await?;
+        let in_phase = |phase: AgentPhase| {
+            counts
+                .iter()
+                .filter(|c| c.phase == phase)
+                .map(|c| c.count)
+                .sum()
+        };
         Ok(Health {
             status: if self.inner.shutdown.is_cancelled() {
                 "shutting-down"
@@ -382,16 +409,10 @@ impl Agent {
             }
             .to_string(),
             instance_id: self.inner.instance_id.clone(),
-            clusters: clusters.len(),
-            active: clusters
-                .iter()
-                .filter(|c| c.phase == AgentPhase::Active)
-                .count(),
-            failed: clusters
-                .iter()
-                .filter(|c| c.phase == AgentPhase::Failed)
-                .count(),
-            tunnels_connected: self.inner.tunnels.connected_count(),
+            clusters: counts.iter().map(|c| c.count).sum(),
+            active: in_phase(AgentPhase::Active),
+            failed: in_phase(AgentPhase::Failed),
+            tunnels_connected: self.tunnels_connected(),
         })
     }
 
@@ -411,11 +432,9 @@ impl Agent {
         self.inner.tunnels.close_all().await;
     }
 
-    async fn view(&self, record: AgentRecord) -> ClusterView {
-        let apiserver = match self.inner.manager.endpoint(&record.name).await {
-            Ok(endpoint) => endpoint.map(|e| e.url()),
-            Err(_) => None,
-        };
+    /// The API view of a row; `apiserver_port` from its KWOK row, read in the same query.
+    fn view(&self, record: AgentRecord, apiserver_port: Option<u16>) -> ClusterView {
+        let apiserver = apiserver_port.map(|port| crate::kwok::Endpoint { port }.url());
         let rancher_state = self
             .inner
             .rancher_states

@@ -9,6 +9,7 @@
 
 use std::hash::{Hash, Hasher};
 
+use rand::SeedableRng;
 use sha2::Digest;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::prepare::{self, tunnel_params};
 use super::tunnels::{TunnelError, TunnelSpec};
 use super::Agent;
 use crate::kwok::{ComponentProfile, CreateRequest, KwokError};
-use crate::rancher::{RancherError, TlsMode as RancherTls};
+use crate::rancher::RancherError;
 use crate::store::{now_secs, AgentPhase, AgentRecord, PhaseWrite, StoreError};
 
 /// How long to wait for both tunnels after opening them.
@@ -85,8 +86,9 @@ pub(super) async fn run(agent: Agent) {
 }
 
 /// Whether a cluster needs a worker now: always, unless its last attempt failed recently (then
-/// after a backoff that doubles per attempt, spread per cluster so retries do not come in
-/// lockstep). A requested deletion does not wait for a failed bring-up's backoff.
+/// after the agent's retry backoff, whose jitter is drawn from the cluster's name and attempt so
+/// that retries do not come in lockstep and the once-a-second check sees the same delay each
+/// time). A requested deletion does not wait for a failed bring-up's backoff.
 fn is_due(agent: &Agent, record: &AgentRecord) -> bool {
     let backing_off = match record.phase {
         AgentPhase::Failed => !record.deletion_requested(),
@@ -96,17 +98,17 @@ fn is_due(agent: &Agent, record: &AgentRecord) -> bool {
     if record.last_error.is_none() || !backing_off {
         return true;
     }
-    let config = &agent.inner.config;
-    let ceiling = config
-        .retry_base
-        .saturating_mul(1u32 << record.attempts.min(16))
-        .min(config.retry_cap)
-        .as_secs()
-        .max(1);
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    record.name.hash(&mut hasher);
-    let wait = ceiling / 2 + hasher.finish() % (ceiling / 2 + 1);
-    now_secs() >= record.updated_at + wait
+    (&record.name, record.attempts).hash(&mut hasher);
+    let mut jitter = rand::rngs::StdRng::seed_from_u64(hasher.finish());
+    let wait = agent
+        .inner
+        .config
+        .retry
+        .delay_with(record.attempts, &mut jitter);
+    // Whole seconds, rounded up: `updated_at` has one-second resolution.
+    let wait_secs = u64::try_from(wait.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
+    now_secs() >= record.updated_at.saturating_add(wait_secs)
 }
 
 fn spawn_worker(agent: &Agent, name: String) {
@@ -273,31 +275,13 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
     let registration = inner.rancher.registration(&cluster_id).await?;
 
     advance(agent, name, AgentPhase::Connecting).await?;
-    let tls = match &agent.inner.config.rancher_tls {
-        RancherTls::CaFile(path) => remotedialer::TlsMode::CaBundleFile(path.clone()),
-        RancherTls::CaChecksum(checksum) => remotedialer::TlsMode::CaChecksum {
-            checksum: checksum.clone(),
-            strict: true,
-        },
-        RancherTls::Insecure => remotedialer::TlsMode::InsecureSkipVerify,
-        RancherTls::PublicRoots => match &registration.ca_checksum {
-            Some(checksum) => remotedialer::TlsMode::CaChecksum {
-                checksum: checksum.clone(),
-                strict: registration.strict_verify,
-            },
-            None => remotedialer::TlsMode::WebpkiRoots,
-        },
-    };
+    let tls = inner.rancher.tunnel_tls(&registration).await?;
     let spec = TunnelSpec {
         server_url: registration.server_url.clone(),
         registration_token: registration.token.expose().to_string(),
         params,
         apiserver_address: address,
-        tls: agent
-            .inner
-            .tunnels
-            .shared_tls(&registration.server_url, tls)
-            .await?,
+        tls: inner.tunnels.shared_tls(tls).await?,
     };
     inner.tunnels.open(name, &spec)?;
     inner.tunnels.wait_connected(name, CONNECT_TIMEOUT).await?;

@@ -99,8 +99,8 @@ pub struct TunnelSet {
     options: TunnelOptions,
     metrics: Arc<Metrics>,
     open: Mutex<HashMap<String, Tunnels>>,
-    /// One rustls config per Rancher server and trust mode, shared by every tunnel: building one
-    /// (and fetching `cacerts` for a checksum) per cluster would cost memory and requests.
+    /// One rustls config per trust, shared by every tunnel: building one (with its root store)
+    /// per cluster would cost memory.
     tls: tokio::sync::Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
 }
 
@@ -114,19 +114,19 @@ impl TunnelSet {
         }
     }
 
-    /// The shared TLS config for tunnels to `server_url` under `mode`, built on first use.
-    pub async fn shared_tls(
-        &self,
-        server_url: &str,
-        mode: TlsMode,
-    ) -> Result<TlsMode, TunnelError> {
-        let url = tunnel_url(server_url)?;
-        let key = format!("{url} {mode:?}");
+    /// The shared TLS config for tunnels trusting `mode`, built on first use. A rustls config
+    /// does not depend on the server, so one per trust serves every cluster.
+    pub async fn shared_tls(&self, mode: TlsMode) -> Result<TlsMode, TunnelError> {
+        if let TlsMode::Custom(_) = mode {
+            return Ok(mode);
+        }
+        // The trust description itself is the key: a CA path or a CA bundle, never a secret.
+        let key = format!("{mode:?}");
         let mut cache = self.tls.lock().await;
         if let Some(config) = cache.get(&key) {
             return Ok(TlsMode::Custom(config.clone()));
         }
-        let config = remotedialer::client_tls_config(&mode, &url).await?;
+        let config = remotedialer::client_tls_config(&mode).await?;
         cache.insert(key, config.clone());
         Ok(TlsMode::Custom(config))
     }
@@ -263,13 +263,10 @@ impl TunnelSet {
         }
     }
 
-    /// Number of connected tunnels (two per fully connected cluster).
+    /// Number of connected tunnels (two per fully connected cluster): the shared gauge of open
+    /// sessions, so reading it costs the same however many tunnels there are.
     pub fn connected_count(&self) -> usize {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.values()
-            .flat_map(|t| [t.main.status().state, t.steve.status().state])
-            .filter(|s| *s == ConnectionState::Connected)
-            .count()
+        usize::try_from(self.metrics.snapshot().sessions_active).unwrap_or(0)
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {

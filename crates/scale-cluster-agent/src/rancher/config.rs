@@ -1,5 +1,6 @@
 //! How to reach Rancher: its URL, the API token (masked everywhere it could be printed), how to
-//! trust its certificate, and the retry and timeout policy.
+//! trust its certificate (for the API and, mapped by [`super::RancherClient::tunnel_tls`], for the
+//! tunnels), and the retry and timeout policy.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::error::RancherError;
+pub use remotedialer::Backoff;
 
 /// A Rancher API token, `token-xxxxx:secret`. Neither `Debug` nor any error ever shows any of it.
 #[derive(Clone, PartialEq, Eq)]
@@ -59,23 +61,26 @@ pub enum TlsMode {
     Insecure,
 }
 
-/// Retries of timeouts, connection errors and 5xx answers, with exponential backoff.
+/// Retries of timeouts, connection errors and 5xx answers, with exponential backoff and full
+/// jitter (the policy the tunnels reconnect with), so many workers that hit the same Rancher
+/// outage do not retry in lockstep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Total attempts per request, at least 1.
     pub max_attempts: u32,
-    /// Delay before the second attempt; doubled each time.
-    pub base_delay: Duration,
-    /// Upper bound of one delay.
-    pub max_delay: Duration,
+    /// Delay before the second attempt up to `backoff.base`, doubling per attempt up to
+    /// `backoff.cap`.
+    pub backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 5,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(5),
+            backoff: Backoff {
+                base: Duration::from_millis(250),
+                cap: Duration::from_secs(5),
+            },
         }
     }
 }
@@ -83,8 +88,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Delay after failed attempt number `attempt` (1-based).
     pub(super) fn delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.base_delay.saturating_mul(factor).min(self.max_delay)
+        self.backoff.delay(attempt.saturating_sub(1))
     }
 }
 
@@ -144,13 +148,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn retry_delays_double_up_to_the_cap_with_jitter() {
         let policy = RetryPolicy {
             max_attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(350),
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                cap: Duration::from_millis(350),
+            },
         };
-        let delays: Vec<_> = (1..=4).map(|a| policy.delay(a).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 350, 350]);
+        for (attempt, ceiling) in [(1, 100), (2, 200), (3, 350), (4, 350)] {
+            let delays: Vec<_> = (0..200).map(|_| policy.delay(attempt)).collect();
+            assert!(delays.iter().all(|d| *d <= Duration::from_millis(ceiling)));
+            // Jittered: the draws spread over the range instead of all being the ceiling.
+            let distinct: std::collections::HashSet<_> = delays.iter().collect();
+            assert!(distinct.len() > 20, "attempt {attempt}: {distinct:?}");
+        }
     }
 }

@@ -18,7 +18,8 @@
 //! - [`config`] holds the URL, [`ApiToken`], [`TlsMode`], retries and timeouts.
 //! - [`error`] holds [`RancherError`].
 //! - [`model`] holds the typed results and the v3 JSON they come from.
-//! - `manifest` reads the import manifest; `tls` holds trust and the checksum rule.
+//! - `manifest` reads the import manifest; `tls` holds trust, the checksum rule and the pinned
+//!   `cacerts` fetch, and maps [`TlsMode`] to the tunnels' trust ([`RancherClient::tunnel_tls`]).
 
 pub mod config;
 pub mod error;
@@ -35,7 +36,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-pub use config::{ApiToken, RancherConfig, RetryPolicy, TlsMode};
+pub use config::{ApiToken, Backoff, RancherConfig, RetryPolicy, TlsMode};
 pub use error::RancherError;
 pub use model::{Condition, RancherCluster, Registration, RegistrationToken};
 pub use tls::ca_checksum;
@@ -83,6 +84,13 @@ pub struct RancherClient {
 
 struct Inner {
     transport: Transport,
+    /// How this client trusts Rancher; also decides what the tunnels trust.
+    tls: TlsMode,
+    request_timeout: Duration,
+    /// `cacerts` PEMs whose checksum was verified, by normalized checksum. A PEM is identified by
+    /// its checksum, so one fetch serves every server that pins it (the API URL and
+    /// `CATTLE_SERVER`); the async lock makes concurrent first users wait for that one fetch.
+    pinned_cas: tokio::sync::Mutex<HashMap<String, String>>,
     token: ApiToken,
     registration_timeout: Duration,
     requests: RequestCounts,
@@ -106,6 +114,7 @@ impl RancherClient {
     pub async fn new(config: RancherConfig) -> Result<Self, RancherError> {
         let base = parse_base_url(&config.url)?;
         let timeout = config.request_timeout;
+        let mut pinned_cas = HashMap::new();
         let http = match &config.tls {
             TlsMode::PublicRoots => tls::public_client(timeout)?,
             TlsMode::CaFile(path) => {
@@ -118,18 +127,13 @@ impl RancherClient {
                 tls::pinned_client(tls::parse_ca(&pem, &path.display().to_string())?, timeout)?
             }
             TlsMode::CaChecksum(expected) => {
-                let bootstrap = Transport {
-                    base: base.clone(),
-                    http: tls::unverified_client(timeout)?,
-                    retry: config.retry.clone(),
-                };
-                let pem = bootstrap.ca_certs().await?;
-                let expected = expected.trim().to_ascii_lowercase();
-                let actual = ca_checksum(&pem);
-                if actual != expected {
-                    return Err(RancherError::CaChecksumMismatch { expected, actual });
-                }
-                tls::pinned_client(tls::parse_ca(&pem, "/v3/settings/cacerts")?, timeout)?
+                let expected = tls::normalize_checksum(expected);
+                let pem =
+                    tls::fetch_pinned_ca(&base, &expected, timeout, config.retry.clone()).await?;
+                let client =
+                    tls::pinned_client(tls::parse_ca(&pem, "/v3/settings/cacerts")?, timeout)?;
+                pinned_cas.insert(expected, pem);
+                client
             }
             TlsMode::Insecure => {
                 tracing::warn!(url = %base, "Rancher TLS certificate verification is disabled");
@@ -143,6 +147,9 @@ impl RancherClient {
                     http,
                     retry: config.retry,
                 },
+                tls: config.tls,
+                request_timeout: timeout,
+                pinned_cas: tokio::sync::Mutex::new(pinned_cas),
                 token: config.token,
                 registration_timeout: config.registration_timeout,
                 requests: RequestCounts::default(),
@@ -154,6 +161,32 @@ impl RancherClient {
     /// The Rancher base URL this client talks to.
     pub fn url(&self) -> &str {
         &self.inner.transport.base
+    }
+
+    /// What the tunnels of `registration` must trust (see `tls::tunnel_tls` for the rule). A
+    /// checksum pin yields the verified `cacerts` PEM: the one already fetched for that checksum,
+    /// or fetched from `CATTLE_SERVER` (unverified, no credentials) and checked now.
+    pub async fn tunnel_tls(
+        &self,
+        registration: &Registration,
+    ) -> Result<remotedialer::TlsMode, RancherError> {
+        tls::tunnel_tls(&self.inner.tls, registration, |checksum| async move {
+            let mut pinned = self.inner.pinned_cas.lock().await;
+            if let Some(pem) = pinned.get(&checksum) {
+                return Ok(pem.clone());
+            }
+            let base = server_origin(&registration.server_url)?;
+            let pem = tls::fetch_pinned_ca(
+                &base,
+                &checksum,
+                self.inner.request_timeout,
+                self.inner.transport.retry.clone(),
+            )
+            .await?;
+            pinned.insert(checksum, pem.clone());
+            Ok(pem)
+        })
+        .await
     }
 
     /// Fails unless the token may list clusters: `serve` calls it before creating anything.
@@ -436,7 +469,12 @@ impl RancherClient {
     async fn wait_for_token(&self, cluster_id: &str) -> Result<String, RancherError> {
         let timeout = self.inner.registration_timeout;
         let deadline = Instant::now() + timeout;
-        let mut delay = Duration::from_millis(200);
+        // Rancher creates the token within a second or two; poll soon, then less often.
+        let poll = Backoff {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(2),
+        };
+        let mut attempt: u32 = 0;
         loop {
             let tokens: Collection<TokenResource> = self
                 .request_json(
@@ -462,8 +500,8 @@ impl RancherClient {
                     after: timeout,
                 });
             }
-            tokio::time::sleep(delay.min(deadline - now)).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(poll.delay(attempt).min(deadline - now)).await;
+            attempt = attempt.saturating_add(1);
         }
     }
 
@@ -722,6 +760,22 @@ fn parse_base_url(url: &str) -> Result<String, RancherError> {
     Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
+/// `https://host[:port]` of `CATTLE_SERVER`: where the tunnels connect, and so where the real
+/// agent reads the `cacerts` it pins.
+fn server_origin(server_url: &str) -> Result<String, RancherError> {
+    let invalid = |reason: &str| RancherError::InvalidUrl {
+        url: server_url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = reqwest::Url::parse(server_url.trim()).map_err(|e| invalid(&e.to_string()))?;
+    if parsed.scheme() != "https" || parsed.host_str().is_none() {
+        return Err(invalid(
+            "the tunnels need an https://host[:port] server URL",
+        ));
+    }
+    Ok(parsed.origin().ascii_serialization())
+}
+
 fn not_owned(cluster: RancherCluster, instance: &str) -> RancherError {
     RancherError::NotOwned {
         owner: cluster.owner().map(str::to_owned),
@@ -805,6 +859,15 @@ mod tests {
             check(StatusCode::BAD_GATEWAY, body("upstream down"), "/x", 3),
             Err(RancherError::Server { status: 502, attempts: 3, ref message, .. }) if message == "upstream down"
         ));
+    }
+
+    #[test]
+    fn cacerts_are_read_from_the_origin_of_cattle_server() {
+        assert_eq!(
+            server_origin("https://rancher.example:8443/some/path").expect("valid"),
+            "https://rancher.example:8443"
+        );
+        assert!(server_origin("http://rancher.example").is_err());
     }
 
     #[test]

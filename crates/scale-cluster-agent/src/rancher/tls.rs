@@ -1,13 +1,89 @@
-//! Trust in Rancher's certificate: Rancher's CA checksum rule, pinned-CA and public-root HTTP
-//! clients, and recognising certificate failures so they are reported (not retried).
+//! Trust in Rancher's certificate: Rancher's CA checksum rule and the checksum-pinned fetch of
+//! `/v3/settings/cacerts` (the only place that fetch happens, for the API client and for the
+//! tunnels alike), pinned-CA and public-root HTTP clients, the mapping of [`TlsMode`] to what the
+//! tunnel library takes, and recognising certificate failures so they are reported (not retried).
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
+use super::config::{RetryPolicy, TlsMode};
 use super::error::RancherError;
+use super::model::Registration;
+use super::Transport;
 
 /// `CATTLE_CA_CHECKSUM` of a `cacerts` value, computed as Rancher does
-/// (`pkg/systemtemplate/import.go CAChecksum`): one implementation, shared with the tunnels.
-pub use remotedialer::ca_checksum;
+/// (`pkg/systemtemplate/import.go CAChecksum`): lowercase hex SHA-256 of the PEM with a trailing
+/// newline appended when missing.
+pub fn ca_checksum(pem: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(pem.as_bytes());
+    if !pem.ends_with('\n') {
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The checksum as compared: Rancher prints lowercase hex, users may paste it otherwise.
+pub(super) fn normalize_checksum(checksum: &str) -> String {
+    checksum.trim().to_ascii_lowercase()
+}
+
+/// Fetches `<base>/v3/settings/cacerts` without verifying the server and without credentials
+/// (the checksum is what makes the answer trustworthy), and returns the PEM if its checksum is
+/// `expected` (normalized) and it holds at least one certificate.
+pub(super) async fn fetch_pinned_ca(
+    base: &str,
+    expected: &str,
+    timeout: Duration,
+    retry: RetryPolicy,
+) -> Result<String, RancherError> {
+    let bootstrap = Transport {
+        base: base.to_owned(),
+        http: unverified_client(timeout)?,
+        retry,
+    };
+    let pem = bootstrap.ca_certs().await?;
+    let actual = ca_checksum(&pem);
+    if actual != expected {
+        return Err(RancherError::CaChecksumMismatch {
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    parse_ca(&pem, "/v3/settings/cacerts")?;
+    Ok(pem)
+}
+
+/// What the tunnels to `registration.server_url` trust, from the client's [`TlsMode`] and the
+/// import manifest, as the real agent decides it: a CA file or insecure mode as configured; the
+/// configured checksum pin (strict); otherwise the manifest's `CATTLE_CA_CHECKSUM` pin (strict
+/// per `STRICT_VERIFY`), or the public roots when Rancher's certificate is publicly trusted.
+/// `pinned_ca` yields the PEM for a normalized checksum and the server to fetch it from.
+pub(super) async fn tunnel_tls<F, Fut>(
+    mode: &TlsMode,
+    registration: &Registration,
+    pinned_ca: F,
+) -> Result<remotedialer::TlsMode, RancherError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, RancherError>>,
+{
+    let (checksum, strict) = match mode {
+        TlsMode::CaFile(path) => return Ok(remotedialer::TlsMode::CaBundleFile(path.clone())),
+        TlsMode::Insecure => return Ok(remotedialer::TlsMode::InsecureSkipVerify),
+        TlsMode::CaChecksum(checksum) => (checksum, true),
+        TlsMode::PublicRoots => match &registration.ca_checksum {
+            Some(checksum) => (checksum, registration.strict_verify),
+            None => return Ok(remotedialer::TlsMode::WebpkiRoots),
+        },
+    };
+    let pem = pinned_ca(normalize_checksum(checksum)).await?;
+    Ok(remotedialer::TlsMode::CaBundle {
+        pem,
+        also_webpki_roots: !strict,
+    })
+}
 
 /// Parses a PEM bundle into certificates, requiring at least one.
 pub(super) fn parse_ca(pem: &str, origin: &str) -> Result<Vec<reqwest::Certificate>, RancherError> {
@@ -85,7 +161,11 @@ pub(super) fn certificate_error(error: &reqwest::Error) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn checksums_compare_case_and_whitespace_insensitively() {
+        assert_eq!(normalize_checksum(" ABcd\n"), "abcd");
+    }
 
     #[test]
     fn checksum_appends_a_missing_newline_only() {

@@ -13,6 +13,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use super::ports::PortBlock;
 use super::{now_secs, Store, StoreError};
 
 /// The agent's lifecycle phases, in order; `Failed` is retried with backoff from the phase it
@@ -116,6 +117,20 @@ pub enum PhaseWrite {
 const SELECT: &str = "SELECT name, profile, phase, rancher_cluster_id, deletion_requested_at, \
                       tunnel_params_sha256, last_error, attempts, created_at, updated_at, active_at FROM agent_clusters";
 
+/// [`SELECT`] with each row's KWOK port block (`NULL` while the KWOK cluster does not exist), so a
+/// list of views is one query however many clusters there are.
+const SELECT_WITH_PORTS: &str = "SELECT a.name, a.profile, a.phase, a.rancher_cluster_id, \
+    a.deletion_requested_at, a.tunnel_params_sha256, a.last_error, a.attempts, a.created_at, \
+    a.updated_at, a.active_at, k.first_port FROM agent_clusters a LEFT JOIN clusters k ON k.name = a.name";
+
+/// How many agent rows are in one phase with or without a requested deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseCount {
+    pub phase: AgentPhase,
+    pub deletion_requested: bool,
+    pub count: usize,
+}
+
 /// The `agent_meta` key of the agent's instance id.
 const INSTANCE_ID_KEY: &str = "instance_id";
 
@@ -136,6 +151,15 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentRecord, String)> {
             active_at: r.get(10)?,
         },
         phase,
+    ))
+}
+
+/// [`row`] plus the apiserver port of the joined KWOK row.
+fn row_with_port(r: &rusqlite::Row<'_>) -> rusqlite::Result<((AgentRecord, String), Option<u16>)> {
+    let first_port: Option<u16> = r.get(11)?;
+    Ok((
+        row(r)?,
+        first_port.map(|port| PortBlock::starting_at(port).kube_apiserver),
     ))
 }
 
@@ -197,6 +221,75 @@ impl Store {
             let rows = stmt.query_map([], row)?;
             rows.map(|r| r.map_err(StoreError::from).and_then(finish))
                 .collect()
+        })
+        .await
+    }
+
+    /// Every agent row with the apiserver port of its KWOK cluster (if that exists), in one query.
+    pub async fn agent_clusters_with_apiserver(
+        &self,
+    ) -> Result<Vec<(AgentRecord, Option<u16>)>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "{SELECT_WITH_PORTS} ORDER BY a.created_at, a.name"
+            ))?;
+            let rows = stmt.query_map([], row_with_port)?;
+            rows.map(|r| {
+                let (raw, port) = r?;
+                Ok((finish(raw)?, port))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    /// One agent row with the apiserver port of its KWOK cluster (if that exists), in one query.
+    pub async fn agent_cluster_with_apiserver(
+        &self,
+        name: &str,
+    ) -> Result<Option<(AgentRecord, Option<u16>)>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            conn.query_row(
+                &format!("{SELECT_WITH_PORTS} WHERE a.name = ?1"),
+                [&name],
+                row_with_port,
+            )
+            .optional()?
+            .map(|(raw, port)| Ok((finish(raw)?, port)))
+            .transpose()
+        })
+        .await
+    }
+
+    /// Rows per phase and requested deletion: a summary whose cost does not grow with the rows
+    /// read back (one small grouped query).
+    pub async fn agent_phase_counts(&self) -> Result<Vec<PhaseCount>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT phase, deletion_requested_at IS NOT NULL, COUNT(*) FROM agent_clusters
+                 GROUP BY 1, 2",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, usize>(2)?,
+                ))
+            })?;
+            rows.map(|r| {
+                let (phase, deletion_requested, count) = r?;
+                let phase = AgentPhase::parse(&phase).ok_or_else(|| StoreError::Corrupt {
+                    name: format!("{count} agent row(s)"),
+                    reason: format!("unknown agent phase {phase:?}"),
+                })?;
+                Ok(PhaseCount {
+                    phase,
+                    deletion_requested,
+                    count,
+                })
+            })
+            .collect()
         })
         .await
     }
@@ -419,6 +512,74 @@ mod tests {
             store.set_agent_phase("a", AgentPhase::Active, None).await,
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn views_join_the_kwok_ports_and_counts_group_by_phase_in_one_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        store
+            .insert_agent_clusters(vec!["a".into(), "b".into(), "c".into()], "lean".into())
+            .await
+            .unwrap();
+        let range = crate::store::ports::PortRange::new(20000, 10, 4).unwrap();
+        let block = store
+            .reserve(
+                super::super::NewCluster {
+                    name: "b",
+                    component_profile: "lean",
+                    population: "{}",
+                },
+                range,
+                |_| true,
+            )
+            .await
+            .unwrap()
+            .ports;
+        store
+            .set_agent_phase("a", AgentPhase::Active, None)
+            .await
+            .unwrap();
+        store
+            .set_agent_phase("b", AgentPhase::Active, None)
+            .await
+            .unwrap();
+        store.request_deletion("b", None).await.unwrap();
+
+        let rows = store.agent_clusters_with_apiserver().await.unwrap();
+        let ports: Vec<_> = rows.iter().map(|(r, p)| (r.name.as_str(), *p)).collect();
+        assert_eq!(
+            ports,
+            [("a", None), ("b", Some(block.kube_apiserver)), ("c", None)]
+        );
+        let (b, port) = store
+            .agent_cluster_with_apiserver("b")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(b.deletion_requested());
+        assert_eq!(port, Some(block.kube_apiserver));
+        assert!(store
+            .agent_cluster_with_apiserver("x")
+            .await
+            .unwrap()
+            .is_none());
+
+        let mut counts = store.agent_phase_counts().await.unwrap();
+        counts.sort_by_key(|c| (c.phase, c.deletion_requested));
+        let count = |phase, deletion_requested, count| PhaseCount {
+            phase,
+            deletion_requested,
+            count,
+        };
+        assert_eq!(
+            counts,
+            [
+                count(AgentPhase::Pending, false, 1),
+                count(AgentPhase::Active, false, 1),
+                count(AgentPhase::Active, true, 1),
+            ]
+        );
     }
 
     #[tokio::test]

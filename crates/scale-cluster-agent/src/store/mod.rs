@@ -17,7 +17,7 @@ use ports::{PortBlock, PortRange};
 
 mod agent;
 pub mod ports;
-pub use agent::{AgentPhase, AgentRecord, PhaseWrite};
+pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
