@@ -206,6 +206,10 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
     let stopped = env.manager.stop("life-b").await.unwrap();
     assert_eq!(stopped.health, Health::Stopped);
     assert!(stopped.components.iter().all(|c| !c.alive), "{stopped:?}");
+    // Reality, read from /proc independently of the product's own liveness code.
+    let life_b = env.settings.kwok_workdir.join("clusters").join("life-b");
+    let left = support::cluster_processes(&life_b);
+    assert!(left.is_empty(), "processes of a stopped cluster: {left:?}");
     for port in stopped.ports.all() {
         assert!(
             port_is_free(port),
@@ -214,6 +218,12 @@ async fn three_clusters_lifecycle_on_real_control_planes() {
     }
     let started = env.manager.start("life-b").await.unwrap();
     assert_eq!(started.health, Health::Ready, "{started:?}");
+    let running = support::cluster_processes(&life_b);
+    assert_eq!(
+        running.len(),
+        started.components.len(),
+        "one process per component runs again: {running:?}"
+    );
     assert_eq!(
         started.ports, infos[1].ports,
         "a restarted cluster keeps its ports"
