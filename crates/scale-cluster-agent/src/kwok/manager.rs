@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::heal::{
     self, ClusterHealth, ComponentHealth, ComponentState, HealOutcome, HealthMemory,
 };
-use super::kwokctl::{Kwokctl, KwokctlError};
+use super::kwokctl::{CreateCluster, Kwokctl, KwokctlError};
 use super::names::{self, InvalidName};
 use super::population::{self, PopulationError, PopulationProfile};
 use super::profile::ComponentProfile;
@@ -26,10 +26,6 @@ use crate::store::ports::PortRange;
 use crate::store::{ClusterRecord, NewCluster, Phase, Store, StoreError};
 use crate::toolchain::Toolchain;
 
-/// How long kwokctl may take to create or start a cluster (it waits for the apiserver itself).
-const KWOKCTL_START_TIMEOUT: Duration = Duration::from_secs(180);
-/// How long stop/delete may take.
-const KWOKCTL_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Grace period between SIGTERM and SIGKILL when stopping a cluster that keeps its data. kube-apiserver
 /// drains watches for well over 10 s on SIGTERM; etcd, the one whose data matters, recovers from its
 /// WAL after SIGKILL anyway (kwokctl itself only ever SIGKILLs), so the grace is kept short.
@@ -353,34 +349,13 @@ impl ClusterManager {
     ) -> Result<CreateTimings, KwokError> {
         let config = self.config_path(&req.name);
         write_file(&config, &req.profile.kwokctl_config(&self.toolchain, ports)).await?;
-        let mut args: Vec<String> = vec![
-            "-c".into(),
-            config.display().to_string(),
-            "create".into(),
-            "cluster".into(),
-            "--name".into(),
-            req.name.clone(),
-            "--runtime".into(),
-            "binary".into(),
-            // Never touch the user's kubeconfig (and no races between parallel creates on it).
-            "--kubeconfig".into(),
-            String::new(),
-            "--kube-apiserver-port".into(),
-            ports.kube_apiserver.to_string(),
-            "--etcd-port".into(),
-            ports.etcd_client.to_string(),
-            "--kube-controller-manager-port".into(),
-            ports.kube_controller_manager.to_string(),
-            "--kube-scheduler-port".into(),
-            ports.kube_scheduler.to_string(),
-            "--controller-port".into(),
-            ports.kwok_controller.to_string(),
-            "--timeout".into(),
-            format!("{}s", KWOKCTL_START_TIMEOUT.as_secs()),
-        ];
-        args.extend(req.profile.create_flags());
         self.kwokctl
-            .run(&args, KWOKCTL_START_TIMEOUT + Duration::from_secs(10))
+            .create_cluster(&CreateCluster {
+                name: &req.name,
+                config: &config,
+                ports,
+                profile_flags: req.profile.create_flags(),
+            })
             .await?;
         self.wait_ready(&req.name, ports.kube_apiserver).await?;
         let ready = started.elapsed();
@@ -427,18 +402,8 @@ impl ClusterManager {
         if dir.exists() {
             // kwokctl's own delete also cleans what it knows; its failure is not fatal as long as the
             // processes are gone and the directory is removed below.
-            // kwokctl rejects an empty --kubeconfig here; a path that never exists keeps it away
-            // from the user's ~/.kube/config.
             let unused = self.config_dir.join("never-written.kubeconfig");
-            let args = [
-                "delete".to_string(),
-                "cluster".into(),
-                "--name".into(),
-                name.into(),
-                "--kubeconfig".into(),
-                unused.display().to_string(),
-            ];
-            if let Err(err) = self.kwokctl.run(&args, KWOKCTL_STOP_TIMEOUT).await {
+            if let Err(err) = self.kwokctl.delete_cluster(name, &unused).await {
                 tracing::warn!(cluster = name, error = %err, "kwokctl delete failed; cleaning up directly");
             }
         }
@@ -482,8 +447,7 @@ impl ClusterManager {
         )?;
         let dir = self.cluster_dir(name);
         self.terminate_processes(&dir).await;
-        let args = ["stop", "cluster", "--name", name].map(String::from);
-        self.kwokctl.run(&args, KWOKCTL_STOP_TIMEOUT).await?;
+        self.kwokctl.stop_cluster(name).await?;
         self.kill_remaining(&dir).await;
         wait_ports_free(&record.ports).await;
         self.store.set_phase(name, Phase::Stopped, None).await?;
@@ -508,10 +472,7 @@ impl ClusterManager {
                 });
             }
         }
-        let args = ["start", "cluster", "--name", name, "--timeout", "180s"].map(String::from);
-        self.kwokctl
-            .run(&args, KWOKCTL_START_TIMEOUT + Duration::from_secs(10))
-            .await?;
+        self.kwokctl.start_cluster(name).await?;
         self.wait_ready(name, record.ports.kube_apiserver).await?;
         self.store.set_phase(name, Phase::Running, None).await?;
         self.get(name).await
@@ -714,10 +675,7 @@ impl ClusterManager {
             }
         }
         self.health.forget_unready(name);
-        let args = ["start", "cluster", "--name", name, "--timeout", "180s"].map(String::from);
-        self.kwokctl
-            .run(&args, KWOKCTL_START_TIMEOUT + Duration::from_secs(10))
-            .await?;
+        self.kwokctl.start_cluster(name).await?;
         self.wait_ready(name, record.ports.kube_apiserver).await?;
         let after = self.check_health(name).await?;
         for restart in &restarted {
