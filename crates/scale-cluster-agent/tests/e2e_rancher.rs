@@ -308,7 +308,27 @@ async fn deletes_are_never_lost_whatever_phase_the_cluster_is_in() {
 
     // The bring-ups that were in flight never revive a deleted cluster: a later cluster goes all
     // the way, and the deleted ones stay gone.
-    create(&api, "del-after").await;
+    // Through the CLI, which finds the agent and follows the cluster until it is active.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+        .args(["cluster", "create", "del-after"])
+        .env("SCA_DATA_DIR", home.data_dir())
+        .env("SCA_KWOK_WORKDIR", home.kwok_workdir())
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("del-after: active (Rancher c-"),
+        "each phase change is printed: {stderr}"
+    );
+    assert!(
+        stdout.contains("cluster del-after: active in Rancher as c-"),
+        "{stdout}"
+    );
     let ids = wait_all_active(&api, &["del-after".to_string()]).await;
     wait_active_in_rancher(&sim, &ids[0]).await;
     assert_eq!(rancher_cluster_names(&sim).await, ["del-after"]);

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::output::{
     format_duration, or_none, print_object, shorten, time_and_age, Output, OutputArgs, Table,
 };
+use super::progress::{self, Until};
 use crate::api::{discovery, AgentClient, Cluster};
 use crate::config::Settings;
 use crate::kwok::names;
@@ -301,7 +301,7 @@ pub async fn create_many(
     population: &PopulationProfile,
     parallel: usize,
 ) -> Vec<Result<ClusterInfo, (String, anyhow::Error)>> {
-    let bar = Arc::new(progress_bar(names.len() as u64));
+    let bar = Arc::new(progress::bar(names.len() as u64));
     let started = Instant::now();
     let results = futures::stream::iter(names.iter().cloned())
         .map(|name| {
@@ -330,17 +330,6 @@ pub async fn create_many(
         .await;
     bar.finish_with_message(format!("done in {:.1}s", started.elapsed().as_secs_f64()));
     results
-}
-
-fn progress_bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-    {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    bar
 }
 
 /// `count` new names `<prefix>-NNNNN` (numbered as the agent numbers them), after the highest
@@ -574,9 +563,8 @@ async fn agent_create(agent: &AgentClient, args: CreateArgs) -> anyhow::Result<(
     Ok(())
 }
 
-/// Polls the agent until every cluster in `names` is active, failed or gone, or `timeout` passes;
-/// returns the last view of each cluster still there. A progress bar counts active / failed /
-/// total, and each phase change is printed above it.
+/// Follows the clusters in `names` until each is active, failed or gone, or `timeout` passes;
+/// returns the last view of each cluster still there.
 async fn wait_until_settled(
     agent: &AgentClient,
     names: &[String],
@@ -587,55 +575,13 @@ async fn wait_until_settled(
         format_duration(timeout),
         names.len()
     );
-    let bar = progress_bar(names.len() as u64);
-    let deadline = Instant::now() + timeout;
-    let mut seen: HashMap<String, AgentPhase> = HashMap::new();
-    loop {
-        let mut current: HashMap<String, Cluster> = agent
-            .list()
-            .await
-            .context("asking the agent while waiting")?
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect();
-        current.retain(|name, _| names.contains(name));
-        let (mut active, mut failed) = (0, 0);
-        for name in names {
-            let Some(cluster) = current.get(name) else {
-                continue;
-            };
-            if seen.get(name) != Some(&cluster.phase) {
-                let detail = match (cluster.phase, &cluster.last_error) {
-                    (AgentPhase::Failed, Some(err)) => format!(": {err}"),
-                    _ => String::new(),
-                };
-                let line = format!("{name}: {}{detail}", cluster.phase);
-                // A hidden bar (stderr is not a terminal) drops its println; logs want the lines.
-                if bar.is_hidden() {
-                    eprintln!("{line}");
-                } else {
-                    bar.println(line);
-                }
-                seen.insert(name.clone(), cluster.phase);
-            }
-            match cluster.phase {
-                AgentPhase::Active => active += 1,
-                AgentPhase::Failed => failed += 1,
-                _ => {}
-            }
-        }
-        let gone = names.len() - current.len();
-        bar.set_position(active as u64);
-        bar.set_message(format!(
-            "active {active} / failed {failed} / total {}",
-            names.len()
-        ));
-        if active + failed + gone == names.len() || Instant::now() >= deadline {
-            bar.finish();
-            return Ok(current);
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    progress::follow(
+        || async { agent.list().await.context("asking the agent while waiting") },
+        names,
+        Until::Settled,
+        Some(Instant::now() + timeout),
+    )
+    .await
 }
 
 async fn agent_delete(
@@ -662,7 +608,7 @@ async fn agent_delete(
         println!("the agent removes them from Rancher and KWOK in the background; `scale-cluster-agent cluster list` shows progress (or pass --wait)");
         return Ok(());
     }
-    let bar = progress_bar(names.len() as u64);
+    let bar = progress::bar(names.len() as u64);
     let deadline = Instant::now() + timeout;
     loop {
         let remaining: Vec<Cluster> = agent

@@ -3,6 +3,7 @@
 mod cluster;
 mod output;
 mod preflight;
+mod progress;
 pub mod serve;
 mod toolchain;
 mod up;

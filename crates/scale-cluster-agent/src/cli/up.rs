@@ -10,12 +10,12 @@ use clap::Args;
 
 use super::cluster::{create_many, open_manager};
 use super::output::{or_none, Table};
+use super::progress::{self, Until};
 use super::serve::shutdown_signal;
-use crate::agent::{AgentError, ClusterView};
+use crate::agent::AgentError;
 use crate::app::{provision_toolchain, RunningAgent};
 use crate::config::{AgentSettings, RancherArgs, Settings};
 use crate::kwok::PopulationProfile;
-use crate::store::AgentPhase;
 use crate::store::Phase;
 
 #[derive(Debug, Args)]
@@ -122,53 +122,18 @@ async fn with_rancher(
             }
         }
     }
-    let bar = indicatif::ProgressBar::new(names.len() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} active  {msg}",
-    ) {
-        bar.set_style(style);
-    }
-    let mut announced = std::collections::HashSet::new();
-    let interrupted = loop {
-        let views: Vec<ClusterView> = agent
-            .list()
-            .await?
-            .into_iter()
-            .filter(|v| names.contains(&v.name))
-            .collect();
-        for v in &views {
-            if v.phase == AgentPhase::Active && announced.insert(v.name.clone()) {
-                bar.println(format!(
-                    "✔ {} active in Rancher as {}",
-                    v.name,
-                    v.rancher_cluster_id.as_deref().unwrap_or("?")
-                ));
-            }
+    let interrupted = tokio::select! {
+        followed = progress::follow(
+            || async { Ok(agent.list().await?) },
+            names,
+            Until::AllActive,
+            None,
+        ) => {
+            followed?;
+            false
         }
-        let active = views
-            .iter()
-            .filter(|v| v.phase == AgentPhase::Active)
-            .count();
-        bar.set_position(active as u64);
-        let waiting: Vec<String> = views
-            .iter()
-            .filter(|v| v.phase != AgentPhase::Active)
-            .take(3)
-            .map(|v| match &v.last_error {
-                Some(err) => format!("{} {} ({err})", v.name, v.phase),
-                None => format!("{} {}", v.name, v.phase),
-            })
-            .collect();
-        bar.set_message(waiting.join(", "));
-        if active == names.len() {
-            break false;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            _ = shutdown_signal() => break true,
-        }
+        _ = shutdown_signal() => true,
     };
-    bar.finish_and_clear();
     if !interrupted {
         println!("\n{} clusters active in Rancher:", names.len());
         let mut table = Table::new(["NAME", "RANCHER ID", "APISERVER"]);
