@@ -57,14 +57,7 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
     );
 
     // No secret ever leaves the API.
-    let body = http()
-        .get(format!("{api}/clusters"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_text(&api, "/clusters").await;
     assert!(
         !body.contains(&sim.token) && !body.to_lowercase().contains("token\""),
         "{body}"
@@ -103,15 +96,7 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
     support::eventually(
         DEADLINE,
         &format!("{gone_name} to be removed by the agent"),
-        || async {
-            let status = http()
-                .get(format!("{api}/clusters/{gone_name}"))
-                .send()
-                .await
-                .unwrap()
-                .status();
-            (status == 404).then_some(())
-        },
+        || async { cluster_view(&api, &gone_name).await.is_none().then_some(()) },
     )
     .await;
     assert!(!home
@@ -122,23 +107,12 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
 
     // Deleted through the agent: gone from Rancher and KWOK.
     let (del_name, del_id) = (names[1].clone(), ids[1].clone());
-    let resp = http()
-        .delete(format!("{api}/clusters/{del_name}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    delete(&api, &del_name).await;
     support::eventually(
         DEADLINE,
         &format!("{del_name} to be deleted everywhere"),
         || async {
-            let agent_gone = http()
-                .get(format!("{api}/clusters/{del_name}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 404;
+            let agent_gone = cluster_view(&api, &del_name).await.is_none();
             let rancher_gone = sim.cluster(&del_id).await.is_none();
             (agent_gone && rancher_gone).then_some(())
         },
@@ -424,14 +398,7 @@ async fn foreign_clusters_are_never_touched_and_a_missing_answer_is_not_a_deleti
     let retried = wait_all_active(&api, &["own-00001".to_string()]).await;
     assert_ne!(retried[0], foreign);
     let raw = sim.get_v3(&format!("clusters/{}", retried[0])).await;
-    let health: Value = http()
-        .get(format!("{api}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = serde_json::from_str(&get_text(&api, "/health").await).unwrap();
     assert_eq!(
         raw["labels"][scale_cluster_agent::rancher::INSTANCE_LABEL],
         health["instance_id"],
@@ -501,14 +468,7 @@ async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_ar
         healthy_before,
         "the other cluster's processes were never touched"
     );
-    let metrics = http()
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&api, "/metrics").await;
     for component in ["kube-apiserver", "etcd"] {
         assert!(
             metrics.contains(&format!(

@@ -196,11 +196,11 @@ pub async fn cluster_view(api: &str, name: &str) -> Option<Value> {
     Some(resp.json::<Value>().await.unwrap())
 }
 
-/// `POST /clusters/bulk`; returns the created clusters' views.
-pub async fn bulk(api: &str, count: usize, prefix: &str) -> Vec<Value> {
+/// `POST <path>` with a JSON body, asserting `201 Created`.
+async fn post_created(api: &str, path: &str, body: Value) -> reqwest::Response {
     let resp = http()
-        .post(format!("{api}/clusters/bulk"))
-        .json(&json!({"count": count, "prefix": prefix}))
+        .post(format!("{api}{path}"))
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -210,7 +210,24 @@ pub async fn bulk(api: &str, count: usize, prefix: &str) -> Vec<Value> {
         "{}",
         resp.text().await.unwrap_or_default()
     );
-    resp.json().await.unwrap()
+    resp
+}
+
+/// `GET <path>` as text, asserting `200 OK`.
+pub async fn get_text(api: &str, path: &str) -> String {
+    let resp = http().get(format!("{api}{path}")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.text().await.unwrap()
+}
+
+/// `POST /clusters/bulk`; returns the created clusters' views.
+pub async fn bulk(api: &str, count: usize, prefix: &str) -> Vec<Value> {
+    let body = json!({"count": count, "prefix": prefix});
+    post_created(api, "/clusters/bulk", body)
+        .await
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Kills the agent when dropped, and every process of its KWOK clusters: for tests that start
@@ -229,18 +246,7 @@ impl Drop for AgentProcess {
 }
 
 pub async fn create(api: &str, name: &str) {
-    let resp = http()
-        .post(format!("{api}/clusters"))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status(),
-        201,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    post_created(api, "/clusters", json!({ "name": name })).await;
 }
 
 pub async fn delete(api: &str, name: &str) {
