@@ -6,8 +6,9 @@
 //! ```
 //!
 //! For each profile it creates N clusters one by one, deletes them, creates N again in bulk (P at a
-//! time), lets them idle, then sums RSS and PSS (`/proc/<pid>/smaps_rollup`) over every process of each
-//! cluster. Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed
+//! time), lets them idle, then sums RSS and PSS (`/proc/<pid>/smaps_rollup`, anonymous and file-backed
+//! apart) and idle CPU (utime + stime from `/proc/<pid>/stat` over `--cpu-window` seconds) over every
+//! process of each cluster. Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed
 //! (`scale-cluster-agent toolchain install`) and enough inotify instances (`preflight --fix`).
 
 use std::path::Path;
@@ -36,6 +37,9 @@ struct Args {
     /// Idle seconds before memory is sampled.
     #[arg(long, default_value_t = 30)]
     settle: u64,
+    /// Seconds over which idle CPU (utime + stime) is measured, after the settle time.
+    #[arg(long, default_value_t = 120)]
+    cpu_window: u64,
     /// First port of the benchmark's port range.
     #[arg(long, default_value_t = 24000)]
     port_base: u16,
@@ -48,6 +52,25 @@ struct Args {
 struct Memory {
     rss_kib: u64,
     pss_kib: u64,
+    pss_anon_kib: u64,
+    pss_file_kib: u64,
+}
+
+impl Memory {
+    fn add(&mut self, other: &Memory) {
+        self.rss_kib += other.rss_kib;
+        self.pss_kib += other.pss_kib;
+        self.pss_anon_kib += other.pss_anon_kib;
+        self.pss_file_kib += other.pss_file_kib;
+    }
+}
+
+/// Memory and idle CPU of a set of processes.
+#[derive(Debug, Default)]
+struct Footprint {
+    memory: Memory,
+    /// CPU used during the window, in millicores.
+    mcpu: f64,
 }
 
 struct ProfileResult {
@@ -56,8 +79,8 @@ struct ProfileResult {
     serial_total: f64,
     bulk_ready: Vec<f64>,
     bulk_total: f64,
-    per_cluster: Vec<Memory>,
-    per_component: Vec<(String, Memory)>,
+    per_cluster: Vec<Footprint>,
+    per_component: Vec<(String, Footprint)>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,27 +140,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
             bulk_ready.push(outcome?.1.ready.as_secs_f64());
         }
 
-        eprintln!("== {profile}: idle {} s, then sampling memory", args.settle);
+        eprintln!(
+            "== {profile}: idle {} s, then CPU over {} s and memory",
+            args.settle, args.cpu_window
+        );
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
+        let pids: Vec<Vec<u32>> = names
+            .iter()
+            .map(|name| processes_in(&manager.cluster_dir(name).join("")))
+            .collect();
+        let ticks_before: Vec<Vec<u64>> = pids
+            .iter()
+            .map(|ps| ps.iter().map(|p| cpu_ticks(*p)).collect())
+            .collect::<anyhow::Result<_>>()?;
+        let window = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
+        let seconds = window.elapsed().as_secs_f64();
         let mut per_cluster = Vec::new();
-        let mut per_component: Vec<(String, Memory)> = Vec::new();
-        for name in &names {
-            let cluster_dir = manager.cluster_dir(name).join("");
-            let mut total = Memory::default();
-            for pid in processes_in(&cluster_dir) {
-                let mem = memory_of(pid)?;
-                let component = component_of(pid);
-                total.rss_kib += mem.rss_kib;
-                total.pss_kib += mem.pss_kib;
+        let mut per_component: Vec<(String, Footprint)> = Vec::new();
+        for ((name, ps), before) in names.iter().zip(&pids).zip(&ticks_before) {
+            let mut total = Footprint::default();
+            for (pid, before) in ps.iter().zip(before) {
+                let used = cpu_ticks(*pid)?.saturating_sub(*before);
+                let one = Footprint {
+                    memory: memory_of(*pid)?,
+                    mcpu: used as f64 / CLOCK_TICKS_PER_SEC / seconds * 1000.0,
+                };
+                let component = component_of(*pid);
+                total.memory.add(&one.memory);
+                total.mcpu += one.mcpu;
                 match per_component.iter_mut().find(|(c, _)| *c == component) {
-                    Some((_, m)) => {
-                        m.rss_kib += mem.rss_kib;
-                        m.pss_kib += mem.pss_kib;
+                    Some((_, f)) => {
+                        f.memory.add(&one.memory);
+                        f.mcpu += one.mcpu;
                     }
-                    None => per_component.push((component, mem)),
+                    None => per_component.push((component, one)),
                 }
             }
-            if total.rss_kib == 0 {
+            if total.memory.rss_kib == 0 {
                 bail!("no processes found for {name}");
             }
             per_cluster.push(total);
@@ -185,7 +225,32 @@ fn memory_of(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory {
         rss_kib: field("Rss:"),
         pss_kib: field("Pss:"),
+        pss_anon_kib: field("Pss_Anon:"),
+        pss_file_kib: field("Pss_File:"),
     })
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture this runs on.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// utime + stime of `pid` in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading stat of pid {pid}"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("no field {} in stat of pid {pid}", i + 3))
+    };
+    // Field 3 (state) is index 0 here, so utime (14) is index 11 and stime (15) index 12.
+    Ok(field(11)? + field(12)?)
 }
 
 fn component_of(pid: u32) -> String {
@@ -208,20 +273,24 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted.get(rank).copied().unwrap_or(f64::NAN)
 }
 
-fn mean_mib(values: &[Memory], f: impl Fn(&Memory) -> u64) -> f64 {
-    values.iter().map(&f).sum::<u64>() as f64 / values.len().max(1) as f64 / 1024.0
+fn mean_mib(values: &[Footprint], f: impl Fn(&Memory) -> u64) -> f64 {
+    values.iter().map(|v| f(&v.memory)).sum::<u64>() as f64 / values.len().max(1) as f64 / 1024.0
+}
+
+fn mean_mcpu(values: &[Footprint]) -> f64 {
+    values.iter().map(|v| v.mcpu).sum::<f64>() / values.len().max(1) as f64
 }
 
 fn print_report(args: &Args, results: &[ProfileResult]) {
     println!(
-        "Command: `cargo bench -p scale-cluster-agent --bench kwok_clusters -- --clusters {} --parallel {} --settle {}`\n",
-        args.clusters, args.parallel, args.settle
+        "Command: `cargo bench -p scale-cluster-agent --bench kwok_clusters -- --clusters {} --parallel {} --settle {} --cpu-window {}`\n",
+        args.clusters, args.parallel, args.settle, args.cpu_window
     );
-    println!("| profile | one by one: ready p50 / p95 (s) | one by one: total (s) | bulk ×{}: ready p50 / p95 (s) | bulk: total (s) | RSS / cluster (MiB) | PSS / cluster (MiB) |", args.parallel);
-    println!("|---|---|---|---|---|---|---|");
+    println!("| profile | one by one: ready p50 / p95 (s) | one by one: total (s) | bulk ×{}: ready p50 / p95 (s) | bulk: total (s) | RSS / cluster (MiB) | PSS / cluster (MiB) | PSS anon / file (MiB) | idle CPU / cluster (mCPU) |", args.parallel);
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in results {
         println!(
-            "| {} | {:.2} / {:.2} | {:.1} | {:.2} / {:.2} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.2} / {:.2} | {:.1} | {:.2} / {:.2} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
             r.profile,
             percentile(&r.serial_ready, 50.0),
             percentile(&r.serial_ready, 95.0),
@@ -231,28 +300,36 @@ fn print_report(args: &Args, results: &[ProfileResult]) {
             r.bulk_total,
             mean_mib(&r.per_cluster, |m| m.rss_kib),
             mean_mib(&r.per_cluster, |m| m.pss_kib),
+            mean_mib(&r.per_cluster, |m| m.pss_anon_kib),
+            mean_mib(&r.per_cluster, |m| m.pss_file_kib),
+            mean_mcpu(&r.per_cluster),
         );
     }
     if let [lean, full] = results {
         println!(
-            "\nlean / full: PSS {:.2}×, RSS {:.2}×, one-by-one ready p50 {:.2}×\n",
+            "\nlean / full: PSS {:.2}×, RSS {:.2}×, idle CPU {:.2}×, one-by-one ready p50 {:.2}×\n",
             mean_mib(&lean.per_cluster, |m| m.pss_kib) / mean_mib(&full.per_cluster, |m| m.pss_kib),
             mean_mib(&lean.per_cluster, |m| m.rss_kib) / mean_mib(&full.per_cluster, |m| m.rss_kib),
+            mean_mcpu(&lean.per_cluster) / mean_mcpu(&full.per_cluster),
             percentile(&lean.serial_ready, 50.0) / percentile(&full.serial_ready, 50.0),
         );
     }
-    println!("Per component, mean per cluster (MiB):\n");
-    println!("| profile | component | RSS | PSS |");
-    println!("|---|---|---|---|");
+    println!("Per component, mean per cluster (MiB, mCPU):\n");
+    println!("| profile | component | RSS | PSS | PSS anon | PSS file | idle mCPU |");
+    println!("|---|---|---|---|---|---|---|");
     for r in results {
         let n = r.per_cluster.len().max(1) as f64;
-        for (component, m) in &r.per_component {
+        for (component, f) in &r.per_component {
+            let mib = |kib: u64| kib as f64 / n / 1024.0;
             println!(
-                "| {} | {} | {:.1} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 r.profile,
                 component,
-                m.rss_kib as f64 / n / 1024.0,
-                m.pss_kib as f64 / n / 1024.0
+                mib(f.memory.rss_kib),
+                mib(f.memory.pss_kib),
+                mib(f.memory.pss_anon_kib),
+                mib(f.memory.pss_file_kib),
+                f.mcpu / n,
             );
         }
     }
