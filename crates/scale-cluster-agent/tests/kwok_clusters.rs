@@ -383,6 +383,63 @@ async fn full_and_lean_profiles() {
         .await;
     }
 
+    // Both authorize with RBAC (lean without kwokctl's Node authorizer): a user with no binding
+    // is refused, as Steve's and Rancher's impersonated requests must be.
+    for name in ["prof-lean", "prof-full"] {
+        let client = client_for(&env.manager, name).await;
+        let as_nobody = hyper::http::Request::get("/api/v1/nodes")
+            .header("Impersonate-User", "nobody")
+            .body(Vec::new())
+            .unwrap();
+        let err = client.request_text(as_nobody).await.unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(status) if status.code == 403),
+            "{name}: {err}"
+        );
+    }
+    // lean serves only the API groups Rancher and its UI use, as discovery shows.
+    let served = |groups: k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroupList| {
+        groups
+            .groups
+            .into_iter()
+            .flat_map(|g| g.versions.into_iter().map(|v| v.group_version))
+            .collect::<BTreeSet<_>>()
+    };
+    let lean_groups = served(
+        client_for(&env.manager, "prof-lean")
+            .await
+            .list_api_groups()
+            .await
+            .unwrap(),
+    );
+    for kept in [
+        "apps/v1",
+        "batch/v1",
+        "rbac.authorization.k8s.io/v1",
+        "autoscaling/v2",
+    ] {
+        assert!(
+            lean_groups.contains(kept),
+            "lean keeps {kept}: {lean_groups:?}"
+        );
+    }
+    for dropped in [
+        "storage.k8s.io/v1",
+        "flowcontrol.apiserver.k8s.io/v1",
+        "resource.k8s.io/v1",
+        "events.k8s.io/v1",
+    ] {
+        assert!(!lean_groups.contains(dropped), "lean drops {dropped}");
+    }
+    let full_groups = served(
+        client_for(&env.manager, "prof-full")
+            .await
+            .list_api_groups()
+            .await
+            .unwrap(),
+    );
+    assert!(full_groups.contains("storage.k8s.io/v1"), "{full_groups:?}");
+
     for info in [full, lean] {
         env.manager.delete(&info.name).await.unwrap();
         env.assert_nothing_left(&info.name, &info.ports.all()).await;

@@ -100,10 +100,16 @@ options:
             doc.push_str("componentsPatches:\n");
             for patch in LEAN_PATCHES {
                 doc.push_str(&format!("- name: {}\n", patch.component));
-                if !patch.args.is_empty() {
+                if !patch.args.is_empty() || !patch.overrides.is_empty() {
                     doc.push_str("  extraArgs:\n");
                     for (key, value) in patch.args {
                         doc.push_str(&format!("  - key: {key}\n    value: {}\n", yaml_str(value)));
+                    }
+                    for (key, value) in patch.overrides {
+                        doc.push_str(&format!(
+                            "  - key: {key}\n    value: {}\n    override: true\n",
+                            yaml_str(value)
+                        ));
                     }
                 }
                 if !patch.envs.is_empty() {
@@ -131,18 +137,40 @@ fn yaml_str(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// API group versions `lean` turns off (`--runtime-config`): flow control (APF is off), dynamic
+/// resource allocation, storage, node (RuntimeClass), certificates, `events.k8s.io` (core events
+/// stay) and `autoscaling/v1` (v2 stays). Core, apps, batch, RBAC, authentication, authorization,
+/// apiextensions, apiregistration, coordination, admissionregistration, policy, scheduling,
+/// networking, autoscaling/v2 and discovery stay: Rancher, its agent Deployment and Cluster
+/// Explorer's workload pages use them.
+pub const LEAN_DISABLED_APIS: &str =
+    "flowcontrol.apiserver.k8s.io/v1=false,resource.k8s.io/v1=false,\
+storage.k8s.io/v1=false,node.k8s.io/v1=false,certificates.k8s.io/v1=false,events.k8s.io/v1=false,\
+autoscaling/v1=false";
+
+/// Admission plugins `lean` turns off: those that watch a group [`LEAN_DISABLED_APIS`] removes, and
+/// PodSecurity.
+pub const LEAN_DISABLED_ADMISSION: &str = "RuntimeClass,DefaultStorageClass,\
+PersistentVolumeClaimResize,CertificateApproval,CertificateSigning,CertificateSubjectRestriction,\
+ClusterTrustBundleAttest,PodSecurity";
+
 /// Extra flags and environment for one component.
 struct Patch {
     component: &'static str,
+    /// Appended to kwokctl's own arguments.
     args: &'static [(&'static str, &'static str)],
+    /// Replacing the value kwokctl sets (list flags such as `--authorization-mode` would otherwise
+    /// get both).
+    overrides: &'static [(&'static str, &'static str)],
     envs: &'static [(&'static str, &'static str)],
 }
 
 /// What `lean` changes, each measured with `cargo bench --bench kwok_clusters` (docs/benchmarks.md):
 /// a lower GC target (GOGC=15 for kube-apiserver, whose heap dominates, 25 elsewhere; a GOMEMLIMIT
 /// near the live heap made kube-apiserver burn ~14% CPU idle in GC, so none is set), no API
-/// priority-and-fairness, no profiling endpoints, and no apiserver watch cache (the small clusters
-/// are listed from etcd directly).
+/// priority-and-fairness, no profiling endpoints, no apiserver watch cache (the small clusters
+/// are listed from etcd directly), and no API groups that neither Rancher, its UI nor the
+/// controllers use ([`LEAN_DISABLED_APIS`]).
 const LEAN_PATCHES: &[Patch] = &[
     Patch {
         component: "kube-apiserver",
@@ -150,7 +178,16 @@ const LEAN_PATCHES: &[Patch] = &[
             ("enable-priority-and-fairness", "false"),
             ("profiling", "false"),
             ("watch-cache", "false"),
+            ("runtime-config", LEAN_DISABLED_APIS),
+            // Admission plugins whose informers need a disabled group (otherwise they never sync
+            // and `/readyz` fails `informer-sync`), and PodSecurity, whose pod lister keeps a copy
+            // of every pod for pods no kubelet runs.
+            ("disable-admission-plugins", LEAN_DISABLED_ADMISSION),
         ],
+        // kwokctl sets `Node,RBAC`. The Node authorizer watches VolumeAttachments (storage) and
+        // ResourceSlices (resource): with those groups off its informers never sync (the same
+        // `/readyz` failure). There are no kubelets to authorize anyway.
+        overrides: &[("authorization-mode", "RBAC")],
         envs: &[("GOGC", "15")],
     },
     Patch {
@@ -160,16 +197,19 @@ const LEAN_PATCHES: &[Patch] = &[
             ("leader-elect", "false"),
             ("profiling", "false"),
         ],
+        overrides: &[],
         envs: &[("GOGC", "25")],
     },
     Patch {
         component: "kwok-controller",
         args: &[],
+        overrides: &[],
         envs: &[("GOGC", "25")],
     },
     Patch {
         component: "etcd",
         args: &[],
+        overrides: &[],
         envs: &[("GOGC", "25")],
     },
 ];
