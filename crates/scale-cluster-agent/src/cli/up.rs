@@ -114,8 +114,13 @@ async fn with_rancher(
         agent_settings.rancher.url
     );
     for name in names {
-        match agent.create(name, agent_settings.profile).await {
-            Ok(_) | Err(AgentError::Duplicate(_)) => {}
+        // An existing cluster is started if it was stopped: `up` brings everything up.
+        let result = match agent.create(name, agent_settings.profile).await {
+            Err(AgentError::Duplicate(_)) => agent.start_cluster(name).await.map(drop),
+            other => other.map(drop),
+        };
+        match result {
+            Ok(()) => {}
             Err(err) => {
                 running.stop().await?;
                 return Err(err.into());
