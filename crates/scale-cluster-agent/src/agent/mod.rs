@@ -307,7 +307,11 @@ impl Agent {
 
     /// Writes a change of the desired state (refused once a deletion is requested) and has the
     /// cluster's worker, if any, read it at once.
-    async fn change_desired(&self, name: &str, desired: Desired) -> Result<ClusterView, AgentError> {
+    async fn change_desired(
+        &self,
+        name: &str,
+        desired: Desired,
+    ) -> Result<ClusterView, AgentError> {
         self.check_running()?;
         let store = &self.inner.store;
         let write = match desired {

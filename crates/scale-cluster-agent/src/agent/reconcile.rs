@@ -488,7 +488,11 @@ async fn converge_nodes(agent: &Agent, record: &AgentRecord) -> Result<(), StepE
     let name = record.name.as_str();
     tracing::info!(cluster = name, nodes, "scaling");
     let kwok = agent.inner.manager.scale(name, nodes).await?;
-    agent.inner.store.set_observed_nodes(name, kwok.nodes).await?;
+    agent
+        .inner
+        .store
+        .set_observed_nodes(name, kwok.nodes)
+        .await?;
     Ok(())
 }
 

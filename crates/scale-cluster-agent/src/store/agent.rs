@@ -770,7 +770,11 @@ mod tests {
             store.request_stop("a", true).await.unwrap(),
             PhaseWrite::Applied
         );
-        for phase in [AgentPhase::Provisioning, AgentPhase::Active, AgentPhase::Failed] {
+        for phase in [
+            AgentPhase::Provisioning,
+            AgentPhase::Active,
+            AgentPhase::Failed,
+        ] {
             assert_eq!(
                 store.set_agent_phase("a", phase, None).await.unwrap(),
                 PhaseWrite::Superseded,
@@ -798,7 +802,10 @@ mod tests {
             PhaseWrite::Applied
         );
         let a = store.agent_cluster("a").await.unwrap().unwrap();
-        assert_eq!(a.attempts, 0, "a change of mind does not wait out the backoff");
+        assert_eq!(
+            a.attempts, 0,
+            "a change of mind does not wait out the backoff"
+        );
         assert_eq!(
             store
                 .set_stop_phase("a", AgentPhase::Stopped, None)
@@ -883,7 +890,10 @@ mod tests {
             store.request_nodes("x", 1).await,
             store.set_stop_phase("x", AgentPhase::Stopped, None).await,
         ] {
-            assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+            assert!(
+                matches!(missing, Err(StoreError::NotFound(_))),
+                "{missing:?}"
+            );
         }
     }
 
