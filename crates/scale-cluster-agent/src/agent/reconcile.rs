@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::prepare::{self, tunnel_params};
 use super::tunnels::{TunnelError, TunnelSpec};
 use super::Agent;
-use crate::kwok::{ComponentProfile, CreateRequest, Endpoint, KwokError};
+use crate::kwok::{ComponentProfile, CreateRequest, Endpoint, Health, KwokError};
 use crate::rancher::RancherError;
 use crate::store::{now_secs, AgentPhase, AgentRecord, PhaseWrite, StoreError};
 
@@ -308,7 +308,8 @@ fn record_failure(name: &str, write: Result<PhaseWrite, StoreError>) -> bool {
     }
 }
 
-/// Records a bring-up phase; [`StepError::Superseded`] if the cluster's deletion was requested.
+/// Records a bring-up phase; [`StepError::Superseded`] if the cluster's deletion or stop was
+/// requested.
 async fn advance(agent: &Agent, name: &str, phase: AgentPhase) -> Result<(), StepError> {
     advance_with(agent, name, phase, None).await
 }
@@ -504,8 +505,11 @@ async fn stop(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
     let name = record.name.as_str();
     stop_advance(agent, name, AgentPhase::Stopping).await?;
     inner.tunnels.close(name).await;
-    // A cluster stopped before it was ever provisioned has no KWOK side yet.
-    if inner.manager.endpoint(name).await?.is_some() {
+    // A cluster stopped before it was ever provisioned has no KWOK side yet, and one stopped
+    // just before a crash need not be stopped again.
+    if inner.manager.endpoint(name).await?.is_some()
+        && inner.manager.get(name).await?.health != Health::Stopped
+    {
         inner.manager.stop(name).await?;
     }
     stop_advance(agent, name, AgentPhase::Stopped).await
