@@ -132,6 +132,12 @@ async fn stop_start_and_scale_through_the_agent_act_on_the_real_cluster_and_surv
     assert_stays_stopped(&home, &api, name, &dir).await;
     let view = cluster_view(&api, name).await.unwrap();
     assert_eq!(view["tunnels"]["main"], "closed", "{view}");
+    assert_eq!(node_names(&kubeconfig).await, None, "no apiserver answers");
+
+    // Scaled while stopped: kept as desired state, applied when it runs again.
+    let out = cli(&home, &["cluster", "scale", name, "--nodes", "3"]).await;
+    assert!(out.contains("is stopped"), "{out}");
+    assert!(support::processes_mentioning(&dir.join("")).is_empty());
 
     // Start: the same processes' programs back, tunnels back with byte-identical params, active.
     let out = cli(&home, &["cluster", "start", name]).await;
@@ -169,17 +175,19 @@ async fn stop_start_and_scale_through_the_agent_act_on_the_real_cluster_and_surv
         "{stats}"
     );
 
-    // Scale: the cluster's own apiserver lists the nodes asked for.
-    assert_eq!(node_names(&kubeconfig).await.map(|n| n.len()), Some(2));
-    let out = cli(&home, &["cluster", "scale", name, "--nodes", "3"]).await;
-    assert!(out.contains("now has 3 nodes"), "{out}");
-    let nodes = node_names(&kubeconfig).await.expect("nodes listed");
-    let expected: BTreeSet<String> = (0..3).map(|i| format!("{name}-node-{i:04}")).collect();
-    assert_eq!(nodes, expected);
+    // The cluster's own apiserver lists the nodes asked for while it was stopped (2 before).
+    let node_set = |count: usize| -> BTreeSet<String> {
+        (0..count).map(|i| format!("{name}-node-{i:04}")).collect()
+    };
+    assert_eq!(node_names(&kubeconfig).await, Some(node_set(3)));
+    // Scaled while active: applied at once.
+    let out = cli(&home, &["cluster", "scale", name, "--nodes", "1"]).await;
+    assert!(out.contains("now has 1 nodes"), "{out}");
+    assert_eq!(node_names(&kubeconfig).await, Some(node_set(1)));
     let view = cluster_view(&api, name).await.unwrap();
     assert_eq!(
         (&view["nodes"], &view["desired_nodes"]),
-        (&3.into(), &3.into())
+        (&1.into(), &1.into())
     );
 
     // A stop request, then kill -9 before (or while) it is carried out: the restarted agent
