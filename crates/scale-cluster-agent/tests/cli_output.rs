@@ -280,21 +280,22 @@ async fn a_closed_stdout_ends_the_command_quietly_and_successfully() {
     ] {
         let (reader, writer) = nix::unistd::pipe().expect("pipe");
         drop(reader);
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
-                .args(args)
-                .env("HOME", home.path())
-                .env("SCA_DATA_DIR", home.path().join("data"))
-                .env("SCA_KWOK_WORKDIR", home.path().join("kwok"))
-                .stdout(std::process::Stdio::from(writer))
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("CLI finished in time")
-        .expect("CLI ran");
+        // `spawn`, not `output`: `output` would replace this stdout with a pipe of its own.
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+            .args(args)
+            .env("HOME", home.path())
+            .env("SCA_DATA_DIR", home.path().join("data"))
+            .env("SCA_KWOK_WORKDIR", home.path().join("kwok"))
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("CLI started");
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("CLI finished in time")
+            .expect("CLI ran");
+        assert!(out.stdout.is_empty(), "stdout went to the closed pipe");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {:?}\n{stderr}", out.status);
         assert!(
