@@ -212,6 +212,27 @@ async fn stop_start_and_scale_through_the_agent_act_on_the_real_cluster_and_surv
     .await;
     assert_stays_stopped(&home, &api, name, &dir).await;
 
+    // A start request, then kill -9: the restarted agent brings it back with the same params.
+    let (status, view) = post_status(&api, &format!("/clusters/{name}/start")).await;
+    assert_eq!(status, 202, "{view}");
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
+    let api = home.api_url(&mut agent.0).await;
+    wait_all_active(&api, &[name.to_string()]).await;
+    assert_eq!(support::cluster_processes(&dir).len(), 4);
+    support::eventually(DEADLINE, "both tunnels open after the restart", || async {
+        (sessions(&sim, &id).await == (1, 1)).then_some(())
+    })
+    .await;
+    let stats = sim.stats(&id).await;
+    assert_eq!(stats["paramsChanges"].as_u64(), Some(0), "{stats}");
+    assert_eq!(node_names(&kubeconfig).await, Some(node_set(1)), "kept");
+
+    // Stopped once more, through the CLI, for the delete below.
+    cli(&home, &["cluster", "stop", name]).await;
+    wait_stopped_for_real(&sim, &dir, &id).await;
+
     // A stopped cluster is deleted like any other; afterwards it can be neither started nor
     // scaled (409), and unknown names are 404.
     let (status, _) = post_status(&api, "/clusters/nope/stop").await;
