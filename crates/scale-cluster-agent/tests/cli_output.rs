@@ -1,6 +1,6 @@
 //! What the CLI prints, read from the real binary: kubectl-style tables (`-o wide`), the objects
-//! (`-o json|yaml`), RFC 3339 times with ages in `cluster get`, and log lines free of colour codes
-//! when stderr is a pipe. The agent it talks to is a stand-in HTTP server answering the agent
+//! (`-o json|yaml`), RFC 3339 times with ages in `cluster get`, log lines free of colour codes
+//! when stderr is a pipe, and a quiet, successful end when stdout's reader is gone (`| head`). The agent it talks to is a stand-in HTTP server answering the agent
 //! API's JSON, so the clusters (and their ages) are exactly known.
 
 use std::path::Path;
@@ -11,6 +11,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+/// Unix seconds as the agent API writes times: RFC 3339.
+fn time(unix_seconds: u64) -> String {
+    scale_cluster_agent::agent::view::rfc3339::format(unix_seconds).expect("in range")
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -18,8 +23,9 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// Two clusters as the agent API shows them: one created 3h25m ago and active for an hour, one
-/// created 10 minutes ago that failed with a long, multi-line error. (Ages that stay the same for
+/// Two clusters as the agent API shows them: one created 3h25m ago, active for an hour, healed 20
+/// minutes ago and being scaled from 2 to 3 nodes, one created 10 minutes ago that failed with a
+/// long, multi-line error. (Ages that stay the same for
 /// a minute, however slowly the CLI starts.)
 fn clusters(now: u64) -> Value {
     json!([
@@ -29,7 +35,10 @@ fn clusters(now: u64) -> Value {
             "apiserver": "https://127.0.0.1:8001",
             "tunnels": {"main": "connected", "steve": "connected"},
             "last_error": null, "attempts": 1,
-            "created_at": now - (3 * 3600 + 25 * 60), "active_at": now - 3600
+            "stop_requested": false, "desired_nodes": 3, "nodes": 2,
+            "last_heal": "restarted etcd (etcd process gone)",
+            "last_heal_at": time(now - 1200),
+            "created_at": time(now - (3 * 3600 + 25 * 60)), "active_at": time(now - 3600)
         },
         {
             "name": "sim-00002", "phase": "failed", "profile": "full",
@@ -37,7 +46,8 @@ fn clusters(now: u64) -> Value {
             "tunnels": {"main": "down", "steve": "down"},
             "last_error": format!("registering: {}\nsecond line", "x".repeat(80)),
             "attempts": 4,
-            "created_at": now - 600, "active_at": null
+            "stop_requested": false, "desired_nodes": 2, "nodes": null,
+            "created_at": time(now - 600), "active_at": null
         }
     ])
 }
@@ -184,14 +194,15 @@ async fn cluster_list_is_a_kubectl_table_and_wide_adds_columns() {
     let lines: Vec<&str> = wide.stdout.lines().collect();
     assert_eq!(
         cells(lines[0])[6..],
-        ["PROFILE", "APISERVER", "ATTEMPTS", "LAST ERROR"]
+        ["PROFILE", "APISERVER", "NODES", "ATTEMPTS", "LAST ERROR"]
     );
     assert_eq!(
-        cells(lines[1])[6..9],
-        ["lean", "https://127.0.0.1:8001", "1"]
+        cells(lines[1])[6..10],
+        ["lean", "https://127.0.0.1:8001", "2/3", "1"]
     );
+    assert_eq!(cells(lines[2])[7..9], ["<none>", "-/2"]);
     // The whole error, on one line.
-    let error = cells(lines[2])[9];
+    let error = cells(lines[2])[10];
     assert_eq!(
         error,
         format!("registering: {} second line", "x".repeat(80))
@@ -237,7 +248,61 @@ async fn cluster_get_prints_rfc3339_times_with_ages() {
         "{}",
         out.stdout
     );
+    let heal = field("last heal:");
+    let (stamp, rest) = heal.split_once(' ').expect("time, age and what");
+    let parsed: jiff::Timestamp = stamp.parse().expect("RFC 3339");
+    assert!(
+        parsed.as_second().abs_diff((now() - 1200) as i64) <= 60,
+        "{heal}"
+    );
+    assert_eq!(rest, "(20m ago) (restarted etcd (etcd process gone))");
+    assert_eq!(field("nodes:"), "2 (desired 3)");
     assert!(!out.stdout.contains("unix seconds"), "{}", out.stdout);
+    // No raw unix seconds anywhere: every number of ten digits would be one.
+    assert!(
+        !out.stdout
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|n| n.len() >= 10),
+        "{}",
+        out.stdout
+    );
+}
+
+/// `cluster list | head -1` with the reader already gone: no panic, no error, status 0, as
+/// kubectl ends. The pipe's read end is closed before the CLI starts, so every write fails.
+#[tokio::test]
+async fn a_closed_stdout_ends_the_command_quietly_and_successfully() {
+    let home = home_with_agent().await;
+    for args in [
+        &["cluster", "list"][..],
+        &["cluster", "list", "-o", "json"],
+        &["cluster", "get", "sim-00001"],
+    ] {
+        let (reader, writer) = nix::unistd::pipe().expect("pipe");
+        drop(reader);
+        // `spawn`, not `output`: `output` would replace this stdout with a pipe of its own.
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+            .args(args)
+            .env("HOME", home.path())
+            .env("SCA_DATA_DIR", home.path().join("data"))
+            .env("SCA_KWOK_WORKDIR", home.path().join("kwok"))
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("CLI started");
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("CLI finished in time")
+            .expect("CLI ran");
+        assert!(out.stdout.is_empty(), "stdout went to the closed pipe");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}\n{stderr}", out.status);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 /// Log lines written to a pipe carry no ANSI escape codes.

@@ -1,9 +1,11 @@
 //! The agent: registers simulated clusters with Rancher and plays the cattle-cluster-agent of each.
 //!
 //! Desired state lives in the store (`agent_clusters`): a cluster is wanted until its deletion is
-//! requested; the observed phase is kept apart from that. [`Agent`] is the handle the HTTP API and
-//! the CLI use to change it, and a reconcile loop ([`reconcile`]) drives every cluster through
-//! `pending → provisioning → registering → connecting → active`, retrying failures with backoff.
+//! requested, running unless a stop is requested, with the node count asked for; the observed
+//! phase and node count are kept apart from that. [`Agent`] is the handle the HTTP API and the CLI
+//! use to change it, and a reconcile loop ([`reconcile`]) drives every cluster through
+//! `pending → provisioning → registering → connecting → active` (or `stopping → stopped`),
+//! retrying failures with backoff.
 //! Every step is idempotent, so a restart (or `kill -9`) simply resumes from the stored phase.
 //! Shutdown waits for every task the agent spawned.
 //!
@@ -17,27 +19,33 @@
 //!   apiserver only; steve: answers Rancher's `/ping`).
 //! - `rancher_watch`: one cluster list per poll: Rancher states, and deletions made in Rancher
 //!   (believed only once confirmed).
+//! - [`view`]: what the API shows ([`ClusterView`], [`Health`]).
 
 pub mod prepare;
 mod rancher_watch;
 mod reconcile;
 pub mod tunnels;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::kwok::{names, ClusterManager, ComponentProfile, PopulationProfile};
 use crate::rancher::{Backoff, RancherClient};
-use crate::store::{AgentPhase, AgentRecord, Store, StoreError};
+use crate::store::{AgentPhase, AgentRecord, PhaseWrite, Store, StoreError};
+pub use view::{ClusterView, Health};
 
 /// Most clusters one bulk request may add.
 pub const MAX_BULK: usize = 1000;
+
+/// Most fake nodes one cluster may be scaled to: each is a Node object the apiserver keeps and
+/// kwok-controller heartbeats.
+pub const MAX_NODES: u32 = 10_000;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -90,6 +98,10 @@ pub enum AgentError {
     Duplicate(String),
     #[error("no cluster named {0:?}")]
     NotFound(String),
+    #[error("cluster {0:?} is being deleted; it can no longer be started, stopped or scaled")]
+    Deleting(String),
+    #[error("invalid node count {0}: it must be between 0 and {MAX_NODES}")]
+    InvalidNodes(i64),
     #[error("the agent is shutting down")]
     ShuttingDown,
     #[error(
@@ -111,40 +123,11 @@ impl From<StoreError> for AgentError {
     }
 }
 
-/// A cluster as the API shows it: never any token or params.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClusterView {
-    pub name: String,
-    pub phase: AgentPhase,
-    pub profile: String,
-    pub rancher_cluster_id: Option<String>,
-    /// Rancher's own `state` of the cluster, as last seen.
-    pub rancher_state: Option<String>,
-    /// The simulated cluster's apiserver, once it runs.
-    pub apiserver: Option<String>,
-    pub tunnels: tunnels::TunnelsView,
-    pub last_error: Option<String>,
-    /// The last time the agent healed the cluster: what it restarted, why, and when (unix seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_heal: Option<String>,
-    pub attempts: u32,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds.
-    pub active_at: Option<u64>,
-}
-
-/// Health of the agent process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Health {
-    /// `ok`, or `shutting-down`.
-    pub status: String,
-    /// The instance id that marks this agent's clusters in Rancher.
-    pub instance_id: String,
-    pub clusters: usize,
-    pub active: usize,
-    pub failed: usize,
-    pub tunnels_connected: usize,
+/// A change of a cluster's desired state other than its deletion.
+enum Desired {
+    /// Stopped (`true`) or running.
+    Stopped(bool),
+    Nodes(u32),
 }
 
 /// Cheap-to-clone handle on the running agent.
@@ -162,12 +145,13 @@ struct Inner {
     tunnels: tunnels::TunnelSet,
     /// Rancher's state per cluster, from the last poll.
     rancher_states: Mutex<HashMap<String, String>>,
-    /// The last heal per cluster, for the API view: what was restarted, why, and when.
-    last_heals: Mutex<HashMap<String, String>>,
+    /// The last heal per cluster, for the API view: what was restarted and why, and when (unix
+    /// seconds).
+    last_heals: Mutex<HashMap<String, (String, u64)>>,
     /// Components restarted by heals since start, by component name.
     heals: Mutex<BTreeMap<String, u64>>,
-    /// Names with a worker task, so each cluster has at most one.
-    workers: Mutex<HashMap<String, CancellationToken>>,
+    /// Names with a worker task, so each cluster has at most one, and how to reach it.
+    workers: Mutex<HashMap<String, reconcile::WorkerHandle>>,
     /// Every task the agent spawned (workers, the Rancher watcher): shutdown waits for them.
     tasks: TaskTracker,
     /// Bounds bring-ups and deletes together.
@@ -178,8 +162,9 @@ struct Inner {
 
 impl Agent {
     /// Starts the agent: rolls back KWOK work a crash left half-done, then spawns the reconcile
-    /// loop, which re-adopts every stored cluster (restarting stopped KWOK clusters, reopening
-    /// tunnels with the stored params).
+    /// loop, which re-adopts every stored cluster (restarting the KWOK clusters that should run,
+    /// finishing stops, reopening tunnels with the stored params); a stopped cluster stays
+    /// stopped.
     pub async fn start(
         config: AgentConfig,
         manager: ClusterManager,
@@ -277,7 +262,8 @@ impl Agent {
 
     /// Requests a cluster's deletion: whatever its worker was doing stops at its next step (its
     /// writes no longer land), then its tunnels close, it is removed from Rancher (if it is this
-    /// agent's) and from KWOK, and its ports are freed, in the background.
+    /// agent's) and from KWOK, and its ports are freed, in the background. Works in every phase,
+    /// stopped included.
     pub async fn delete(&self, name: &str) -> Result<ClusterView, AgentError> {
         self.check_running()?;
         self.inner.store.request_deletion(name, None).await?;
@@ -285,18 +271,71 @@ impl Agent {
         self.get(name).await
     }
 
-    /// Ends the current step of a cluster's worker, which then reads the cluster again.
+    /// Ends the current step of a cluster's worker, which then reads the cluster again (and
+    /// deletes it, if that was requested).
     fn cancel_worker(&self, name: &str) {
-        if let Some(worker) = self
-            .inner
+        if let Some(worker) = self.worker(name) {
+            worker.cancel();
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Requests a cluster's stop: its worker leaves what it was doing (a KWOK creation first
+    /// finishes, so that nothing is left half-made), closes the tunnels and stops the KWOK
+    /// cluster's processes, keeping its data; it then stays `stopped` (never healed) until
+    /// [`Agent::start_cluster`]. Idempotent.
+    pub async fn stop_cluster(&self, name: &str) -> Result<ClusterView, AgentError> {
+        self.change_desired(name, Desired::Stopped(true)).await
+    }
+
+    /// Requests that a stopped cluster run again: the normal bring-up follows (KWOK start,
+    /// tunnels reopened with byte-identical params) up to `active`. Idempotent: a running
+    /// cluster is left as it is.
+    pub async fn start_cluster(&self, name: &str) -> Result<ClusterView, AgentError> {
+        self.change_desired(name, Desired::Stopped(false)).await
+    }
+
+    /// Sets the node count the cluster should have; applied (pods follow its population profile)
+    /// as soon as it runs, and kept across stops and restarts.
+    pub async fn scale(&self, name: &str, nodes: i64) -> Result<ClusterView, AgentError> {
+        let nodes = u32::try_from(nodes)
+            .ok()
+            .filter(|n| *n <= MAX_NODES)
+            .ok_or(AgentError::InvalidNodes(nodes))?;
+        self.change_desired(name, Desired::Nodes(nodes)).await
+    }
+
+    /// Writes a change of the desired state (refused once a deletion is requested) and has the
+    /// cluster's worker, if any, read it at once.
+    async fn change_desired(
+        &self,
+        name: &str,
+        desired: Desired,
+    ) -> Result<ClusterView, AgentError> {
+        self.check_running()?;
+        let store = &self.inner.store;
+        let write = match desired {
+            Desired::Stopped(stop) => store.request_stop(name, stop).await?,
+            Desired::Nodes(nodes) => store.request_nodes(name, nodes).await?,
+        };
+        match write {
+            PhaseWrite::Applied => {}
+            PhaseWrite::Superseded => return Err(AgentError::Deleting(name.to_string())),
+        }
+        if let Some(worker) = self.worker(name) {
+            worker.interrupt();
+        }
+        self.inner.wake.notify_one();
+        self.get(name).await
+    }
+
+    fn worker(&self, name: &str) -> Option<reconcile::WorkerHandle> {
+        self.inner
             .workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-        {
-            worker.cancel();
-        }
-        self.inner.wake.notify_one();
+            .cloned()
     }
 
     fn remember_state(&self, name: &str, state: &str) {
@@ -318,7 +357,7 @@ impl Agent {
             .unwrap_or_else(|p| p.into_inner())
             .insert(
                 name.to_string(),
-                format!("{outcome} at {}", crate::store::now_secs()),
+                (outcome.to_string(), crate::store::now_secs()),
             );
     }
 
@@ -377,11 +416,8 @@ impl Agent {
     pub async fn phase_counts(&self) -> Result<BTreeMap<AgentPhase, usize>, AgentError> {
         let mut counts = BTreeMap::new();
         for count in self.inner.store.agent_phase_counts().await? {
-            let shown = if count.deletion_requested {
-                AgentPhase::Deleting
-            } else {
-                count.phase
-            };
+            let shown =
+                view::shown_phase(count.phase, count.deletion_requested, count.stop_requested);
             *counts.entry(shown).or_default() += count.count;
         }
         Ok(counts)
@@ -441,29 +477,35 @@ impl Agent {
             .lock()
             .ok()
             .and_then(|s| s.get(&record.name).cloned());
-        let last_heal = self
+        let (last_heal, last_heal_at) = self
             .inner
             .last_heals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&record.name)
-            .cloned();
-        // Kubernetes shows a deleting object as such the moment its deletion is requested.
-        let phase = if record.deletion_requested() {
-            AgentPhase::Deleting
-        } else {
-            record.phase
-        };
+            .cloned()
+            .unzip();
+        let phase = view::shown_phase(
+            record.phase,
+            record.deletion_requested(),
+            record.stop_requested,
+        );
         ClusterView {
             tunnels: self.inner.tunnels.view(&record.name),
             name: record.name,
             phase,
             profile: record.profile,
+            stop_requested: record.stop_requested,
+            desired_nodes: record
+                .desired_nodes
+                .unwrap_or(self.inner.config.population.nodes),
+            nodes: record.nodes,
             rancher_cluster_id: record.rancher_cluster_id,
             rancher_state,
             apiserver,
             last_error: record.last_error,
             last_heal,
+            last_heal_at,
             attempts: record.attempts,
             created_at: record.created_at,
             active_at: record.active_at,

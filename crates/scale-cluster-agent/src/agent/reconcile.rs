@@ -1,25 +1,33 @@
 //! The reconcile loop: compares every stored cluster with what runs and starts one worker per
 //! cluster that needs work. A worker brings its cluster up (bounded by the agent's concurrency),
-//! then stays to watch its tunnels; a cluster whose deletion was requested is deleted by a worker
-//! under the same bound. Each step is idempotent and records its phase first, so after a crash the
-//! next start resumes where the last one stopped, without creating anything twice.
+//! applies the node count asked for, then stays to watch its tunnels and heal its processes; a
+//! cluster whose stop was requested gets its tunnels closed and its KWOK cluster stopped, and then
+//! has no worker at all (nothing heals it) until it is started again; a cluster whose deletion was
+//! requested is deleted by a worker under the same bound. Each step is idempotent and records its
+//! phase first, so after a crash the next start resumes where the last one stopped, without
+//! creating anything twice and without starting a stopped cluster.
 //!
-//! Phase writes of a bring-up are conditional on no deletion having been requested
-//! ([`PhaseWrite::Superseded`]): a delete always wins, whatever a worker had in flight.
+//! Phase writes are conditional on the desired state they work toward ([`PhaseWrite::Superseded`]):
+//! a delete always wins, whatever a worker had in flight, and a bring-up cannot overwrite a stop
+//! nor a stop a start. A change of the desired state reaches the worker at once: a delete cancels
+//! its step, a stop, start or scale interrupts its watch or its Rancher steps (not a KWOK creation,
+//! which finishes so that nothing is left half-made) and the worker reads the cluster again.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use sha2::Digest;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::prepare::{self, tunnel_params};
 use super::tunnels::{TunnelError, TunnelSpec};
 use super::Agent;
-use crate::kwok::{ComponentProfile, CreateRequest, KwokError};
+use crate::kwok::{ComponentProfile, CreateRequest, Endpoint, Health, KwokError};
 use crate::rancher::RancherError;
 use crate::store::{now_secs, AgentPhase, AgentRecord, PhaseWrite, StoreError};
 
@@ -59,9 +67,29 @@ enum StepError {
         "Rancher answered 404 for cluster {0}; retrying until it is back or confirmed deleted"
     )]
     NotInRancher(String),
-    /// Not a failure: the cluster's deletion was requested while this step ran.
-    #[error("the cluster is being deleted")]
+    /// Not a failure: the cluster's deletion, stop or start was requested while this step ran.
+    #[error("the cluster's desired state changed")]
     Superseded,
+}
+
+/// How the agent reaches a cluster's worker.
+#[derive(Clone)]
+pub(super) struct WorkerHandle {
+    /// Ends whatever the worker does (a delete; shutdown cancels its parent).
+    cancel: CancellationToken,
+    /// Ends the worker's watch or its Rancher and tunnel steps (a stop, start or scale).
+    interrupt: Arc<watch::Sender<()>>,
+}
+
+impl WorkerHandle {
+    pub(super) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    pub(super) fn interrupt(&self) {
+        // Bumps the version even without a receiver waiting: the worker sees it at its next wait.
+        self.interrupt.send_modify(|()| {});
+    }
 }
 
 pub(super) async fn run(agent: Agent) {
@@ -88,8 +116,13 @@ pub(super) async fn run(agent: Agent) {
 /// Whether a cluster needs a worker now: always, unless its last attempt failed recently (then
 /// after the agent's retry backoff, whose jitter is drawn from the cluster's name and attempt so
 /// that retries do not come in lockstep and the once-a-second check sees the same delay each
-/// time). A requested deletion does not wait for a failed bring-up's backoff.
+/// time). A requested deletion does not wait for a failed bring-up's backoff. A stopped cluster
+/// that should stay stopped needs none: nothing watches or heals it.
 fn is_due(agent: &Agent, record: &AgentRecord) -> bool {
+    if record.stop_requested && record.phase == AgentPhase::Stopped && !record.deletion_requested()
+    {
+        return false;
+    }
     let backing_off = match record.phase {
         AgentPhase::Failed => !record.deletion_requested(),
         AgentPhase::Deleting => true,
@@ -112,7 +145,7 @@ fn is_due(agent: &Agent, record: &AgentRecord) -> bool {
 }
 
 fn spawn_worker(agent: &Agent, name: String) {
-    let cancel = {
+    let (cancel, interrupted) = {
         let mut workers = agent
             .inner
             .workers
@@ -122,13 +155,20 @@ fn spawn_worker(agent: &Agent, name: String) {
             return;
         }
         let cancel = agent.inner.shutdown.child_token();
-        workers.insert(name.clone(), cancel.clone());
-        cancel
+        let (interrupt, interrupted) = watch::channel(());
+        workers.insert(
+            name.clone(),
+            WorkerHandle {
+                cancel: cancel.clone(),
+                interrupt: Arc::new(interrupt),
+            },
+        );
+        (cancel, interrupted)
     };
     let agent = agent.clone();
     // On the agent's tracker, so shutdown waits for every worker to finish its current step.
     agent.inner.tasks.clone().spawn(async move {
-        work(&agent, &name, &cancel).await;
+        work(&agent, &name, &cancel, interrupted).await;
         agent
             .inner
             .workers
@@ -139,11 +179,28 @@ fn spawn_worker(agent: &Agent, name: String) {
     });
 }
 
-/// One cluster's worker. `cancel` ends its current step early (a delete request, or shutdown);
-/// the loop then reads the cluster again and deletes it if that is what was asked.
-async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
+/// Resolves when the worker is interrupted (a change of the desired state); never if the agent
+/// dropped the handle, which it does not while the worker runs.
+async fn interruption(interrupted: &mut watch::Receiver<()>) {
+    if interrupted.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One cluster's worker. `cancel` ends its current step early (a delete request, or shutdown),
+/// `interrupted` its watch or Rancher steps (a stop, start or scale); the loop then reads the
+/// cluster again and does what is wanted now.
+async fn work(
+    agent: &Agent,
+    name: &str,
+    cancel: &CancellationToken,
+    mut interrupted: watch::Receiver<()>,
+) {
     let inner = &agent.inner;
     loop {
+        // Marked seen before the read: a change written after it interrupts the step below, one
+        // written before it is in the record.
+        interrupted.borrow_and_update();
         let record = match inner.store.agent_cluster(name).await {
             Ok(Some(record)) => record,
             Ok(None) => return,
@@ -159,19 +216,59 @@ async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
         if cancel.is_cancelled() {
             return;
         }
+        if record.stop_requested {
+            if record.phase == AgentPhase::Stopped {
+                // Nothing runs and nothing is to be watched or healed until a start.
+                return;
+            }
+            let outcome = tokio::select! {
+                result = stop(agent, &record) => result,
+                // Stopping is idempotent: a delete or the next start finishes what is left.
+                _ = cancel.cancelled() => continue,
+            };
+            match outcome {
+                Ok(()) | Err(StepError::Superseded) => continue,
+                Err(error) => {
+                    tracing::warn!(cluster = name, %error, "stopping; will retry with backoff");
+                    let write = inner
+                        .store
+                        .set_stop_phase(name, AgentPhase::Failed, Some(error.to_string()))
+                        .await;
+                    if record_failure(name, write) {
+                        continue;
+                    }
+                    return;
+                }
+            }
+        }
         let outcome = if record.phase == AgentPhase::Active && inner.tunnels.is_open(name) {
             tokio::select! {
-                result = watch(agent, &record) => result,
+                result = async {
+                    converge_nodes(agent, &record).await?;
+                    watch(agent, &record).await
+                } => result,
                 _ = cancel.cancelled() => continue,
+                _ = interruption(&mut interrupted) => continue,
             }
         } else {
             let permit = tokio::select! {
                 permit = inner.permits.acquire() => permit,
                 _ = cancel.cancelled() => continue,
+                _ = interruption(&mut interrupted) => continue,
             };
-            let result = tokio::select! {
-                result = bring_up(agent, &record) => result,
+            // Only a delete (or shutdown) abandons a KWOK creation: the delete then removes the
+            // half-made cluster. A stop lets it finish and stops what it made.
+            let provisioned = tokio::select! {
+                result = provision(agent, &record) => result,
                 _ = cancel.cancelled() => continue,
+            };
+            let result = match provisioned {
+                Ok(provisioned) => tokio::select! {
+                    result = connect(agent, &record, provisioned) => result,
+                    _ = cancel.cancelled() => continue,
+                    _ = interruption(&mut interrupted) => continue,
+                },
+                Err(error) => Err(error),
             };
             drop(permit);
             match result {
@@ -184,12 +281,12 @@ async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
             Err(error) => {
                 tracing::warn!(cluster = name, %error, "will retry with backoff");
                 inner.tunnels.close(name).await;
-                if let Err(error) = inner
+                let write = inner
                     .store
                     .set_agent_phase(name, AgentPhase::Failed, Some(error.to_string()))
-                    .await
-                {
-                    tracing::error!(cluster = name, %error, "recording the failure");
+                    .await;
+                if record_failure(name, write) {
+                    continue;
                 }
                 return;
             }
@@ -197,7 +294,22 @@ async fn work(agent: &Agent, name: &str, cancel: &CancellationToken) {
     }
 }
 
-/// Records a bring-up phase; [`StepError::Superseded`] if the cluster's deletion was requested.
+/// Whether the worker should read the cluster again after recording a failure: yes if the
+/// desired state changed meanwhile (the failure no longer matters), no if the failure was
+/// recorded (a later worker retries after the backoff) or could not be.
+fn record_failure(name: &str, write: Result<PhaseWrite, StoreError>) -> bool {
+    match write {
+        Ok(PhaseWrite::Applied) => false,
+        Ok(PhaseWrite::Superseded) => true,
+        Err(error) => {
+            tracing::error!(cluster = name, %error, "recording the failure");
+            false
+        }
+    }
+}
+
+/// Records a bring-up phase; [`StepError::Superseded`] if the cluster's deletion or stop was
+/// requested.
 async fn advance(agent: &Agent, name: &str, phase: AgentPhase) -> Result<(), StepError> {
     advance_with(agent, name, phase, None).await
 }
@@ -215,20 +327,38 @@ async fn advance_with(
     }
 }
 
-/// Every step from a stored phase to a connected, active cluster. Idempotent.
-async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
+/// What [`provision`] hands to [`connect`]: where the cluster's apiserver serves and the tunnel
+/// params built from what is inside it.
+struct Provisioned {
+    endpoint: Endpoint,
+    params: String,
+}
+
+/// The KWOK side of a bring-up: the cluster created or started with the node count asked for,
+/// what the real agent finds inside it, and the tunnel params. Idempotent.
+async fn provision(agent: &Agent, record: &AgentRecord) -> Result<Provisioned, StepError> {
     let inner = &agent.inner;
     let name = record.name.as_str();
     advance(agent, name, AgentPhase::Provisioning).await?;
     let profile: ComponentProfile = record.profile.parse().unwrap_or_default();
-    let kwok = inner
+    let mut population = inner.config.population.clone();
+    if let Some(nodes) = record.desired_nodes {
+        population.nodes = nodes;
+    }
+    let mut kwok = inner
         .manager
         .ensure_running(CreateRequest {
             name: name.to_string(),
             profile,
-            population: inner.config.population.clone(),
+            population,
         })
         .await?;
+    if let Some(nodes) = record.desired_nodes.filter(|n| *n != kwok.nodes) {
+        kwok = inner.manager.scale(name, nodes).await?;
+    }
+    if record.nodes != Some(kwok.nodes) {
+        inner.store.set_observed_nodes(name, kwok.nodes).await?;
+    }
 
     let client = crate::kwok::population::client(&kwok.kubeconfig)
         .await
@@ -238,8 +368,8 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
     let ca = tokio::fs::read_to_string(&ca_path)
         .await
         .map_err(|e| StepError::Ca(ca_path.display().to_string(), e))?;
-    let address = kwok.endpoint().address();
-    let params = tunnel_params(&address, &token, &ca);
+    let endpoint = kwok.endpoint();
+    let params = tunnel_params(&endpoint.address(), &token, &ca);
     let digest = hex::encode(sha2::Sha256::digest(params.as_bytes()));
     if record.tunnel_params_sha256.as_deref() != Some(digest.as_str()) {
         if record.tunnel_params_sha256.is_some() {
@@ -251,7 +381,19 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
         }
         inner.store.set_tunnel_params_sha256(name, &digest).await?;
     }
+    Ok(Provisioned { endpoint, params })
+}
 
+/// The Rancher side of a bring-up: the cluster found or created in Rancher, its tunnels open and
+/// connected, until Rancher reports it active. Idempotent.
+async fn connect(
+    agent: &Agent,
+    record: &AgentRecord,
+    provisioned: Provisioned,
+) -> Result<(), StepError> {
+    let inner = &agent.inner;
+    let name = record.name.as_str();
+    let Provisioned { endpoint, params } = provisioned;
     advance(agent, name, AgentPhase::Registering).await?;
     let instance = inner.instance_id.as_str();
     let cluster_id = match &record.rancher_cluster_id {
@@ -280,7 +422,7 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
         server_url: registration.server_url.clone(),
         registration_token: registration.token.expose().to_string(),
         params,
-        apiserver_address: address,
+        apiserver_address: endpoint.address(),
         tls: inner.tunnels.shared_tls(tls).await?,
     };
     inner.tunnels.open(name, &spec)?;
@@ -336,6 +478,48 @@ async fn watch(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
         if let Some((tunnel, error)) = given_up {
             return Err(StepError::Tunnel(TunnelError::Rejected { tunnel, error }));
         }
+    }
+}
+
+/// Applies the node count asked for to an active cluster, if it differs from the one applied.
+async fn converge_nodes(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
+    let Some(nodes) = record.desired_nodes.filter(|n| record.nodes != Some(*n)) else {
+        return Ok(());
+    };
+    let name = record.name.as_str();
+    tracing::info!(cluster = name, nodes, "scaling");
+    let kwok = agent.inner.manager.scale(name, nodes).await?;
+    agent
+        .inner
+        .store
+        .set_observed_nodes(name, kwok.nodes)
+        .await?;
+    Ok(())
+}
+
+/// Stops a cluster whose stop was requested: its tunnels close (Rancher sees the agent go), its
+/// KWOK cluster's processes stop (data kept), and it is `stopped`. Idempotent, so a crash at any
+/// point is finished by the next start.
+async fn stop(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
+    let inner = &agent.inner;
+    let name = record.name.as_str();
+    stop_advance(agent, name, AgentPhase::Stopping).await?;
+    inner.tunnels.close(name).await;
+    // A cluster stopped before it was ever provisioned has no KWOK side yet, and one stopped
+    // just before a crash need not be stopped again.
+    if inner.manager.endpoint(name).await?.is_some()
+        && inner.manager.get(name).await?.health != Health::Stopped
+    {
+        inner.manager.stop(name).await?;
+    }
+    stop_advance(agent, name, AgentPhase::Stopped).await
+}
+
+/// Records a stop phase; [`StepError::Superseded`] if the cluster was deleted or started.
+async fn stop_advance(agent: &Agent, name: &str, phase: AgentPhase) -> Result<(), StepError> {
+    match agent.inner.store.set_stop_phase(name, phase, None).await? {
+        PhaseWrite::Applied => Ok(()),
+        PhaseWrite::Superseded => Err(StepError::Superseded),
     }
 }
 

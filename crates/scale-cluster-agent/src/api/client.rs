@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::auth::ApiToken;
-use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health};
+use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health, ScaleRequest};
 use crate::kwok::ComponentProfile;
 
 /// Per-request limit: the API answers from the state database, so anything slower means the agent
@@ -140,6 +140,28 @@ impl AgentClient {
     pub async fn delete(&self, name: &str) -> Result<Cluster, ClientError> {
         self.call(Method::DELETE, &cluster_path(name), None::<&()>)
             .await
+    }
+
+    /// Requests the cluster's stop; the agent closes its tunnels and stops its KWOK cluster in
+    /// the background (phase `stopping`, then `stopped`).
+    pub async fn stop(&self, name: &str) -> Result<Cluster, ClientError> {
+        let path = format!("{}/stop", cluster_path(name));
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
+    /// Requests that a stopped cluster run again; the agent brings it back up to `active`.
+    pub async fn start(&self, name: &str) -> Result<Cluster, ClientError> {
+        let path = format!("{}/start", cluster_path(name));
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
+    /// Sets the node count the cluster should have; its view's `nodes` follows once applied.
+    pub async fn scale(&self, name: &str, nodes: u32) -> Result<Cluster, ClientError> {
+        let path = format!("{}/scale", cluster_path(name));
+        let request = ScaleRequest {
+            nodes: i64::from(nodes),
+        };
+        self.call(Method::PUT, &path, Some(&request)).await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -49,6 +49,15 @@ pub struct BulkCreateRequest {
     pub profile: Option<String>,
 }
 
+/// `PUT` or `POST /clusters/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The node count wanted, 0 to [`MAX_NODES`](crate::agent::MAX_NODES) (signed, so that a
+    /// negative count is refused with a reason rather than as a malformed body).
+    pub nodes: i64,
+}
+
 /// Body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {

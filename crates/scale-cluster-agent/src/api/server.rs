@@ -9,6 +9,9 @@
 //! | `POST /clusters`         | 201 [`Cluster`] from [`CreateRequest`] |
 //! | `POST /clusters/bulk`    | 201 `[Cluster]` from [`BulkCreateRequest`] |
 //! | `DELETE /clusters/{name}`| 202 [`Cluster`] in phase `deleting` |
+//! | `POST /clusters/{name}/stop`  | 202 [`Cluster`]: stop requested (phase `stopping`, then `stopped`) |
+//! | `POST /clusters/{name}/start` | 202 [`Cluster`]: start requested (back to `active`) |
+//! | `PUT` or `POST /clusters/{name}/scale` | 202 [`Cluster`] from [`ScaleRequest`]: `desired_nodes` set, `nodes` follows |
 //!
 //! Every failure is JSON [`ErrorBody`] `{"error": CODE, "reason": TEXT}`, never axum's plain-text
 //! default:
@@ -28,6 +31,8 @@
 //! | 404    | `no_route`               | no such endpoint |
 //! | 405    | `method_not_allowed`     | the endpoint exists, the method does not |
 //! | 409    | `duplicate`              | a cluster of that name already exists |
+//! | 409    | `deleting`               | stop, start or scale of a cluster whose deletion was requested |
+//! | 422    | `invalid_nodes`          | a node count outside 0..=[`MAX_NODES`](crate::agent::MAX_NODES) |
 //! | 503    | `shutting_down`          | the agent is stopping and takes no changes |
 //! | 500    | `store_error`            | the state database failed |
 //! | 403    | `forbidden_host`         | a `Host` that is not localhost, a loopback IP or the listen address (DNS rebinding) |
@@ -49,19 +54,21 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::auth::{Access, ApiToken};
-use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health};
+use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health, ScaleRequest};
 use crate::agent::{Agent, AgentError, MAX_BULK};
 use crate::kwok::ComponentProfile;
 use crate::store::AgentPhase;
 
 /// Every phase, so `/metrics` reports zeros too: a series that appears only once non-zero breaks
 /// `rate()` and alerting on absence.
-const PHASES: [AgentPhase; 7] = [
+const PHASES: [AgentPhase; 9] = [
     AgentPhase::Pending,
     AgentPhase::Provisioning,
     AgentPhase::Registering,
     AgentPhase::Connecting,
     AgentPhase::Active,
+    AgentPhase::Stopping,
+    AgentPhase::Stopped,
     AgentPhase::Failed,
     AgentPhase::Deleting,
 ];
@@ -101,6 +108,9 @@ pub fn router(agent: Agent, default_profile: ComponentProfile, access: Access) -
                 .delete(|state| delete_named(state, "bulk".to_string())),
         )
         .route("/clusters/{name}", get(get_cluster).delete(delete))
+        .route("/clusters/{name}/stop", post(stop))
+        .route("/clusters/{name}/start", post(start))
+        .route("/clusters/{name}/scale", post(scale).put(scale))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ApiState {
@@ -208,6 +218,8 @@ impl From<AgentError> for ApiError {
             AgentError::InvalidBulk(_) => (StatusCode::BAD_REQUEST, "invalid_bulk"),
             AgentError::Duplicate(_) => (StatusCode::CONFLICT, "duplicate"),
             AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AgentError::Deleting(_) => (StatusCode::CONFLICT, "deleting"),
+            AgentError::InvalidNodes(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_nodes"),
             AgentError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             AgentError::Store(_) | AgentError::InvalidInstanceId(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_error")
@@ -332,6 +344,35 @@ async fn delete_named(
     name: String,
 ) -> ApiResult<(StatusCode, Json<Cluster>)> {
     let cluster = state.agent.delete(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(cluster)))
+}
+
+async fn stop(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<(StatusCode, Json<Cluster>)> {
+    let Path(name) = name?;
+    let cluster = state.agent.stop_cluster(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(cluster)))
+}
+
+async fn start(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<(StatusCode, Json<Cluster>)> {
+    let Path(name) = name?;
+    let cluster = state.agent.start_cluster(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(cluster)))
+}
+
+async fn scale(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<ScaleRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Cluster>)> {
+    let Path(name) = name?;
+    let Json(request) = body?;
+    let cluster = state.agent.scale(&name, request.nodes).await?;
     Ok((StatusCode::ACCEPTED, Json(cluster)))
 }
 
@@ -528,7 +569,8 @@ async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_route",
-        "no such endpoint; see /health, /metrics, /clusters, /clusters/{name}, /clusters/bulk",
+        "no such endpoint; see /health, /metrics, /clusters, /clusters/{name}, /clusters/bulk, \
+         /clusters/{name}/stop, /clusters/{name}/start, /clusters/{name}/scale",
     )
 }
 
@@ -571,6 +613,16 @@ mod tests {
                 AgentError::NotFound("a".into()),
                 StatusCode::NOT_FOUND,
                 "not_found",
+            ),
+            (
+                AgentError::Deleting("a".into()),
+                StatusCode::CONFLICT,
+                "deleting",
+            ),
+            (
+                AgentError::InvalidNodes(-1),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_nodes",
             ),
             (
                 AgentError::ShuttingDown,

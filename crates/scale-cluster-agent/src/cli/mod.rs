@@ -62,6 +62,9 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output is gone (`| head -1`): nothing left to say, and nobody to say
+        // it to.
+        Err(err) if output::is_closed_stdout(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

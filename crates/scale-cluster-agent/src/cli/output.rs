@@ -1,8 +1,13 @@
 //! How the CLI prints for people and for programs, after kubectl: plain aligned tables (upper-case
 //! headers, columns three spaces apart, no borders), `-o wide` for more columns, `-o json|yaml` for
 //! the objects themselves, RFC 3339 times and kubectl's ages (`5s`, `3m20s`, `2h`, `4d`).
+//!
+//! Everything meant for stdout goes through [`outln!`]/[`out!`], which return an error instead of
+//! panicking (as `println!` does) when stdout is closed: `cluster list | head -1` then ends
+//! quietly with status 0 ([`is_closed_stdout`]), as kubectl does.
 
 use std::fmt;
+use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
@@ -31,13 +36,49 @@ impl Output {
     }
 }
 
+/// Writes to stdout; a closed stdout is an error ([`io::ErrorKind::BrokenPipe`]), not a panic.
+pub fn write_out(args: fmt::Arguments<'_>) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_fmt(args)?;
+    out.flush()
+}
+
+/// `print!` that returns an [`io::Result`] instead of panicking when stdout is closed.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that returns an [`io::Result`] instead of panicking when stdout is closed.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};
+
+/// Whether `error` comes from writing to a stdout whose reader has gone (`| head`): the command
+/// then ends quietly and successfully, as kubectl does.
+pub fn is_closed_stdout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Prints `value` as JSON or YAML; returns false (printing nothing) for the table formats, which
 /// the caller renders itself.
 pub fn print_object<T: Serialize + ?Sized>(value: &T, output: Output) -> anyhow::Result<bool> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(value)?)?,
         // serde_yaml ends its document with a newline already.
-        Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Output::Yaml => out!("{}", serde_yaml::to_string(value)?)?,
         Output::Table | Output::Wide => return Ok(false),
     }
     Ok(true)
@@ -293,6 +334,16 @@ mod tests {
         assert!(!print_object(&[1], Output::Wide).expect("wide"));
         assert!(print_object(&[1], Output::Yaml).expect("yaml"));
         assert!(Output::Wide.is_table() && !Output::Json.is_table());
+    }
+
+    #[test]
+    fn a_closed_stdout_is_told_apart_from_other_errors() {
+        let closed = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe))
+            .context("printing the table");
+        assert!(is_closed_stdout(&closed));
+        let other = anyhow::Error::from(io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(!is_closed_stdout(&other));
+        assert!(!is_closed_stdout(&anyhow::anyhow!("no agent")));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::output::Table;
+use super::output::{out, outln, Table};
 use crate::config::Settings;
 use crate::preflight::{self, Check, FixOutcome, Plan, Readings, Status};
 
@@ -24,35 +24,35 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
     };
     let readings = Readings::read(&settings.kwok_workdir);
     let mut checks = preflight::evaluate(&readings, &plan);
-    println!(
+    outln!(
         "Preflight for {} clusters (kwok workdir {}):",
         plan.clusters,
         settings.kwok_workdir.display()
-    );
-    print_checks(&checks);
+    )?;
+    print_checks(&checks)?;
 
     if args.fix {
         let outcomes = preflight::apply_fixes(&checks, readings.is_root);
         if outcomes.is_empty() {
-            println!("--fix: nothing to apply automatically.");
+            outln!("--fix: nothing to apply automatically.")?;
         } else {
             if !readings.is_root {
-                println!("--fix needs root to write /proc/sys; nothing was changed:");
+                outln!("--fix needs root to write /proc/sys; nothing was changed:")?;
             }
             for outcome in &outcomes {
-                println!("  {outcome}");
+                outln!("  {outcome}")?;
             }
             if outcomes
                 .iter()
                 .any(|o| matches!(o, FixOutcome::Applied { .. }))
             {
-                println!(
+                outln!(
                     "Changes last until reboot; persist them in {} (lines shown above).",
                     preflight::SYSCTL_FILE
-                );
+                )?;
                 checks = preflight::evaluate(&Readings::read(&settings.kwok_workdir), &plan);
-                println!("After --fix:");
-                print_checks(&checks);
+                outln!("After --fix:")?;
+                print_checks(&checks)?;
             }
         }
     }
@@ -69,7 +69,7 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
 
 /// The checks as a table, then the commands that fix each one not OK (a command per line, ready
 /// to copy).
-fn print_checks(checks: &[Check]) {
+fn print_checks(checks: &[Check]) -> std::io::Result<()> {
     let mut table = Table::new(["CHECK", "STATUS", "MEASURED", "NEED"]);
     for c in checks {
         table.row([
@@ -79,11 +79,12 @@ fn print_checks(checks: &[Check]) {
             c.need.clone(),
         ]);
     }
-    print!("{table}");
+    out!("{table}")?;
     for c in checks.iter().filter(|c| !c.fix.is_empty()) {
-        println!("To fix {} ({}):", c.name, c.status);
+        outln!("To fix {} ({}):", c.name, c.status)?;
         for command in &c.fix {
-            println!("  {command}");
+            outln!("  {command}")?;
         }
     }
+    Ok(())
 }

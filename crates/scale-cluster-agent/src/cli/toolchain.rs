@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::output::{or_none, print_object, Output, OutputArgs, Table};
+use super::output::{or_none, out, print_object, Output, OutputArgs, Table};
 use crate::config::Settings;
 use crate::toolchain::{self, Progress, SourcePreference};
 
@@ -46,7 +46,7 @@ pub async fn run(settings: &Settings, cmd: ToolchainCommand) -> anyhow::Result<(
                 Progress::auto()
             };
             toolchain::install(&opts, progress).await?;
-            print!("{}", table(&toolchain::status(&opts).await, Output::Table));
+            out!("{}", table(&toolchain::status(&opts).await, Output::Table))?;
             Ok(())
         }
         ToolchainCommand::Status(output) => {
@@ -54,7 +54,7 @@ pub async fn run(settings: &Settings, cmd: ToolchainCommand) -> anyhow::Result<(
             let missing = statuses.iter().filter(|s| !s.usable).count();
             let rows: Vec<StatusRow> = statuses.iter().map(StatusRow::from).collect();
             if !print_object(&rows, output.output)? {
-                print!("{}", table(&statuses, output.output));
+                out!("{}", table(&statuses, output.output))?;
             }
             if missing > 0 {
                 anyhow::bail!(

@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::cluster::{create_many, open_manager};
-use super::output::{or_none, Table};
+use super::output::{or_none, out, outln, Table};
 use super::progress::{self, Until};
 use super::serve::shutdown_signal;
 use crate::agent::AgentError;
@@ -77,7 +77,7 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
             failures += 1;
         }
     }
-    println!("\n{} simulated clusters:", names.len());
+    outln!("\n{} simulated clusters:", names.len())?;
     let mut table = Table::new(["NAME", "HEALTH", "APISERVER", "KUBECONFIG"]);
     for name in &names {
         if let Ok(info) = manager.get(name).await {
@@ -89,9 +89,9 @@ pub async fn run(settings: &Settings, args: UpArgs) -> anyhow::Result<()> {
             ]);
         }
     }
-    print!("{table}");
-    println!("\nreach one with `kubectl --kubeconfig <KUBECONFIG> get nodes`");
-    println!("\nlist them with `scale-cluster-agent cluster list`; remove them with `scale-cluster-agent cluster delete --all`");
+    out!("{table}")?;
+    outln!("\nreach one with `kubectl --kubeconfig <KUBECONFIG> get nodes`")?;
+    outln!("\nlist them with `scale-cluster-agent cluster list`; remove them with `scale-cluster-agent cluster delete --all`")?;
     if failures > 0 {
         bail!("{failures} clusters failed to come up");
     }
@@ -114,8 +114,13 @@ async fn with_rancher(
         agent_settings.rancher.url
     );
     for name in names {
-        match agent.create(name, agent_settings.profile).await {
-            Ok(_) | Err(AgentError::Duplicate(_)) => {}
+        // An existing cluster is started if it was stopped: `up` brings everything up.
+        let result = match agent.create(name, agent_settings.profile).await {
+            Err(AgentError::Duplicate(_)) => agent.start_cluster(name).await.map(drop),
+            other => other.map(drop),
+        };
+        match result {
+            Ok(()) => {}
             Err(err) => {
                 running.stop().await?;
                 return Err(err.into());
@@ -135,7 +140,9 @@ async fn with_rancher(
         _ = shutdown_signal() => true,
     };
     if !interrupted {
-        println!("\n{} clusters active in Rancher:", names.len());
+        // The agent holds the tunnels whether or not anyone reads this summary: a closed stdout
+        // must not end it, so write errors are ignored here.
+        let _ = outln!("\n{} clusters active in Rancher:", names.len());
         let mut table = Table::new(["NAME", "RANCHER ID", "APISERVER"]);
         for v in agent
             .list()
@@ -149,8 +156,8 @@ async fn with_rancher(
                 or_none(v.apiserver.as_deref()),
             ]);
         }
-        print!("{table}");
-        println!("\nholding their tunnels; Ctrl-C to stop (the clusters keep running and are re-adopted next time)");
+        let _ = out!("{table}");
+        let _ = outln!("\nholding their tunnels; Ctrl-C to stop (the clusters keep running and are re-adopted next time)");
         shutdown_signal().await;
     }
     eprintln!("stopping: closing tunnels");

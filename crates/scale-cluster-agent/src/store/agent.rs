@@ -2,10 +2,12 @@
 //!
 //! The KWOK side of a cluster lives in the `clusters` table (owned by the cluster manager); this
 //! table keeps what the user wants apart from what the agent observed, as Kubernetes objects do:
-//! `deletion_requested_at` is the desired state (set once, like `deletionTimestamp`, never
-//! cleared), `phase` the observed lifecycle. A worker's phase write is conditional on no deletion
-//! having been requested, so a delete can never be overwritten by a bring-up that was already in
-//! flight. No secret is stored: only the Rancher cluster id is kept from Rancher's answers (the
+//! `deletion_requested_at` (set once, like `deletionTimestamp`, never cleared), `stop_requested`
+//! (the run state: stopped or running) and `desired_nodes` are the desired state, `phase` and
+//! `nodes` what was observed. A worker's phase write is conditional on the desired state it works
+//! toward still being wanted: a bring-up's writes land only while the cluster is neither deleted
+//! nor stopped, a stop's only while it is stopped and not deleted. So a delete can never be
+//! overwritten by a bring-up or a stop that was already in flight, nor a stop by a bring-up. No secret is stored: only the Rancher cluster id is kept from Rancher's answers (the
 //! registration token is fetched again when needed), and of the tunnel params, which carry the
 //! cluster's service-account token, only a digest.
 //! `agent_meta` holds the agent's instance id, which marks the clusters it owns in Rancher.
@@ -17,7 +19,8 @@ use super::ports::PortBlock;
 use super::{now_secs, Store, StoreError};
 
 /// The agent's lifecycle phases, in order; `Failed` is retried with backoff from the phase it
-/// failed in, `Deleting` runs once the cluster is no longer wanted.
+/// failed in, `Stopping` and `Stopped` follow a requested stop (the KWOK cluster's processes and
+/// the tunnels are gone, its data kept), `Deleting` runs once the cluster is no longer wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentPhase {
@@ -26,6 +29,8 @@ pub enum AgentPhase {
     Registering,
     Connecting,
     Active,
+    Stopping,
+    Stopped,
     Failed,
     Deleting,
 }
@@ -38,6 +43,8 @@ impl AgentPhase {
             AgentPhase::Registering => "registering",
             AgentPhase::Connecting => "connecting",
             AgentPhase::Active => "active",
+            AgentPhase::Stopping => "stopping",
+            AgentPhase::Stopped => "stopped",
             AgentPhase::Failed => "failed",
             AgentPhase::Deleting => "deleting",
         }
@@ -50,6 +57,8 @@ impl AgentPhase {
             "registering" => AgentPhase::Registering,
             "connecting" => AgentPhase::Connecting,
             "active" => AgentPhase::Active,
+            "stopping" => AgentPhase::Stopping,
+            "stopped" => AgentPhase::Stopped,
             "failed" => AgentPhase::Failed,
             "deleting" => AgentPhase::Deleting,
             _ => return None,
@@ -73,6 +82,12 @@ pub struct AgentRecord {
     /// Unix seconds when the user (or Rancher, by deleting the cluster there) asked for the cluster
     /// to go; `None` while it is wanted.
     pub deletion_requested_at: Option<u64>,
+    /// Whether the user wants the cluster stopped (processes and tunnels gone, data kept).
+    pub stop_requested: bool,
+    /// The node count the user asked for; `None` keeps the agent's population profile.
+    pub desired_nodes: Option<u32>,
+    /// The node count last applied to the KWOK cluster (observed); `None` before it exists.
+    pub nodes: Option<u32>,
     /// SHA-256 (hex) of the `X-API-Tunnel-Params` last sent: the params themselves are
     /// recomputed, byte for byte, on every start; a different digest means the KWOK cluster
     /// was recreated.
@@ -92,6 +107,9 @@ impl std::fmt::Debug for AgentRecord {
             .field("phase", &self.phase)
             .field("rancher_cluster_id", &self.rancher_cluster_id)
             .field("deletion_requested_at", &self.deletion_requested_at)
+            .field("stop_requested", &self.stop_requested)
+            .field("desired_nodes", &self.desired_nodes)
+            .field("nodes", &self.nodes)
             .field("tunnel_params_sha256", &self.tunnel_params_sha256)
             .field("last_error", &self.last_error)
             .field("attempts", &self.attempts)
@@ -106,28 +124,32 @@ impl AgentRecord {
     }
 }
 
-/// The outcome of a worker's phase write.
+/// The outcome of a conditional write (a worker's phase, a change of the desired state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PhaseWrite {
     Applied,
-    /// Not written: the cluster's deletion was requested meanwhile, and that wins.
+    /// Not written: the desired state the write belonged to is no longer wanted (a deletion was
+    /// requested, which always wins, or the cluster was stopped or started meanwhile).
     Superseded,
 }
 
 const SELECT: &str = "SELECT name, profile, phase, rancher_cluster_id, deletion_requested_at, \
-                      tunnel_params_sha256, last_error, attempts, created_at, updated_at, active_at FROM agent_clusters";
+                      tunnel_params_sha256, last_error, attempts, created_at, updated_at, active_at, \
+                      stop_requested, desired_nodes, nodes FROM agent_clusters";
 
 /// [`SELECT`] with each row's KWOK port block (`NULL` while the KWOK cluster does not exist), so a
 /// list of views is one query however many clusters there are.
 const SELECT_WITH_PORTS: &str = "SELECT a.name, a.profile, a.phase, a.rancher_cluster_id, \
     a.deletion_requested_at, a.tunnel_params_sha256, a.last_error, a.attempts, a.created_at, \
-    a.updated_at, a.active_at, k.first_port FROM agent_clusters a LEFT JOIN clusters k ON k.name = a.name";
+    a.updated_at, a.active_at, a.stop_requested, a.desired_nodes, a.nodes, k.first_port \
+    FROM agent_clusters a LEFT JOIN clusters k ON k.name = a.name";
 
-/// How many agent rows are in one phase with or without a requested deletion.
+/// How many agent rows are in one phase with or without a requested deletion and stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PhaseCount {
     pub phase: AgentPhase,
     pub deletion_requested: bool,
+    pub stop_requested: bool,
     pub count: usize,
 }
 
@@ -149,6 +171,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentRecord, String)> {
             created_at: r.get(8)?,
             updated_at: r.get(9)?,
             active_at: r.get(10)?,
+            stop_requested: r.get(11)?,
+            desired_nodes: r.get(12)?,
+            nodes: r.get(13)?,
         },
         phase,
     ))
@@ -156,7 +181,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentRecord, String)> {
 
 /// [`row`] plus the apiserver port of the joined KWOK row.
 fn row_with_port(r: &rusqlite::Row<'_>) -> rusqlite::Result<((AgentRecord, String), Option<u16>)> {
-    let first_port: Option<u16> = r.get(11)?;
+    let first_port: Option<u16> = r.get(14)?;
     Ok((
         row(r)?,
         first_port.map(|port| PortBlock::starting_at(port).kube_apiserver),
@@ -169,6 +194,28 @@ fn finish((mut record, phase): (AgentRecord, String)) -> Result<AgentRecord, Sto
         reason: format!("unknown agent phase {phase:?}"),
     })?;
     Ok(record)
+}
+
+/// The outcome of a conditional update of `changed` rows: applied, superseded (the row exists but
+/// did not match), or not found.
+fn desired_write(
+    conn: &rusqlite::Connection,
+    name: String,
+    changed: usize,
+) -> Result<PhaseWrite, StoreError> {
+    if changed == 1 {
+        return Ok(PhaseWrite::Applied);
+    }
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM agent_clusters WHERE name = ?1)",
+        [&name],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(PhaseWrite::Superseded)
+    } else {
+        Err(StoreError::NotFound(name))
+    }
 }
 
 impl Store {
@@ -262,23 +309,24 @@ impl Store {
         .await
     }
 
-    /// Rows per phase and requested deletion: a summary whose cost does not grow with the rows
-    /// read back (one small grouped query).
+    /// Rows per phase, requested deletion and requested stop: a summary whose cost does not grow
+    /// with the rows read back (one small grouped query).
     pub async fn agent_phase_counts(&self) -> Result<Vec<PhaseCount>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT phase, deletion_requested_at IS NOT NULL, COUNT(*) FROM agent_clusters
-                 GROUP BY 1, 2",
+                "SELECT phase, deletion_requested_at IS NOT NULL, stop_requested, COUNT(*)
+                 FROM agent_clusters GROUP BY 1, 2, 3",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, bool>(1)?,
-                    r.get::<_, usize>(2)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, usize>(3)?,
                 ))
             })?;
             rows.map(|r| {
-                let (phase, deletion_requested, count) = r?;
+                let (phase, deletion_requested, stop_requested, count) = r?;
                 let phase = AgentPhase::parse(&phase).ok_or_else(|| StoreError::Corrupt {
                     name: format!("{count} agent row(s)"),
                     reason: format!("unknown agent phase {phase:?}"),
@@ -286,6 +334,7 @@ impl Store {
                 Ok(PhaseCount {
                     phase,
                     deletion_requested,
+                    stop_requested,
                     count,
                 })
             })
@@ -294,9 +343,10 @@ impl Store {
         .await
     }
 
-    /// A worker moves a cluster to `phase`, unless its deletion was requested meanwhile (then
-    /// nothing is written and [`PhaseWrite::Superseded`] says so). `Failed` counts an attempt and
-    /// keeps the error, `Active` resets the attempts and stamps `active_at` the first time.
+    /// A bring-up (or the watch of an active cluster) moves a cluster to `phase`, unless its
+    /// deletion or stop was requested meanwhile (then nothing is written and
+    /// [`PhaseWrite::Superseded`] says so). `Failed` counts an attempt and keeps the error,
+    /// `Active` resets the attempts and stamps `active_at` the first time.
     pub async fn set_agent_phase(
         &self,
         name: &str,
@@ -304,29 +354,53 @@ impl Store {
         last_error: Option<String>,
     ) -> Result<PhaseWrite, StoreError> {
         debug_assert!(phase != AgentPhase::Deleting, "use set_deleting");
+        debug_assert!(
+            !matches!(phase, AgentPhase::Stopping | AgentPhase::Stopped),
+            "use set_stop_phase"
+        );
+        self.write_phase(name, phase, last_error, false).await
+    }
+
+    /// A stop moves a cluster to `phase` (`Stopping`, `Stopped`, or `Failed` with the error),
+    /// unless its deletion was requested or it was started again meanwhile
+    /// ([`PhaseWrite::Superseded`]).
+    pub async fn set_stop_phase(
+        &self,
+        name: &str,
+        phase: AgentPhase,
+        last_error: Option<String>,
+    ) -> Result<PhaseWrite, StoreError> {
+        debug_assert!(
+            matches!(
+                phase,
+                AgentPhase::Stopping | AgentPhase::Stopped | AgentPhase::Failed
+            ),
+            "a stop only writes stopping, stopped or failed"
+        );
+        self.write_phase(name, phase, last_error, true).await
+    }
+
+    /// The phase write of a worker heading for `stopped` (`stop`) or for `active`: applied only
+    /// while that is still the desired run state and no deletion was requested.
+    async fn write_phase(
+        &self,
+        name: &str,
+        phase: AgentPhase,
+        last_error: Option<String>,
+        stop: bool,
+    ) -> Result<PhaseWrite, StoreError> {
         let name = name.to_string();
         self.with_conn(move |conn| {
             let now = now_secs();
             let changed = conn.execute(
                 "UPDATE agent_clusters SET phase = ?2, last_error = ?3, updated_at = ?4,
-                    attempts = CASE WHEN ?2 = 'failed' THEN attempts + 1 WHEN ?2 = 'active' THEN 0 ELSE attempts END,
+                    attempts = CASE WHEN ?2 = 'failed' THEN attempts + 1
+                                    WHEN ?2 IN ('active', 'stopped') THEN 0 ELSE attempts END,
                     active_at = CASE WHEN ?2 = 'active' AND active_at IS NULL THEN ?4 ELSE active_at END
-                 WHERE name = ?1 AND deletion_requested_at IS NULL",
-                params![name, phase.as_str(), last_error, now],
+                 WHERE name = ?1 AND deletion_requested_at IS NULL AND stop_requested = ?5",
+                params![name, phase.as_str(), last_error, now, stop],
             )?;
-            if changed == 1 {
-                return Ok(PhaseWrite::Applied);
-            }
-            let exists: bool = conn.query_row(
-                "SELECT EXISTS(SELECT 1 FROM agent_clusters WHERE name = ?1)",
-                [&name],
-                |r| r.get(0),
-            )?;
-            if exists {
-                Ok(PhaseWrite::Superseded)
-            } else {
-                Err(StoreError::NotFound(name))
-            }
+            desired_write(conn, name, changed)
         })
         .await
     }
@@ -345,6 +419,56 @@ impl Store {
                     last_error = COALESCE(?3, last_error), updated_at = ?2
                  WHERE name = ?1",
                 params![name, now_secs(), reason],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records the run state the user wants: stopped (`stop`) or running. Refused
+    /// ([`PhaseWrite::Superseded`]) once the cluster's deletion was requested: a delete wins over
+    /// everything. A change of mind resets the retry count, so the worker acts at once rather than
+    /// after the backoff of the other direction's failures.
+    pub async fn request_stop(&self, name: &str, stop: bool) -> Result<PhaseWrite, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE agent_clusters SET
+                    attempts = CASE WHEN stop_requested = ?2 THEN attempts ELSE 0 END,
+                    stop_requested = ?2, updated_at = ?3
+                 WHERE name = ?1 AND deletion_requested_at IS NULL",
+                params![name, stop, now_secs()],
+            )?;
+            desired_write(conn, name, changed)
+        })
+        .await
+    }
+
+    /// Records the node count the user wants; refused ([`PhaseWrite::Superseded`]) once the
+    /// cluster's deletion was requested.
+    pub async fn request_nodes(&self, name: &str, nodes: u32) -> Result<PhaseWrite, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE agent_clusters SET desired_nodes = ?2, updated_at = ?3
+                 WHERE name = ?1 AND deletion_requested_at IS NULL",
+                params![name, nodes, now_secs()],
+            )?;
+            desired_write(conn, name, changed)
+        })
+        .await
+    }
+
+    /// Records the node count the KWOK cluster now has (observed).
+    pub async fn set_observed_nodes(&self, name: &str, nodes: u32) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE agent_clusters SET nodes = ?2 WHERE name = ?1",
+                params![name, nodes],
             )?;
             if changed == 0 {
                 return Err(StoreError::NotFound(name));
@@ -570,6 +694,7 @@ mod tests {
         let count = |phase, deletion_requested, count| PhaseCount {
             phase,
             deletion_requested,
+            stop_requested: false,
             count,
         };
         assert_eq!(
@@ -622,6 +747,154 @@ mod tests {
         let a = store.agent_cluster("a").await.unwrap().unwrap();
         assert_eq!((a.phase, a.attempts), (AgentPhase::Deleting, 1));
         assert_eq!(a.last_error.as_deref(), Some("Rancher down"));
+    }
+
+    #[tokio::test]
+    async fn stop_start_and_scale_are_desired_state_and_a_delete_wins_over_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        store
+            .insert_agent_clusters(vec!["a".into(), "b".into()], "lean".into())
+            .await
+            .unwrap();
+        let a = store.agent_cluster("a").await.unwrap().unwrap();
+        assert!(!a.stop_requested);
+        assert_eq!((a.desired_nodes, a.nodes), (None, None));
+        store
+            .set_agent_phase("a", AgentPhase::Active, None)
+            .await
+            .unwrap();
+
+        // Stop requested: a bring-up (or heal) in flight can no longer write; the stop can.
+        assert_eq!(
+            store.request_stop("a", true).await.unwrap(),
+            PhaseWrite::Applied
+        );
+        for phase in [
+            AgentPhase::Provisioning,
+            AgentPhase::Active,
+            AgentPhase::Failed,
+        ] {
+            assert_eq!(
+                store.set_agent_phase("a", phase, None).await.unwrap(),
+                PhaseWrite::Superseded,
+                "{phase}"
+            );
+        }
+        for phase in [AgentPhase::Stopping, AgentPhase::Stopped] {
+            assert_eq!(
+                store.set_stop_phase("a", phase, None).await.unwrap(),
+                PhaseWrite::Applied
+            );
+        }
+        let a = store.agent_cluster("a").await.unwrap().unwrap();
+        assert!(a.stop_requested);
+        assert_eq!(a.phase, AgentPhase::Stopped);
+
+        // Started again: a stop still in flight can no longer write; the bring-up can.
+        store
+            .set_stop_phase("a", AgentPhase::Failed, Some("kwokctl".into()))
+            .await
+            .unwrap();
+        assert_eq!(store.agent_cluster("a").await.unwrap().unwrap().attempts, 1);
+        assert_eq!(
+            store.request_stop("a", false).await.unwrap(),
+            PhaseWrite::Applied
+        );
+        let a = store.agent_cluster("a").await.unwrap().unwrap();
+        assert_eq!(
+            a.attempts, 0,
+            "a change of mind does not wait out the backoff"
+        );
+        assert_eq!(
+            store
+                .set_stop_phase("a", AgentPhase::Stopped, None)
+                .await
+                .unwrap(),
+            PhaseWrite::Superseded
+        );
+        assert_eq!(
+            store
+                .set_agent_phase("a", AgentPhase::Provisioning, None)
+                .await
+                .unwrap(),
+            PhaseWrite::Applied
+        );
+
+        // Scale: desired apart from observed.
+        assert_eq!(
+            store.request_nodes("a", 3).await.unwrap(),
+            PhaseWrite::Applied
+        );
+        store.set_observed_nodes("a", 2).await.unwrap();
+        let a = store.agent_cluster("a").await.unwrap().unwrap();
+        assert_eq!((a.desired_nodes, a.nodes), (Some(3), Some(2)));
+        let (viewed, _) = store
+            .agent_cluster_with_apiserver("a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(viewed, a, "the joined view reads the same row");
+
+        // Delete after stop works, and then nothing but the deleter writes.
+        store.request_stop("b", true).await.unwrap();
+        store
+            .set_stop_phase("b", AgentPhase::Stopped, None)
+            .await
+            .unwrap();
+        store.request_deletion("b", None).await.unwrap();
+        assert_eq!(
+            store
+                .set_stop_phase("b", AgentPhase::Stopped, None)
+                .await
+                .unwrap(),
+            PhaseWrite::Superseded
+        );
+        store.set_deleting("b", None).await.unwrap();
+        assert_eq!(
+            store.agent_cluster("b").await.unwrap().unwrap().phase,
+            AgentPhase::Deleting
+        );
+        // Stop, start or scale after a delete are refused and change nothing.
+        for write in [
+            store.request_stop("b", false).await.unwrap(),
+            store.request_stop("b", true).await.unwrap(),
+            store.request_nodes("b", 5).await.unwrap(),
+        ] {
+            assert_eq!(write, PhaseWrite::Superseded);
+        }
+        let b = store.agent_cluster("b").await.unwrap().unwrap();
+        assert!(b.stop_requested && b.desired_nodes.is_none(), "{b:?}");
+
+        let mut counts = store.agent_phase_counts().await.unwrap();
+        counts.sort_by_key(|c| c.phase);
+        assert_eq!(
+            counts,
+            [
+                PhaseCount {
+                    phase: AgentPhase::Provisioning,
+                    deletion_requested: false,
+                    stop_requested: false,
+                    count: 1
+                },
+                PhaseCount {
+                    phase: AgentPhase::Deleting,
+                    deletion_requested: true,
+                    stop_requested: true,
+                    count: 1
+                },
+            ]
+        );
+        for missing in [
+            store.request_stop("x", true).await,
+            store.request_nodes("x", 1).await,
+            store.set_stop_phase("x", AgentPhase::Stopped, None).await,
+        ] {
+            assert!(
+                matches!(missing, Err(StoreError::NotFound(_))),
+                "{missing:?}"
+            );
+        }
     }
 
     #[tokio::test]

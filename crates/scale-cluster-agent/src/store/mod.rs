@@ -65,6 +65,13 @@ const MIGRATIONS: &[&str] = &[
     // own, too: a restarted container agent is pid 1 again) is not mistaken for a live owner. Rows
     // written before this migration keep NULL: see `Owner::is_alive`.
     "ALTER TABLE clusters ADD COLUMN owner_start_time INTEGER;",
+    // The run state the user wants apart from the observed phase (`stop_requested`, like a
+    // Deployment scaled to zero: the cluster is kept, its processes and tunnels are not), the node
+    // count the user asked for (`desired_nodes`, NULL: the agent's population profile) and the
+    // count last applied (`nodes`, observed).
+    "ALTER TABLE agent_clusters ADD COLUMN stop_requested INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE agent_clusters ADD COLUMN desired_nodes INTEGER;
+     ALTER TABLE agent_clusters ADD COLUMN nodes INTEGER;",
 ];
 
 #[derive(Debug, thiserror::Error)]
