@@ -183,6 +183,12 @@ const LEAN_PATCHES: &[Patch] = &[
             // and `/readyz` fails `informer-sync`), and PodSecurity, whose pod lister keeps a copy
             // of every pod for pods no kubelet runs.
             ("disable-admission-plugins", LEAN_DISABLED_ADMISSION),
+            // Idle work nobody reads: object counts per resource every minute and the database
+            // size every 30 s (metrics only), and an identity Lease written every 10 s (used by
+            // storage-version and peer-proxy features, not by Rancher).
+            ("etcd-count-metric-poll-period", "0s"),
+            ("etcd-db-metric-poll-interval", "0s"),
+            ("feature-gates", "APIServerIdentity=false"),
         ],
         // kwokctl sets `Node,RBAC`. The Node authorizer watches VolumeAttachments (storage) and
         // ResourceSlices (resource): with those groups off its informers never sync (the same
@@ -208,7 +214,9 @@ const LEAN_PATCHES: &[Patch] = &[
     },
     Patch {
         component: "etcd",
-        args: &[],
+        // A single member has no followers to heartbeat: a slower raft tick (100 ms by default)
+        // only delays leader election at start, which a single member wins at once.
+        args: &[("heartbeat-interval", "500"), ("election-timeout", "5000")],
         overrides: &[],
         envs: &[("GOGC", "25")],
     },
