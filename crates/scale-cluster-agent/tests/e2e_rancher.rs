@@ -41,6 +41,7 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
         // Rancher refused the first connect with its transient update conflict; the agent
         // reconnected instead of failing the bring-up.
         assert_eq!(stats["stats"]["conflicts"].as_u64(), Some(1), "{stats}");
+        assert_agent_deployment_runs(&home, name, &expected).await;
     }
     // (A bring-up may still fail for another reason on a loaded machine; the conflict is not one.)
     let log = home.log();
@@ -478,4 +479,51 @@ async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_ar
         );
     }
     wait_active_in_rancher(&sim, &ids[0]).await;
+}
+
+/// The cattle-cluster-agent Deployment that rancher-sim applied through the main tunnel is
+/// available in the cluster's own apiserver, with a Running pod on one of the cluster's nodes, as
+/// on a real cluster (in `lean` the replicaset controller makes the pod and the agent binds it).
+async fn assert_agent_deployment_runs(home: &Home, name: &str, nodes: &BTreeSet<String>) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    let kubeconfig = home
+        .kwok_workdir()
+        .join("clusters")
+        .join(name)
+        .join("kubeconfig.yaml");
+    let client = scale_cluster_agent::kwok::population::client(&kubeconfig)
+        .await
+        .unwrap();
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "cattle-system");
+    support::eventually(
+        DEADLINE,
+        &format!("{name}: cattle-cluster-agent 1/1 available"),
+        || async {
+            let d = deployments.get("cattle-cluster-agent").await.ok()?;
+            (d.status?.available_replicas == Some(1)).then_some(())
+        },
+    )
+    .await;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, "cattle-system");
+    let listed = pods
+        .list(&kube::api::ListParams::default().labels("app=cattle-cluster-agent"))
+        .await
+        .unwrap();
+    let running: Vec<_> = listed
+        .items
+        .iter()
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some_and(|n| nodes.contains(n))
+        })
+        .collect();
+    assert_eq!(
+        running.len(),
+        1,
+        "{name}: one Running agent pod on its own nodes"
+    );
 }

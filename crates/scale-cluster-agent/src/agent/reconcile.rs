@@ -456,6 +456,16 @@ async fn connect(
 /// Rancher is the Rancher watcher's business, with one list for all clusters.
 async fn watch(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
     let name = record.name.as_str();
+    // Without kube-scheduler (`lean`), pods others create, such as the cattle-cluster-agent
+    // Deployment's that Rancher applies, are bound here while the cluster is active.
+    let binder = agent.inner.manager.bind_unscheduled_pods(name);
+    tokio::select! {
+        result = watch_tunnels_and_health(agent, name) => result,
+        Err(error) = binder => Err(error.into()),
+    }
+}
+
+async fn watch_tunnels_and_health(agent: &Agent, name: &str) -> Result<(), StepError> {
     let mut last_check = Instant::now();
     loop {
         tokio::time::sleep(WATCH_TICK).await;

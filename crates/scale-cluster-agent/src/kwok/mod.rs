@@ -3,6 +3,7 @@
 //! the real processes and `/readyz`, restarts the components of a running cluster that died or hang
 //! (`heal`), and populates clusters through kube-rs.
 
+pub mod binder;
 pub mod heal;
 pub mod kwokctl;
 pub mod manager;

@@ -18,10 +18,12 @@ use crate::toolchain::Toolchain;
 
 /// kube-controller-manager controllers the `lean` profile keeps: service-account tokens that Rancher
 /// waits for, default service accounts, the root CA ConfigMap, namespace deletion, garbage collection
-/// and the aggregated admin/edit/view roles Rancher's role templates bind to.
+/// and the aggregated admin/edit/view roles Rancher's role templates bind to; and the deployment and
+/// replicaset controllers, which turn the cattle-cluster-agent Deployment Rancher applies into a
+/// pod (bound by `kwok::binder`, run by kwok).
 pub const LEAN_CONTROLLERS: &str = "serviceaccount-controller,serviceaccount-token-controller,\
 root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,\
-clusterrole-aggregation-controller";
+clusterrole-aggregation-controller,deployment-controller,replicaset-controller";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -185,10 +187,14 @@ const LEAN_PATCHES: &[Patch] = &[
             ("disable-admission-plugins", LEAN_DISABLED_ADMISSION),
             // Idle work nobody reads: object counts per resource every minute and the database
             // size every 30 s (metrics only), and an identity Lease written every 10 s (used by
-            // storage-version and peer-proxy features, not by Rancher).
+            // storage-version and peer-proxy features, not by Rancher; the peer proxy gate depends
+            // on it, so it goes too).
             ("etcd-count-metric-poll-period", "0s"),
             ("etcd-db-metric-poll-interval", "0s"),
-            ("feature-gates", "APIServerIdentity=false"),
+            (
+                "feature-gates",
+                "APIServerIdentity=false,UnknownVersionInteroperabilityProxy=false",
+            ),
         ],
         // kwokctl sets `Node,RBAC`. The Node authorizer watches VolumeAttachments (storage) and
         // ResourceSlices (resource): with those groups off its informers never sync (the same

@@ -5,7 +5,8 @@
 //! A running cluster whose components die or hang is repaired by [`ClusterManager::heal`].
 //!
 //! Like kwok's own `pkg/kwokctl/runtime`, each lifecycle verb lives in its own file (`create.rs`,
-//! `start.rs`, `stop.rs`, `scale.rs`, `delete.rs`, `heal.rs`, `recover.rs`, `ensure_running.rs`);
+//! `start.rs`, `stop.rs`, `scale.rs`, `delete.rs`, `heal.rs`, `recover.rs`, `ensure_running.rs`,
+//! `schedule.rs`);
 //! this file holds the manager, its types and where a cluster's files are. What a cluster runs is
 //! data ([`ComponentProfile`]); how kwokctl is invoked is `kwokctl.rs`.
 
@@ -18,6 +19,7 @@ mod observe;
 mod processes;
 mod recover;
 mod scale;
+mod schedule;
 mod start;
 mod stop;
 
