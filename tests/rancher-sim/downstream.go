@@ -18,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -67,8 +66,7 @@ func (s *sim) restConfig(id, apiEndpoint, caCert, token string) (*rest.Config, e
 	}, nil
 }
 
-// startDownstream builds the clients and starts the namespace and node informers (Rancher's user
-// controllers list and watch these among many others).
+// startDownstream builds the clients and starts the cluster's watch set (watchset.go).
 func (c *clusterController) startDownstream(ctx context.Context, params, apiEndpoint, caCert, token string) (*downstream, error) {
 	s := c.s
 	config, err := s.restConfig(c.id, apiEndpoint, caCert, token)
@@ -83,6 +81,19 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 	if err != nil {
 		return nil, err
 	}
+	// Rancher's user-context caches accept protobuf (pkg/types/config/context.go enableProtobuf),
+	// which is cheaper for the apiserver to encode than JSON; its other clients speak JSON.
+	cacheConfig := rest.CopyConfig(config)
+	cacheConfig.AcceptContentTypes = "application/vnd.kubernetes.protobuf, application/json"
+	cacheConfig.ContentType = "application/json"
+	cacheClient, err := kubernetes.NewForConfig(cacheConfig)
+	if err != nil {
+		return nil, err
+	}
+	set, err := watchSetFor(s.cfg.watchSet)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	d := &downstream{params: params, config: config, client: client, dynamic: dyn, cancel: cancel}
 
@@ -90,9 +101,11 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 	rt := s.stats(c.id)
 	rt.InformersSynced = false
 	rt.InformerStarts++
+	rt.WatchSet = s.cfg.watchSet
+	rt.Watches = 0
+	rt.WatchesSynced = 0
 	s.mu.Unlock()
 
-	factory := informers.NewSharedInformerFactory(client, 0)
 	record := func(kind string) cache.ResourceEventHandlerFuncs {
 		add := func(obj any) {
 			meta, ok := obj.(metav1.Object)
@@ -102,7 +115,7 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			rt := s.stats(c.id)
-			if kind == "node" {
+			if kind == nodesWatch.name {
 				rt.NodesSeen = addName(rt.NodesSeen, meta.GetName())
 			} else {
 				rt.NamespacesSeen = addName(rt.NamespacesSeen, meta.GetName())
@@ -110,23 +123,53 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 		}
 		return cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, obj any) { add(obj) }}
 	}
-	nodes := factory.Core().V1().Nodes().Informer()
-	namespaces := factory.Core().V1().Namespaces().Informer()
-	if _, err := nodes.AddEventHandler(record("node")); err != nil {
-		cancel()
-		return nil, err
+	factories := newWatchFactories(cacheClient, dyn)
+	synced := make([]cache.InformerSynced, 0, len(set))
+	for _, w := range set {
+		informer := w.informer(factories)
+		name := w.name
+		// A list or watch that fails is retried by the reflector with backoff, as in Rancher; the
+		// error is kept so a resource the cluster does not serve shows up in the stats.
+		if err := informer.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			rt := s.stats(c.id)
+			rt.WatchErrors++
+			rt.fail("watch %s: %v", name, err)
+		}); err != nil {
+			cancel()
+			return nil, err
+		}
+		if name == nodesWatch.name || name == namespacesWatch.name {
+			if _, err := informer.AddEventHandler(record(name)); err != nil {
+				cancel()
+				return nil, err
+			}
+		}
+		synced = append(synced, informer.HasSynced)
 	}
-	if _, err := namespaces.AddEventHandler(record("namespace")); err != nil {
-		cancel()
-		return nil, err
+	factories.start(ctx.Done())
+	s.mu.Lock()
+	s.stats(c.id).Watches = len(set)
+	s.mu.Unlock()
+	for _, hasSynced := range synced {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if cache.WaitForCacheSync(ctx.Done(), hasSynced) {
+				s.mu.Lock()
+				s.stats(c.id).WatchesSynced++
+				s.mu.Unlock()
+			}
+		}()
 	}
-	factory.Start(ctx.Done())
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		synced := cache.WaitForCacheSync(ctx.Done(), nodes.HasSynced, namespaces.HasSynced)
+		// Rancher starts its user controllers once every cache of the set has synced.
+		ok := cache.WaitForCacheSync(ctx.Done(), synced...)
 		s.mu.Lock()
-		s.stats(c.id).InformersSynced = synced
+		s.stats(c.id).InformersSynced = ok
 		s.kick(c.id)
 		s.mu.Unlock()
 	}()
@@ -134,7 +177,12 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 	go func() {
 		defer d.wg.Done()
 		<-ctx.Done()
-		factory.Shutdown()
+		factories.shutdown()
+		s.mu.Lock()
+		rt := s.stats(c.id)
+		rt.Watches = 0
+		rt.WatchesSynced = 0
+		s.mu.Unlock()
 	}()
 	return d, nil
 }
