@@ -486,7 +486,7 @@ func (s *sim) handleImport(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "cluster not found or invalid token")
 		return
 	}
-	manifest, err := s.renderManifest(token, "")
+	manifest, err := s.renderManifest(token, "", "")
 	if err != nil {
 		w.WriteHeader(http.StatusInternalServerError)
 		_, _ = io.WriteString(w, err.Error())

@@ -16,7 +16,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -34,12 +33,11 @@ const (
 // downstream is Rancher's view of one cluster for one set of tunnel params: clients dialing
 // through the main tunnel (TLS verified against caCert, bearer token) and the informers.
 type downstream struct {
-	params  string
-	config  *rest.Config
-	client  kubernetes.Interface
-	dynamic dynamic.Interface
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	params string
+	config *rest.Config
+	client kubernetes.Interface
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 func (d *downstream) stop() {
@@ -95,7 +93,7 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	d := &downstream{params: params, config: config, client: client, dynamic: dyn, cancel: cancel}
+	d := &downstream{params: params, config: config, client: client, cancel: cancel}
 
 	s.mu.Lock()
 	rt := s.stats(c.id)
@@ -521,18 +519,9 @@ func (c *clusterController) verifyToken(ctx context.Context, sa, token string) e
 	return nil
 }
 
-var manifestResources = map[string]schema.GroupVersionResource{
-	"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-	"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-	"Namespace":          {Version: "v1", Resource: "namespaces"},
-	"ServiceAccount":     {Version: "v1", Resource: "serviceaccounts"},
-	"Secret":             {Version: "v1", Resource: "secrets"},
-	"Service":            {Version: "v1", Resource: "services"},
-	"Deployment":         {Group: "apps", Version: "v1", Resource: "deployments"},
-}
-
-// applyManifest applies the manifest Rancher renders for its own deploy: namespace = cluster id,
-// the "system" registration token, the cluster's features.
+// applyManifest applies the manifest Rancher renders for its own deploy (namespace = cluster id,
+// the "system" registration token, the cluster's features) with kubectl apply, as clusterdeploy
+// does (apply.go).
 func (c *clusterController) applyManifest(ctx context.Context) error {
 	s := c.s
 	s.mu.Lock()
@@ -548,23 +537,19 @@ func (c *clusterController) applyManifest(ctx context.Context) error {
 	token := system.Token
 	s.mu.Unlock()
 
-	objects, err := s.manifestObjects(token, c.id, clusterFeatures())
+	manifest, err := s.renderManifest(token, c.id, clusterFeatures())
 	if err != nil {
 		return err
 	}
-	for _, obj := range objects {
-		gvr, ok := manifestResources[obj.GetKind()]
-		if !ok {
-			return fmt.Errorf("no resource for kind %s", obj.GetKind())
-		}
-		var target dynamic.ResourceInterface = c.down.dynamic.Resource(gvr)
-		if obj.GetNamespace() != "" {
-			target = c.down.dynamic.Resource(gvr).Namespace(obj.GetNamespace())
-		}
-		if _, err := target.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
-			return fmt.Errorf("%s %s: %w", obj.GetKind(), obj.GetName(), err)
-		}
+	config := rest.CopyConfig(c.down.config)
+	config.UserAgent = kubectlUserAgent
+	output, err := kubectlApply(ctx, config, manifest)
+	if err != nil {
+		return fmt.Errorf("kubectl apply: %w", err)
 	}
+	s.mu.Lock()
+	s.stats(c.id).LastApplyOutput = output
+	s.mu.Unlock()
 	s.mu.Lock()
 	s.stats(c.id).ManifestApplies++
 	s.mu.Unlock()

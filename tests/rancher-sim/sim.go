@@ -59,19 +59,21 @@ type runtimeStats struct {
 	WatchesSynced int    `json:"watchesSynced"`
 	WatchErrors   int    `json:"watchErrors"`
 	// Browse is the browse loop\'s record (--browse-clusters), absent for clusters not browsed.
-	Browse           *browseStats `json:"browse,omitempty"`
-	NodesSeen        []string     `json:"nodesSeen"`
-	NamespacesSeen   []string     `json:"namespacesSeen"`
-	ImpersonationOK  bool         `json:"impersonationTokenOk"`
-	ImpersonationSA  string       `json:"impersonationServiceAccount,omitempty"`
-	AgentDeployed    bool         `json:"agentDeploymentCreated"`
-	AgentImage       string       `json:"agentImage,omitempty"`
-	ManifestApplies  int          `json:"manifestApplies"`
-	LastError        string       `json:"lastError,omitempty"`
-	LastErrorTime    string       `json:"lastErrorTime,omitempty"`
-	ConnectedNow     bool         `json:"connected"`
-	MainSessionsOpen int          `json:"mainSessionsOpen"`
-	SteveSessionOpen int          `json:"steveSessionsOpen"`
+	Browse          *browseStats `json:"browse,omitempty"`
+	NodesSeen       []string     `json:"nodesSeen"`
+	NamespacesSeen  []string     `json:"namespacesSeen"`
+	ImpersonationOK bool         `json:"impersonationTokenOk"`
+	ImpersonationSA string       `json:"impersonationServiceAccount,omitempty"`
+	AgentDeployed   bool         `json:"agentDeploymentCreated"`
+	AgentImage      string       `json:"agentImage,omitempty"`
+	ManifestApplies int          `json:"manifestApplies"`
+	// LastApplyOutput is what kubectl apply printed last ("deployment.apps/... configured").
+	LastApplyOutput  string `json:"lastApplyOutput,omitempty"`
+	LastError        string `json:"lastError,omitempty"`
+	LastErrorTime    string `json:"lastErrorTime,omitempty"`
+	ConnectedNow     bool   `json:"connected"`
+	MainSessionsOpen int    `json:"mainSessionsOpen"`
+	SteveSessionOpen int    `json:"steveSessionsOpen"`
 
 	everReady  bool
 	conditions map[string]condition
