@@ -226,6 +226,27 @@ func TestRancherWatchSetAndKubectlApply(t *testing.T) {
 		t.Errorf("applies %d, output %q", rt.ManifestApplies, rt.LastApplyOutput)
 	}
 
+	// A Deployment that lost the agent image is re-applied: kubectl patches it, validated strictly.
+	deployment.Spec.Template.Spec.Containers[0].Image = "example.invalid/other:v0"
+	if _, err := k.client.AppsV1().Deployments(agentNamespace).Update(ctx, deployment, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitLong(t, "the agent manifest re-applied", 20*time.Second, func() bool { return s.runtime(id).ManifestApplies == 2 })
+	patched := false
+	for _, e := range k.audit(t) {
+		if strings.HasPrefix(e.UserAgent, "kubectl/") && e.Verb == "patch" && e.ObjectRef != nil && e.ObjectRef.Resource == "deployments" &&
+			strings.Contains(e.RequestURI, "fieldValidation=Strict") {
+			patched = true
+		}
+	}
+	if !patched {
+		t.Error("no strict kubectl patch of the agent deployment in the audit log")
+	}
+	if d, err := k.client.AppsV1().Deployments(agentNamespace).Get(ctx, agentName, metav1.GetOptions{}); err != nil ||
+		containerImage(d.Spec.Template.Spec.Containers) != s.agentImage() {
+		t.Errorf("agent deployment after the re-apply: %v", err)
+	}
+
 	// A lost main tunnel drops the informers; a reconnect opens the set again, once.
 	agent.disconnectMain()
 	waitLong(t, "informers stopped", 10*time.Second, func() bool { return s.runtime(id).Watches == 0 })
