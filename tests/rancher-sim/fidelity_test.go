@@ -263,3 +263,23 @@ func TestRancherWatchSetAndKubectlApply(t *testing.T) {
 	}
 	waitLong(t, "watches closed after the delete", 10*time.Second, func() bool { return len(k.openWatches(t, "rancher-sim")) == 0 })
 }
+
+func TestFidelityFlags(t *testing.T) {
+	base := []string{"--state-dir", t.TempDir(), "--token", testToken}
+	cfg, err := parseFlags(base)
+	if err != nil || cfg.watchSet != watchSetRancher || cfg.browseClusters != 0 || cfg.browseInterval != 15*time.Second {
+		t.Errorf("defaults: %+v %v", cfg, err)
+	}
+	if cfg, err := parseFlags(append(base, "--watch-set", "minimal", "--browse-clusters", "3", "--browse-interval", "2s")); err != nil ||
+		cfg.watchSet != watchSetMinimal || cfg.browseClusters != 3 || cfg.browseInterval != 2*time.Second {
+		t.Errorf("minimal: %+v %v", cfg, err)
+	}
+	for _, bad := range [][]string{{"--watch-set", "all"}, {"--browse-clusters", "-1"}, {"--browse-interval", "0s"}} {
+		if _, err := parseFlags(append(append([]string(nil), base...), bad...)); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+	if set, err := watchSetFor(watchSetMinimal); err != nil || len(set) != 2 {
+		t.Errorf("minimal set %d %v", len(set), err)
+	}
+}
