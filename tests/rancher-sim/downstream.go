@@ -27,7 +27,6 @@ const (
 	secretRefAnnotation    = "rancher.io/service-account.secret-ref"
 	saNameAnnotation       = "kubernetes.io/service-account.name"
 	saNameLabel            = "cattle.io/service-account.name"
-	fieldManager           = "rancher-sim"
 )
 
 // downstream is Rancher's view of one cluster for one set of tunnel params: clients dialing
@@ -156,7 +155,10 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 			defer d.wg.Done()
 			if cache.WaitForCacheSync(ctx.Done(), hasSynced) {
 				s.mu.Lock()
-				s.stats(c.id).WatchesSynced++
+				// Not after the stop reset the count.
+				if ctx.Err() == nil {
+					s.stats(c.id).WatchesSynced++
+				}
 				s.mu.Unlock()
 			}
 		}()
@@ -548,10 +550,9 @@ func (c *clusterController) applyManifest(ctx context.Context) error {
 		return fmt.Errorf("kubectl apply: %w", err)
 	}
 	s.mu.Lock()
-	s.stats(c.id).LastApplyOutput = output
-	s.mu.Unlock()
-	s.mu.Lock()
-	s.stats(c.id).ManifestApplies++
+	rt := s.stats(c.id)
+	rt.LastApplyOutput = output
+	rt.ManifestApplies++
 	s.mu.Unlock()
 	return nil
 }
