@@ -37,6 +37,8 @@ type downstream struct {
 	client kubernetes.Interface
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// adminBound is set once the global admin's binding is known to exist in the cluster.
+	adminBound bool
 }
 
 func (d *downstream) stop() {
@@ -258,6 +260,7 @@ func (c *clusterController) downstreamPass(ctx context.Context, connected bool) 
 	if !qualified {
 		return
 	}
+	c.ensureGlobalAdminBinding(ctx)
 	c.ensureAgentDeployed(ctx)
 }
 
@@ -317,6 +320,38 @@ func (c *clusterController) healthCheck(ctx context.Context) error {
 	rt.HealthOK++
 	rt.KubeVersion = version.GitVersion
 	return nil
+}
+
+// ensureGlobalAdminBinding is the grbHandler of pkg/controllers/managementuser/rbac
+// (globalrolebinding_handler.go): every global admin gets ClusterRoleBinding
+// globaladmin-<user> to cluster-admin in each downstream cluster, which is what lets Steve on the
+// agent serve the admin's impersonated requests. Done once per set of clients, as Rancher checks
+// its cache rather than the cluster.
+func (c *clusterController) ensureGlobalAdminBinding(ctx context.Context) {
+	if c.down.adminBound {
+		return
+	}
+	name := "globaladmin-" + adminUser
+	_, err := c.down.client.RbacV1().ClusterRoleBindings().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = c.down.client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{
+				"authz.cluster.cattle.io/globalrole":               "admin",
+				"authz.cluster.cattle.io/globalrolebinding":        "globalrolebinding-sim01",
+				"authz.cluster.cattle.io/admin-globalrole-checked": "true",
+			}},
+			Subjects: []rbacv1.Subject{{Kind: "User", Name: adminUser, APIGroup: rbacv1.GroupName}},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "cluster-admin"},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			err = nil
+		}
+	}
+	if err != nil {
+		c.recordError("global admin binding %s: %v", name, err)
+		return
+	}
+	c.down.adminBound = true
 }
 
 // ensureAgentDeployed is clusterdeploy: the impersonation setup its first proxied request

@@ -188,6 +188,13 @@ func TestRancherWatchSetAndKubectlApply(t *testing.T) {
 		return reflect.DeepEqual(k.openWatches(t, "rancher-sim"), rancherWatches)
 	})
 
+	// The global admin's binding, which lets the agent's Steve serve the admin.
+	crb, err := k.client.RbacV1().ClusterRoleBindings().Get(ctx, "globaladmin-"+adminUser, metav1.GetOptions{})
+	if err != nil || crb.RoleRef.Name != "cluster-admin" || len(crb.Subjects) != 1 ||
+		crb.Subjects[0].Kind != "User" || crb.Subjects[0].Name != adminUser {
+		t.Errorf("global admin binding %+v %v", crb, err)
+	}
+
 	// kubectl apply: what the apiserver saw, and what it stored.
 	var openapi, strictCreates int
 	var kubectlRequests []string
