@@ -34,6 +34,10 @@ func (s *sim) routes() http.Handler {
 	mux.HandleFunc("POST /v3/clusterregistrationtokens", s.authed(s.createToken))
 	mux.HandleFunc("GET /v3/clusterregistrationtokens/{id}", s.authed(s.getToken))
 
+	// Rancher's steve proxy, for the UI's /v1 API of a downstream cluster (steve.go).
+	mux.HandleFunc("/k8s/clusters/{id}/v1/", s.authed(s.handleSteve))
+
+	mux.HandleFunc("GET /sim/stats", s.loopbackOnly(s.handleSimStats))
 	mux.HandleFunc("GET /sim/clusters/{id}/stats", s.loopbackOnly(s.handleStats))
 	mux.HandleFunc("POST /sim/faults", s.loopbackOnly(s.handleFaults))
 	return mux
@@ -482,7 +486,7 @@ func (s *sim) handleImport(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "cluster not found or invalid token")
 		return
 	}
-	manifest, err := s.renderManifest(token, "")
+	manifest, err := s.renderManifest(token, "", "")
 	if err != nil {
 		w.WriteHeader(http.StatusInternalServerError)
 		_, _ = io.WriteString(w, err.Error())
@@ -538,6 +542,37 @@ func (s *sim) handleStats(w http.ResponseWriter, r *http.Request) {
 		"driver":        rec.Driver,
 		"apiEndpoint":   rec.APIEndpoint,
 		"stats":         rt,
+	})
+}
+
+// handleSimStats sums what the simulator does to all clusters: watches held, applies, and the
+// browse loop's latencies (for benchmarks).
+func (s *sim) handleSimStats(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var watches, synced, applies, mainOpen, steveOpen int
+	var browse []*browseStats
+	for id := range s.st.Clusters {
+		rt := s.stats(id)
+		watches += rt.Watches
+		synced += rt.WatchesSynced
+		applies += rt.ManifestApplies
+		mainOpen += rt.MainSessionsOpen
+		steveOpen += rt.SteveSessionOpen
+		if rt.Browse != nil {
+			browse = append(browse, rt.Browse)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"clusters":          len(s.st.Clusters),
+		"watchSet":          s.cfg.watchSet,
+		"watches":           watches,
+		"watchesSynced":     synced,
+		"manifestApplies":   applies,
+		"mainSessionsOpen":  mainOpen,
+		"steveSessionsOpen": steveOpen,
+		"browsedClusters":   len(browse),
+		"browse":            summarize(browse),
 	})
 }
 

@@ -35,6 +35,9 @@ func (s *sim) startController(id string) {
 	s.controllers[id] = cancel
 	s.kicks[id] = c.kick
 	go c.run(ctx)
+	if s.cfg.browseClusters > 0 {
+		go c.browseLoop(ctx)
+	}
 }
 
 // stopController ends the cluster's controller. Callers hold s.mu.

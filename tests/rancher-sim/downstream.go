@@ -16,9 +16,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -29,18 +27,18 @@ const (
 	secretRefAnnotation    = "rancher.io/service-account.secret-ref"
 	saNameAnnotation       = "kubernetes.io/service-account.name"
 	saNameLabel            = "cattle.io/service-account.name"
-	fieldManager           = "rancher-sim"
 )
 
 // downstream is Rancher's view of one cluster for one set of tunnel params: clients dialing
 // through the main tunnel (TLS verified against caCert, bearer token) and the informers.
 type downstream struct {
-	params  string
-	config  *rest.Config
-	client  kubernetes.Interface
-	dynamic dynamic.Interface
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	params string
+	config *rest.Config
+	client kubernetes.Interface
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// adminBound is set once the global admin's binding is known to exist in the cluster.
+	adminBound bool
 }
 
 func (d *downstream) stop() {
@@ -67,8 +65,7 @@ func (s *sim) restConfig(id, apiEndpoint, caCert, token string) (*rest.Config, e
 	}, nil
 }
 
-// startDownstream builds the clients and starts the namespace and node informers (Rancher's user
-// controllers list and watch these among many others).
+// startDownstream builds the clients and starts the cluster's watch set (watchset.go).
 func (c *clusterController) startDownstream(ctx context.Context, params, apiEndpoint, caCert, token string) (*downstream, error) {
 	s := c.s
 	config, err := s.restConfig(c.id, apiEndpoint, caCert, token)
@@ -83,16 +80,31 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 	if err != nil {
 		return nil, err
 	}
+	// Rancher's user-context caches accept protobuf (pkg/types/config/context.go enableProtobuf),
+	// which is cheaper for the apiserver to encode than JSON; its other clients speak JSON.
+	cacheConfig := rest.CopyConfig(config)
+	cacheConfig.AcceptContentTypes = "application/vnd.kubernetes.protobuf, application/json"
+	cacheConfig.ContentType = "application/json"
+	cacheClient, err := kubernetes.NewForConfig(cacheConfig)
+	if err != nil {
+		return nil, err
+	}
+	set, err := watchSetFor(s.cfg.watchSet)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	d := &downstream{params: params, config: config, client: client, dynamic: dyn, cancel: cancel}
+	d := &downstream{params: params, config: config, client: client, cancel: cancel}
 
 	s.mu.Lock()
 	rt := s.stats(c.id)
 	rt.InformersSynced = false
 	rt.InformerStarts++
+	rt.WatchSet = s.cfg.watchSet
+	rt.Watches = 0
+	rt.WatchesSynced = 0
 	s.mu.Unlock()
 
-	factory := informers.NewSharedInformerFactory(client, 0)
 	record := func(kind string) cache.ResourceEventHandlerFuncs {
 		add := func(obj any) {
 			meta, ok := obj.(metav1.Object)
@@ -102,7 +114,7 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			rt := s.stats(c.id)
-			if kind == "node" {
+			if kind == nodesWatch.name {
 				rt.NodesSeen = addName(rt.NodesSeen, meta.GetName())
 			} else {
 				rt.NamespacesSeen = addName(rt.NamespacesSeen, meta.GetName())
@@ -110,23 +122,56 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 		}
 		return cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, obj any) { add(obj) }}
 	}
-	nodes := factory.Core().V1().Nodes().Informer()
-	namespaces := factory.Core().V1().Namespaces().Informer()
-	if _, err := nodes.AddEventHandler(record("node")); err != nil {
-		cancel()
-		return nil, err
+	factories := newWatchFactories(cacheClient, dyn)
+	synced := make([]cache.InformerSynced, 0, len(set))
+	for _, w := range set {
+		informer := w.informer(factories)
+		name := w.name
+		// A list or watch that fails is retried by the reflector with backoff, as in Rancher; the
+		// error is kept so a resource the cluster does not serve shows up in the stats.
+		if err := informer.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			rt := s.stats(c.id)
+			rt.WatchErrors++
+			rt.fail("watch %s: %v", name, err)
+		}); err != nil {
+			cancel()
+			return nil, err
+		}
+		if name == nodesWatch.name || name == namespacesWatch.name {
+			if _, err := informer.AddEventHandler(record(name)); err != nil {
+				cancel()
+				return nil, err
+			}
+		}
+		synced = append(synced, informer.HasSynced)
 	}
-	if _, err := namespaces.AddEventHandler(record("namespace")); err != nil {
-		cancel()
-		return nil, err
+	factories.start(ctx.Done())
+	s.mu.Lock()
+	s.stats(c.id).Watches = len(set)
+	s.mu.Unlock()
+	for _, hasSynced := range synced {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if cache.WaitForCacheSync(ctx.Done(), hasSynced) {
+				s.mu.Lock()
+				// Not after the stop reset the count.
+				if ctx.Err() == nil {
+					s.stats(c.id).WatchesSynced++
+				}
+				s.mu.Unlock()
+			}
+		}()
 	}
-	factory.Start(ctx.Done())
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		synced := cache.WaitForCacheSync(ctx.Done(), nodes.HasSynced, namespaces.HasSynced)
+		// Rancher starts its user controllers once every cache of the set has synced.
+		ok := cache.WaitForCacheSync(ctx.Done(), synced...)
 		s.mu.Lock()
-		s.stats(c.id).InformersSynced = synced
+		s.stats(c.id).InformersSynced = ok
 		s.kick(c.id)
 		s.mu.Unlock()
 	}()
@@ -134,7 +179,12 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 	go func() {
 		defer d.wg.Done()
 		<-ctx.Done()
-		factory.Shutdown()
+		factories.shutdown()
+		s.mu.Lock()
+		rt := s.stats(c.id)
+		rt.Watches = 0
+		rt.WatchesSynced = 0
+		s.mu.Unlock()
 	}()
 	return d, nil
 }
@@ -210,6 +260,7 @@ func (c *clusterController) downstreamPass(ctx context.Context, connected bool) 
 	if !qualified {
 		return
 	}
+	c.ensureGlobalAdminBinding(ctx)
 	c.ensureAgentDeployed(ctx)
 }
 
@@ -269,6 +320,38 @@ func (c *clusterController) healthCheck(ctx context.Context) error {
 	rt.HealthOK++
 	rt.KubeVersion = version.GitVersion
 	return nil
+}
+
+// ensureGlobalAdminBinding is the grbHandler of pkg/controllers/managementuser/rbac
+// (globalrolebinding_handler.go): every global admin gets ClusterRoleBinding
+// globaladmin-<user> to cluster-admin in each downstream cluster, which is what lets Steve on the
+// agent serve the admin's impersonated requests. Done once per set of clients, as Rancher checks
+// its cache rather than the cluster.
+func (c *clusterController) ensureGlobalAdminBinding(ctx context.Context) {
+	if c.down.adminBound {
+		return
+	}
+	name := "globaladmin-" + adminUser
+	_, err := c.down.client.RbacV1().ClusterRoleBindings().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = c.down.client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{
+				"authz.cluster.cattle.io/globalrole":               "admin",
+				"authz.cluster.cattle.io/globalrolebinding":        "globalrolebinding-sim01",
+				"authz.cluster.cattle.io/admin-globalrole-checked": "true",
+			}},
+			Subjects: []rbacv1.Subject{{Kind: "User", Name: adminUser, APIGroup: rbacv1.GroupName}},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "cluster-admin"},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			err = nil
+		}
+	}
+	if err != nil {
+		c.recordError("global admin binding %s: %v", name, err)
+		return
+	}
+	c.down.adminBound = true
 }
 
 // ensureAgentDeployed is clusterdeploy: the impersonation setup its first proxied request
@@ -473,18 +556,9 @@ func (c *clusterController) verifyToken(ctx context.Context, sa, token string) e
 	return nil
 }
 
-var manifestResources = map[string]schema.GroupVersionResource{
-	"ClusterRole":        {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-	"ClusterRoleBinding": {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-	"Namespace":          {Version: "v1", Resource: "namespaces"},
-	"ServiceAccount":     {Version: "v1", Resource: "serviceaccounts"},
-	"Secret":             {Version: "v1", Resource: "secrets"},
-	"Service":            {Version: "v1", Resource: "services"},
-	"Deployment":         {Group: "apps", Version: "v1", Resource: "deployments"},
-}
-
-// applyManifest applies the manifest Rancher renders for its own deploy: namespace = cluster id,
-// the "system" registration token, the cluster's features.
+// applyManifest applies the manifest Rancher renders for its own deploy (namespace = cluster id,
+// the "system" registration token, the cluster's features) with kubectl apply, as clusterdeploy
+// does (apply.go).
 func (c *clusterController) applyManifest(ctx context.Context) error {
 	s := c.s
 	s.mu.Lock()
@@ -500,25 +574,20 @@ func (c *clusterController) applyManifest(ctx context.Context) error {
 	token := system.Token
 	s.mu.Unlock()
 
-	objects, err := s.manifestObjects(token, c.id, clusterFeatures())
+	manifest, err := s.renderManifest(token, c.id, clusterFeatures())
 	if err != nil {
 		return err
 	}
-	for _, obj := range objects {
-		gvr, ok := manifestResources[obj.GetKind()]
-		if !ok {
-			return fmt.Errorf("no resource for kind %s", obj.GetKind())
-		}
-		var target dynamic.ResourceInterface = c.down.dynamic.Resource(gvr)
-		if obj.GetNamespace() != "" {
-			target = c.down.dynamic.Resource(gvr).Namespace(obj.GetNamespace())
-		}
-		if _, err := target.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: fieldManager, Force: true}); err != nil {
-			return fmt.Errorf("%s %s: %w", obj.GetKind(), obj.GetName(), err)
-		}
+	config := rest.CopyConfig(c.down.config)
+	config.UserAgent = kubectlUserAgent
+	output, err := kubectlApply(ctx, config, manifest)
+	if err != nil {
+		return fmt.Errorf("kubectl apply: %w", err)
 	}
 	s.mu.Lock()
-	s.stats(c.id).ManifestApplies++
+	rt := s.stats(c.id)
+	rt.LastApplyOutput = output
+	rt.ManifestApplies++
 	s.mu.Unlock()
 	return nil
 }

@@ -6,7 +6,8 @@
 //
 //	rancher-sim --state-dir DIR --token token-abcde:secret [--listen 127.0.0.1:0] [--address-file F]
 //	            [--probe-interval 15s] [--token-delay 1s] [--rancher-version v2.14.0]
-//	            [--agent-tls-mode strict|system-store] [--server-url URL]
+//	            [--agent-tls-mode strict|system-store] [--server-url URL] [--watch-set rancher|minimal]
+//	            [--browse-clusters N] [--browse-interval 15s]
 //
 // The chosen https:// address is printed on stdout and written to DIR/address (and --address-file).
 // Clusters, registration tokens, recorded tunnel params and the CA persist in DIR across restarts;
@@ -49,6 +50,11 @@ type config struct {
 	tokenWait     time.Duration
 	version       rancherVersion
 	agentTLSMode  string
+	watchSet      string
+	// browseClusters is how many clusters (the oldest first) the browse loop visits, every
+	// browseInterval.
+	browseClusters int
+	browseInterval time.Duration
 }
 
 func parseFlags(args []string) (config, error) {
@@ -66,6 +72,9 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&cfg.tokenWait, "sa-token-wait", 30*time.Second, "how long to wait for data.token of a service-account-token Secret")
 	fs.StringVar(&version, "rancher-version", "v2.14.0", "Rancher version whose behaviour to simulate (2.8 or later)")
 	fs.StringVar(&cfg.agentTLSMode, "agent-tls-mode", "strict", "agent-tls-mode setting: strict or system-store (drives STRICT_VERIFY)")
+	fs.StringVar(&cfg.watchSet, "watch-set", watchSetRancher, "informers held on every connected cluster: rancher (Rancher v2.15's user controllers) or minimal (nodes, namespaces)")
+	fs.IntVar(&cfg.browseClusters, "browse-clusters", 0, "browse this many clusters (oldest first) through the steve proxy as Cluster Explorer does")
+	fs.DurationVar(&cfg.browseInterval, "browse-interval", 15*time.Second, "interval of the browse loop's rounds")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -82,11 +91,17 @@ func parseFlags(args []string) (config, error) {
 			return cfg, fmt.Errorf("--token must look like token-xxxxx:secret")
 		}
 	}
-	if cfg.probeInterval <= 0 || cfg.tokenDelay < 0 || cfg.tokenWait <= 0 {
+	if cfg.probeInterval <= 0 || cfg.tokenDelay < 0 || cfg.tokenWait <= 0 || cfg.browseInterval <= 0 {
 		return cfg, errors.New("intervals must be positive")
+	}
+	if cfg.browseClusters < 0 {
+		return cfg, errors.New("--browse-clusters must not be negative")
 	}
 	if cfg.agentTLSMode != "strict" && cfg.agentTLSMode != "system-store" {
 		return cfg, fmt.Errorf("--agent-tls-mode must be strict or system-store, not %q", cfg.agentTLSMode)
+	}
+	if _, err := watchSetFor(cfg.watchSet); err != nil {
+		return cfg, err
 	}
 	v, err := parseRancherVersion(version)
 	if err != nil {

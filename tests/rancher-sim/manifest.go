@@ -211,9 +211,10 @@ func (s *sim) manifestObjects(token, namespace, features string) ([]*unstructure
 	return out, nil
 }
 
-// renderManifest is the import YAML: the objects as one multi-document stream.
-func (s *sim) renderManifest(token, namespace string) ([]byte, error) {
-	objects, err := s.manifestObjects(token, namespace, "")
+// renderManifest is the manifest as YAML, the objects as one multi-document stream: the import
+// YAML (no features) or what clusterdeploy applies (the cluster's features).
+func (s *sim) renderManifest(token, namespace, features string) ([]byte, error) {
+	objects, err := s.manifestObjects(token, namespace, features)
 	if err != nil {
 		return nil, err
 	}

@@ -45,25 +45,35 @@ type runtimeStats struct {
 	// Conflicts counts main connects refused with Rancher's transient update conflict.
 	Conflicts int `json:"conflicts"`
 
-	PingsOK          int      `json:"pingsOk"`
-	PingsFailed      int      `json:"pingsFailed"`
-	HealthOK         int      `json:"healthOk"`
-	HealthFailed     int      `json:"healthFailed"`
-	KubeVersion      string   `json:"kubeVersion,omitempty"`
-	InformersSynced  bool     `json:"informersSynced"`
-	InformerStarts   int      `json:"informerStarts"`
-	NodesSeen        []string `json:"nodesSeen"`
-	NamespacesSeen   []string `json:"namespacesSeen"`
-	ImpersonationOK  bool     `json:"impersonationTokenOk"`
-	ImpersonationSA  string   `json:"impersonationServiceAccount,omitempty"`
-	AgentDeployed    bool     `json:"agentDeploymentCreated"`
-	AgentImage       string   `json:"agentImage,omitempty"`
-	ManifestApplies  int      `json:"manifestApplies"`
-	LastError        string   `json:"lastError,omitempty"`
-	LastErrorTime    string   `json:"lastErrorTime,omitempty"`
-	ConnectedNow     bool     `json:"connected"`
-	MainSessionsOpen int      `json:"mainSessionsOpen"`
-	SteveSessionOpen int      `json:"steveSessionsOpen"`
+	PingsOK         int    `json:"pingsOk"`
+	PingsFailed     int    `json:"pingsFailed"`
+	HealthOK        int    `json:"healthOk"`
+	HealthFailed    int    `json:"healthFailed"`
+	KubeVersion     string `json:"kubeVersion,omitempty"`
+	InformersSynced bool   `json:"informersSynced"`
+	InformerStarts  int    `json:"informerStarts"`
+	// WatchSet names the informer set held on the cluster (--watch-set); Watches counts the
+	// informers running now (each one list and one open watch), WatchesSynced those listed.
+	WatchSet      string `json:"watchSet"`
+	Watches       int    `json:"watches"`
+	WatchesSynced int    `json:"watchesSynced"`
+	WatchErrors   int    `json:"watchErrors"`
+	// Browse is the browse loop\'s record (--browse-clusters), absent for clusters not browsed.
+	Browse          *browseStats `json:"browse,omitempty"`
+	NodesSeen       []string     `json:"nodesSeen"`
+	NamespacesSeen  []string     `json:"namespacesSeen"`
+	ImpersonationOK bool         `json:"impersonationTokenOk"`
+	ImpersonationSA string       `json:"impersonationServiceAccount,omitempty"`
+	AgentDeployed   bool         `json:"agentDeploymentCreated"`
+	AgentImage      string       `json:"agentImage,omitempty"`
+	ManifestApplies int          `json:"manifestApplies"`
+	// LastApplyOutput is what kubectl apply printed last ("deployment.apps/... configured").
+	LastApplyOutput  string `json:"lastApplyOutput,omitempty"`
+	LastError        string `json:"lastError,omitempty"`
+	LastErrorTime    string `json:"lastErrorTime,omitempty"`
+	ConnectedNow     bool   `json:"connected"`
+	MainSessionsOpen int    `json:"mainSessionsOpen"`
+	SteveSessionOpen int    `json:"steveSessionsOpen"`
 
 	everReady  bool
 	conditions map[string]condition
