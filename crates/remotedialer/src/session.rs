@@ -69,8 +69,8 @@ pub struct StreamLimits {
 impl Default for StreamLimits {
     fn default() -> Self {
         Self {
-            // Rancher keeps about 110 watches open per cluster, plus short-lived requests:
-            // roughly nine times that still fits.
+            // Rancher keeps about a dozen watches open through a cluster's tunnel, plus
+            // short-lived requests and UI subscriptions: far more than that still fits.
             max_streams: 1024,
             handler_idle_timeout: Some(Duration::from_secs(300)),
         }
