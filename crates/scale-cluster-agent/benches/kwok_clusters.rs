@@ -11,11 +11,14 @@
 //! process of each cluster. Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed
 //! (`scale-cluster-agent toolchain install`) and enough inotify instances (`preflight --fix`).
 
-use std::path::Path;
+#[path = "support/footprint.rs"]
+mod footprint;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use footprint::{component_of, percentile, CpuWindow, Footprint, Memory};
 use futures::StreamExt;
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::kwok::status::processes_in;
@@ -46,31 +49,6 @@ struct Args {
     // `cargo bench` passes `--bench`; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-#[derive(Debug, Default)]
-struct Memory {
-    rss_kib: u64,
-    pss_kib: u64,
-    pss_anon_kib: u64,
-    pss_file_kib: u64,
-}
-
-impl Memory {
-    fn add(&mut self, other: &Memory) {
-        self.rss_kib += other.rss_kib;
-        self.pss_kib += other.pss_kib;
-        self.pss_anon_kib += other.pss_anon_kib;
-        self.pss_file_kib += other.pss_file_kib;
-    }
-}
-
-/// Memory and idle CPU of a set of processes.
-#[derive(Debug, Default)]
-struct Footprint {
-    memory: Memory,
-    /// CPU used during the window, in millicores.
-    mcpu: f64,
 }
 
 struct ProfileResult {
@@ -149,32 +127,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|name| processes_in(&manager.cluster_dir(name).join("")))
             .collect();
-        let ticks_before: Vec<Vec<u64>> = pids
-            .iter()
-            .map(|ps| ps.iter().map(|p| cpu_ticks(*p)).collect())
-            .collect::<anyhow::Result<_>>()?;
-        let window = Instant::now();
+        let window = CpuWindow::start(&pids.concat())?;
         tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
-        let seconds = window.elapsed().as_secs_f64();
+        let measured: std::collections::HashMap<u32, Footprint> =
+            window.finish()?.into_iter().collect();
         let mut per_cluster = Vec::new();
         let mut per_component: Vec<(String, Footprint)> = Vec::new();
-        for ((name, ps), before) in names.iter().zip(&pids).zip(&ticks_before) {
+        for (name, ps) in names.iter().zip(&pids) {
             let mut total = Footprint::default();
-            for (pid, before) in ps.iter().zip(before) {
-                let used = cpu_ticks(*pid)?.saturating_sub(*before);
-                let one = Footprint {
-                    memory: memory_of(*pid)?,
-                    mcpu: used as f64 / CLOCK_TICKS_PER_SEC / seconds * 1000.0,
+            for pid in ps {
+                let Some(one) = measured.get(pid) else {
+                    continue;
                 };
                 let component = component_of(*pid);
-                total.memory.add(&one.memory);
-                total.mcpu += one.mcpu;
+                total.add(one);
                 match per_component.iter_mut().find(|(c, _)| *c == component) {
-                    Some((_, f)) => {
-                        f.memory.add(&one.memory);
-                        f.mcpu += one.mcpu;
-                    }
-                    None => per_component.push((component, one)),
+                    Some((_, f)) => f.add(one),
+                    None => per_component.push((component, one.clone())),
                 }
             }
             if total.memory.rss_kib == 0 {
@@ -211,66 +180,6 @@ async fn delete_all(manager: &ClusterManager, names: &[String]) -> anyhow::Resul
         manager.delete(name).await?;
     }
     Ok(())
-}
-
-fn memory_of(pid: u32) -> anyhow::Result<Memory> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .with_context(|| format!("reading smaps_rollup of pid {pid}"))?;
-    let field = |key: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok(Memory {
-        rss_kib: field("Rss:"),
-        pss_kib: field("Pss:"),
-        pss_anon_kib: field("Pss_Anon:"),
-        pss_file_kib: field("Pss_File:"),
-    })
-}
-
-/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture this runs on.
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
-
-/// utime + stime of `pid` in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading stat of pid {pid}"))?;
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let after_comm = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("no field {} in stat of pid {pid}", i + 3))
-    };
-    // Field 3 (state) is index 0 here, so utime (14) is index 11 and stime (15) index 12.
-    Ok(field(11)? + field(12)?)
-}
-
-fn component_of(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .and_then(|raw| {
-            let argv0 = raw.split(|b| *b == 0).next()?.to_vec();
-            let argv0 = String::from_utf8_lossy(&argv0).into_owned();
-            Path::new(&argv0)
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| format!("pid {pid}"))
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted.get(rank).copied().unwrap_or(f64::NAN)
 }
 
 fn mean_mib(values: &[Footprint], f: impl Fn(&Memory) -> u64) -> f64 {

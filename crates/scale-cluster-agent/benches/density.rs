@@ -1,0 +1,289 @@
+//! Density benchmark: N simulated clusters active against rancher-sim (Rancher's probes every 15 s
+//! and its downstream watch set, `--watch-set rancher`), held, and measured per cluster with every
+//! process a cluster needs:
+//!
+//! ```text
+//! cargo bench -p scale-cluster-agent --bench density -- [--clusters 50] [--profile lean] [--hold 600]
+//! ```
+//!
+//! Starts rancher-sim and `scale-cluster-agent serve`, bulk-creates N clusters of one profile through
+//! the agent's API and waits until all are `active`. After `--settle` seconds it measures, over
+//! `--cpu-window` seconds, the CPU (utime + stime) and then the PSS (anonymous and file-backed apart)
+//! of every process of every cluster, per component, plus the agent's own process divided by N
+//! (rancher-sim stands in for Rancher and is reported apart, not counted). Then it holds the
+//! clusters for `--hold` seconds, checking every 10 s that all are still `active`, and deletes them.
+//! Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed and the host
+//! limits `preflight --fix --clusters N` sets.
+
+#[path = "support/footprint.rs"]
+mod footprint;
+#[path = "../tests/support/go_build.rs"]
+mod go_build;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use footprint::{component_of, percentile, CpuWindow, Footprint};
+use scale_cluster_agent::kwok::status::processes_in;
+use serde_json::Value;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 50)]
+    clusters: usize,
+    /// `lean` or `full`.
+    #[arg(long, default_value = "lean")]
+    profile: String,
+    /// The agent's --concurrency.
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
+    /// Idle seconds after the last cluster went active, before measuring.
+    #[arg(long, default_value_t = 60)]
+    settle: u64,
+    /// Seconds over which CPU is measured.
+    #[arg(long, default_value_t = 120)]
+    cpu_window: u64,
+    /// Seconds the clusters are held (all must stay active) after the measurement.
+    #[arg(long, default_value_t = 600)]
+    hold: u64,
+    #[arg(long, default_value_t = 27000)]
+    port_base: u16,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sim_bin = go_build::build(&go_build::module("rancher-sim"), ".", "rancher-sim");
+    let token = "token-bench:0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij";
+    let sim_dir = dir.path().join("sim");
+    let sim = Killed(
+        Command::new(sim_bin)
+            .args(["--state-dir"])
+            .arg(&sim_dir)
+            .args(["--token", token, "--probe-interval", "15s"])
+            .args(["--watch-set", "rancher"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let sim_url = wait_for_file(&sim_dir.join("address")).await?;
+    let kwok_workdir = dir.path().join("kwok");
+    let agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+            .arg("serve")
+            .env("SCA_DATA_DIR", dir.path().join("data"))
+            .env("SCA_KWOK_WORKDIR", &kwok_workdir)
+            .env("SCA_PORT_BASE", args.port_base.to_string())
+            .env("SCA_PORT_BLOCKS", (args.clusters + 10).to_string())
+            .env("SCA_RANCHER_URL", sim_url.trim())
+            .env("SCA_RANCHER_TOKEN", token)
+            .env("SCA_RANCHER_CA_FILE", sim_dir.join("ca.crt"))
+            .env("SCA_LISTEN", "127.0.0.1:0")
+            .env("SCA_CONCURRENCY", args.concurrency.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let discovery: Value =
+        serde_json::from_str(&wait_for_file(&dir.path().join("data/agent.json")).await?)?;
+    let api = discovery["url"].as_str().context("agent url")?.to_string();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+
+    eprintln!("bulk-creating {} {} clusters", args.clusters, args.profile);
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{api}/clusters/bulk"))
+        .json(&serde_json::json!({"count": args.clusters, "prefix": "dense", "profile": args.profile}))
+        .send()
+        .await?;
+    if resp.status() != 201 {
+        bail!("bulk create: {} {}", resp.status(), resp.text().await?);
+    }
+    let mut active_after: HashMap<String, f64> = HashMap::new();
+    while active_after.len() < args.clusters {
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!(
+                "only {} of {} clusters active after 30 minutes",
+                active_after.len(),
+                args.clusters
+            );
+        }
+        for (name, phase) in phases(&http, &api).await? {
+            if phase == "active" {
+                active_after
+                    .entry(name)
+                    .or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_active = started.elapsed().as_secs_f64();
+    eprintln!(
+        "all active after {all_active:.1} s; settling {} s",
+        args.settle
+    );
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+
+    // Every process of every cluster, the agent, and rancher-sim (reported apart).
+    let names: Vec<String> = active_after.keys().cloned().collect();
+    let mut cluster_of: HashMap<u32, String> = HashMap::new();
+    for name in &names {
+        for pid in processes_in(&kwok_workdir.join("clusters").join(name).join("")) {
+            cluster_of.insert(pid, name.clone());
+        }
+    }
+    let (agent_pid, sim_pid) = (agent.0.id(), sim.0.id());
+    let mut pids: Vec<u32> = cluster_of.keys().copied().collect();
+    pids.extend([agent_pid, sim_pid]);
+    eprintln!("measuring CPU over {} s", args.cpu_window);
+    let window = CpuWindow::start(&pids)?;
+    tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
+    let measured = window.finish()?;
+
+    let n = args.clusters as f64;
+    let mut per_component: BTreeMap<String, Footprint> = BTreeMap::new();
+    let mut per_cluster: BTreeMap<String, Footprint> = BTreeMap::new();
+    let (mut agent_fp, mut sim_fp) = (Footprint::default(), Footprint::default());
+    for (pid, fp) in &measured {
+        if *pid == agent_pid {
+            agent_fp = fp.clone();
+        } else if *pid == sim_pid {
+            sim_fp = fp.clone();
+        } else {
+            per_component.entry(component_of(*pid)).or_default().add(fp);
+            if let Some(name) = cluster_of.get(pid) {
+                per_cluster.entry(name.clone()).or_default().add(fp);
+            }
+        }
+    }
+    per_component.insert("scale-cluster-agent (÷ N)".into(), agent_fp.clone());
+    let mut total = Footprint::default();
+    for fp in per_component.values() {
+        total.add(fp);
+    }
+
+    eprintln!("holding {} s", args.hold);
+    let hold_started = Instant::now();
+    let mut fewest_active = args.clusters;
+    while hold_started.elapsed() < Duration::from_secs(args.hold) {
+        let active = phases(&http, &api)
+            .await?
+            .iter()
+            .filter(|(_, p)| p == "active")
+            .count();
+        fewest_active = fewest_active.min(active);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+
+    let times: Vec<f64> = active_after.values().copied().collect();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "Command: `cargo bench -p scale-cluster-agent --bench density -- --clusters {} --profile {} --concurrency {} --settle {} --cpu-window {} --hold {}`\n",
+        args.clusters, args.profile, args.concurrency, args.settle, args.cpu_window, args.hold
+    );
+    println!("| profile | clusters | all active (s) | throughput (clusters/s) | create→active p50 / p95 (s) | PSS / cluster (MiB) | PSS anon / file (MiB) | idle CPU / cluster (mCPU) | fewest active while held {} s |", args.hold);
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | {:.1} | {} |",
+        args.profile,
+        args.clusters,
+        all_active,
+        n / all_active,
+        percentile(&times, 50.0),
+        percentile(&times, 95.0),
+        mib(total.memory.pss_kib) / n,
+        mib(total.memory.pss_anon_kib) / n,
+        mib(total.memory.pss_file_kib) / n,
+        total.mcpu / n,
+        fewest_active,
+    );
+    println!("\nPer component, per cluster (shared processes divided by N):\n");
+    println!("| component | PSS (MiB) | PSS anon (MiB) | PSS file (MiB) | idle mCPU |");
+    println!("|---|---|---|---|---|");
+    for (component, fp) in &per_component {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            component,
+            mib(fp.memory.pss_kib) / n,
+            mib(fp.memory.pss_anon_kib) / n,
+            mib(fp.memory.pss_file_kib) / n,
+            fp.mcpu / n,
+        );
+    }
+    let spread: Vec<f64> = per_cluster
+        .values()
+        .map(|f| mib(f.memory.pss_kib))
+        .collect();
+    println!(
+        "\nPSS per cluster min / p50 / max: {:.1} / {:.1} / {:.1} MiB. rancher-sim (standing in for Rancher, not counted): {:.0} MiB PSS, {:.0} mCPU.",
+        percentile(&spread, 0.0),
+        percentile(&spread, 50.0),
+        percentile(&spread, 100.0),
+        mib(sim_fp.memory.pss_kib),
+        sim_fp.mcpu,
+    );
+
+    for name in &names {
+        http.delete(format!("{api}/clusters/{name}")).send().await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !phases(&http, &api).await?.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(agent);
+    drop(sim);
+    Ok(())
+}
+
+/// Every cluster's name and phase, from the agent's API.
+async fn phases(http: &reqwest::Client, api: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let list: Vec<Value> = http
+        .get(format!("{api}/clusters"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(list
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["phase"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return Ok(text);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
