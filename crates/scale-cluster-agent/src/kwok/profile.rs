@@ -220,9 +220,9 @@ const LEAN_PATCHES: &[Patch] = &[
     },
     Patch {
         component: "etcd",
-        // A single member has no followers to heartbeat: a slower raft tick (100 ms by default)
-        // only delays leader election at start, which a single member wins at once.
-        args: &[("heartbeat-interval", "500"), ("election-timeout", "5000")],
+        // The raft tick stays at 100 ms: a 500 ms tick saved ~2 mCPU of an idle etcd but
+        // delayed the first election, and so apiserver readiness, by ~1.7 s.
+        args: &[],
         overrides: &[],
         envs: &[("GOGC", "25")],
     },
