@@ -10,7 +10,11 @@
 //! the agent's API and waits until all are `active`. After `--settle` seconds it measures, over
 //! `--cpu-window` seconds, the CPU (utime + stime) and then the PSS (anonymous and file-backed apart)
 //! of every process of every cluster, per component, plus the agent's own process divided by N
-//! (rancher-sim stands in for Rancher and is reported apart, not counted). Then it holds the
+//! (rancher-sim stands in for Rancher and is reported apart, not counted), and the agent's steve
+//! host, shared by all clusters, likewise divided by N. With `--browse-clusters K`, rancher-sim
+//! browses K clusters as Cluster Explorer does (schemas, counts, node and pod lists through the
+//! steve tunnel every `--browse-interval` seconds) and the report adds its request latencies.
+//! Then it holds the
 //! clusters for `--hold` seconds, checking every 10 s that all are still `active`, and deletes them.
 //! Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed and the host
 //! limits `preflight --fix --clusters N` sets.
@@ -50,6 +54,12 @@ struct Args {
     /// Seconds the clusters are held (all must stay active) after the measurement.
     #[arg(long, default_value_t = 600)]
     hold: u64,
+    /// Clusters rancher-sim browses through Steve during the whole run.
+    #[arg(long, default_value_t = 0)]
+    browse_clusters: usize,
+    /// Seconds between two browse rounds of a cluster.
+    #[arg(long, default_value_t = 15)]
+    browse_interval: u64,
     #[arg(long, default_value_t = 27000)]
     port_base: u16,
     #[arg(long, hide = true)]
@@ -81,6 +91,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .arg(&sim_dir)
             .args(["--token", token, "--probe-interval", "15s"])
             .args(["--watch-set", "rancher"])
+            .args(["--browse-clusters", &args.browse_clusters.to_string()])
+            .args(["--browse-interval", &format!("{}s", args.browse_interval)])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
@@ -154,10 +166,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (agent_pid, sim_pid) = (agent.0.id(), sim.0.id());
     let mut pids: Vec<u32> = cluster_of.keys().copied().collect();
     pids.extend([agent_pid, sim_pid]);
+    // The agent's own helpers (the steve host) serve every cluster: shared, divided by N.
+    let helpers: Vec<u32> = children_of(agent_pid)
+        .into_iter()
+        .filter(|p| !cluster_of.contains_key(p))
+        .collect();
+    pids.extend(&helpers);
     eprintln!("measuring CPU over {} s", args.cpu_window);
     let window = CpuWindow::start(&pids)?;
     tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
-    let measured = window.finish()?;
+    let measured = window.finish();
 
     let n = args.clusters as f64;
     let mut per_component: BTreeMap<String, Footprint> = BTreeMap::new();
@@ -194,11 +212,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
 
+    let sim_stats: Value = sim_client(&sim_dir)?
+        .get(format!("{}/sim/stats", sim_url.trim()))
+        .send()
+        .await?
+        .json()
+        .await?;
     let times: Vec<f64> = active_after.values().copied().collect();
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "Command: `cargo bench -p scale-cluster-agent --bench density -- --clusters {} --profile {} --concurrency {} --settle {} --cpu-window {} --hold {}`\n",
-        args.clusters, args.profile, args.concurrency, args.settle, args.cpu_window, args.hold
+        "Command: `cargo bench -p scale-cluster-agent --bench density -- --clusters {} --profile {} --concurrency {} --settle {} --cpu-window {} --hold {} --browse-clusters {} --browse-interval {}`\n",
+        args.clusters,
+        args.profile,
+        args.concurrency,
+        args.settle,
+        args.cpu_window,
+        args.hold,
+        args.browse_clusters,
+        args.browse_interval
     );
     println!("| profile | clusters | all active (s) | throughput (clusters/s) | create→active p50 / p95 (s) | PSS / cluster (MiB) | PSS anon / file (MiB) | idle CPU / cluster (mCPU) | fewest active while held {} s |", args.hold);
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -242,6 +273,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sim_fp.mcpu,
     );
 
+    let browse = &sim_stats["browse"];
+    println!(
+        "\nrancher-sim: {} watches open on {} clusters (watch set `{}`); browsing {} clusters: {} rounds, {} requests, {} errors, latency p50 / p99 {} / {} ms{}.",
+        sim_stats["watches"],
+        sim_stats["clusters"],
+        sim_stats["watchSet"].as_str().unwrap_or_default(),
+        sim_stats["browsedClusters"],
+        browse["rounds"],
+        browse["requests"],
+        browse["errors"],
+        browse["p50Ms"],
+        browse["p99Ms"],
+        browse["lastError"]
+            .as_str()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default(),
+    );
+
     for name in &names {
         http.delete(format!("{api}/clusters/{name}")).send().await?;
     }
@@ -252,6 +301,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(agent);
     drop(sim);
     Ok(())
+}
+
+/// Live processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after_comm = stat.rsplit_once(')')?.1.to_string();
+                    after_comm.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// A client for rancher-sim's own endpoints, trusting its CA.
+fn sim_client(sim_dir: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(sim_dir.join("ca.crt"))?)?;
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .build()?)
 }
 
 /// Every cluster's name and phase, from the agent's API.

@@ -130,7 +130,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let window = CpuWindow::start(&pids.concat())?;
         tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
         let measured: std::collections::HashMap<u32, Footprint> =
-            window.finish()?.into_iter().collect();
+            window.finish().into_iter().collect();
         let mut per_cluster = Vec::new();
         let mut per_component: Vec<(String, Footprint)> = Vec::new();
         for (name, ps) in names.iter().zip(&pids) {

@@ -96,20 +96,27 @@ impl CpuWindow {
         })
     }
 
-    /// Each process's footprint: memory now, CPU in millicores since [`Self::start`].
-    pub fn finish(self) -> anyhow::Result<Vec<(u32, Footprint)>> {
+    /// Each process's footprint: memory now, CPU in millicores since [`Self::start`]. A process
+    /// that exited meanwhile is left out, with a note on stderr.
+    pub fn finish(self) -> Vec<(u32, Footprint)> {
         let seconds = self.started.elapsed().as_secs_f64();
         self.ticks
             .into_iter()
-            .map(|(pid, before)| {
-                let used = cpu_ticks(pid)?.saturating_sub(before);
-                Ok((
-                    pid,
-                    Footprint {
+            .filter_map(|(pid, before)| {
+                let measured = cpu_ticks(pid).and_then(|after| {
+                    Ok(Footprint {
                         memory: memory_of(pid)?,
-                        mcpu: used as f64 / CLOCK_TICKS_PER_SEC / seconds * 1000.0,
-                    },
-                ))
+                        mcpu: after.saturating_sub(before) as f64 / CLOCK_TICKS_PER_SEC / seconds
+                            * 1000.0,
+                    })
+                });
+                match measured {
+                    Ok(footprint) => Some((pid, footprint)),
+                    Err(error) => {
+                        eprintln!("left out pid {pid} ({}): {error:#}", component_of(pid));
+                        None
+                    }
+                }
             })
             .collect()
     }
