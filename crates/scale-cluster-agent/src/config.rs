@@ -95,6 +95,10 @@ pub struct ToolchainArgs {
     #[arg(long, env = "SCA_ETCD_BINARY", global = true)]
     pub etcd_binary: Option<PathBuf>,
 
+    /// steve-host binary (the agent's Steve server) to use instead of PATH/cache.
+    #[arg(long, env = "SCA_STEVE_HOST_BINARY", global = true)]
+    pub steve_host_binary: Option<PathBuf>,
+
     /// Mirror serving the official release paths (see `toolchain install --help` for the layout);
     /// setting it makes `install` download rather than build.
     #[arg(long, env = "SCA_DOWNLOAD_BASE_URL", global = true)]
@@ -267,6 +271,7 @@ impl Settings {
             (Component::KubeScheduler, &args.kube_scheduler_binary),
             (Component::Kubectl, &args.kubectl_binary),
             (Component::Etcd, &args.etcd_binary),
+            (Component::SteveHost, &args.steve_host_binary),
         ]
         .into_iter()
         .filter_map(|(c, p)| p.clone().map(|p| (c, p)))
