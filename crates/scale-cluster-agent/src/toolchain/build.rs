@@ -60,11 +60,26 @@ const ETCD_MODULE: GoModule = GoModule {
 const STEVE_HOST_MODULE: GoModule = GoModule {
     name: "steve-host",
     files: &[
-        ("go.mod", include_str!("../../../../hosts/steve-host/go.mod")),
-        ("go.sum", include_str!("../../../../hosts/steve-host/go.sum")),
-        ("main.go", include_str!("../../../../hosts/steve-host/main.go")),
-        ("hosts.go", include_str!("../../../../hosts/steve-host/hosts.go")),
-        ("steve.go", include_str!("../../../../hosts/steve-host/steve.go")),
+        (
+            "go.mod",
+            include_str!("../../../../hosts/steve-host/go.mod"),
+        ),
+        (
+            "go.sum",
+            include_str!("../../../../hosts/steve-host/go.sum"),
+        ),
+        (
+            "main.go",
+            include_str!("../../../../hosts/steve-host/main.go"),
+        ),
+        (
+            "hosts.go",
+            include_str!("../../../../hosts/steve-host/hosts.go"),
+        ),
+        (
+            "steve.go",
+            include_str!("../../../../hosts/steve-host/steve.go"),
+        ),
     ],
 };
 

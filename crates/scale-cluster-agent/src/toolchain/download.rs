@@ -350,7 +350,10 @@ mod tests {
     fn mirror_layout_names_the_pins() {
         for c in Component::ALL {
             assert!(MIRROR_LAYOUT.contains(c.pinned_version()), "{c}");
-            let path = artifact(c, Some("BASE")).unwrap().url.replace(arch(), "{arch}");
+            let path = artifact(c, Some("BASE"))
+                .unwrap()
+                .url
+                .replace(arch(), "{arch}");
             let dir = &path[..path.rfind('/').unwrap()];
             assert!(MIRROR_LAYOUT.contains(dir), "{c}: {dir}");
         }

@@ -28,11 +28,11 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use build::STEVE_HOST_VERSION;
 pub use download::{MIRROR_LAYOUT, OFFICIAL_GITHUB, OFFICIAL_KUBE};
 pub use install::{install, install_component, Installed};
 pub use locate::{locate, status, ComponentStatus};
 pub use progress::Progress;
-pub use build::STEVE_HOST_VERSION;
 pub use version::parse_version;
 
 /// Kubernetes release whose binaries every simulated cluster runs: the one kwok's pinned release defaults to.
