@@ -276,6 +276,11 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
 
     advance(agent, name, AgentPhase::Connecting).await?;
     let tls = inner.rancher.tunnel_tls(&registration).await?;
+    // The real agent keeps the CA that CATTLE_CA_CHECKSUM pins (its `serverca`) for stv-aggregation.
+    let pinned_ca = match (&tls, &registration.ca_checksum) {
+        (remotedialer::TlsMode::CaBundle { pem, .. }, Some(_)) => Some(pem.clone()),
+        _ => None,
+    };
     let spec = TunnelSpec {
         server_url: registration.server_url.clone(),
         registration_token: registration.token.expose().to_string(),
@@ -285,6 +290,18 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
     };
     inner.tunnels.open(name, &spec)?;
     inner.tunnels.wait_connected(name, CONNECT_TIMEOUT).await?;
+    prepare::apply_steve_aggregation(
+        &client,
+        &prepare::SteveAggregation {
+            server_url: &registration.server_url,
+            token: registration.token.expose(),
+            ca_checksum: registration.ca_checksum.as_deref(),
+            ca_pem: pinned_ca.as_deref(),
+            // The tunnels just reached Rancher trusting that CA.
+            cacerts_valid: pinned_ca.is_some(),
+        },
+    )
+    .await?;
 
     let deadline = Instant::now() + inner.config.active_timeout;
     loop {
