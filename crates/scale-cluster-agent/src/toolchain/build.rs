@@ -393,6 +393,28 @@ mod tests {
             .contains(&format!("github.com/rancher/steve {STEVE_VERSION}")));
     }
 
+    /// Every non-test file of the host's module is embedded, or the built host would miss it (or
+    /// its hash, hence its version, would not change with it).
+    #[test]
+    fn every_steve_host_source_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hosts/steve-host");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                (n.ends_with(".go") && !n.ends_with("_test.go")) || n == "go.mod" || n == "go.sum"
+            })
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = STEVE_HOST_MODULE
+            .files
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
+
     #[test]
     fn the_steve_host_version_is_the_pin_and_a_source_hash() {
         let hash = STEVE_HOST_VERSION
