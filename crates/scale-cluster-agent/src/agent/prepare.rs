@@ -18,6 +18,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use crate::kwok::population::FIELD_MANAGER;
+use crate::rancher::{ca_checksum, RancherClient, Registration};
 
 pub const NAMESPACE: &str = "cattle-system";
 pub const SERVICE_ACCOUNT: &str = "cattle";
@@ -230,6 +231,39 @@ impl SteveAggregation<'_> {
             data.insert("ca.crt".into(), ByteString(pem.as_bytes().to_vec()));
         }
         data
+    }
+}
+
+/// The CA that `CATTLE_CA_CHECKSUM` pins, as the real agent keeps it (its `serverca` file): the
+/// PEM the tunnels trust when they pin it, else Rancher's `cacerts` (one request), kept only when
+/// it matches the checksum. `None` without a checksum (a publicly trusted Rancher) or when the
+/// CA cannot be had; the Secret then says `CATTLE_CACERTS_VALID: false`, as the real agent would.
+pub async fn pinned_ca(
+    rancher: &RancherClient,
+    registration: &Registration,
+    tunnel_tls: &remotedialer::TlsMode,
+) -> Option<String> {
+    let checksum = registration
+        .ca_checksum
+        .as_deref()?
+        .trim()
+        .to_ascii_lowercase();
+    if let remotedialer::TlsMode::CaBundle { pem, .. } = tunnel_tls {
+        return Some(pem.clone());
+    }
+    match rancher.ca_certs().await {
+        Ok(pem) if ca_checksum(&pem) == checksum => Some(pem),
+        Ok(_) => {
+            tracing::warn!(
+                cluster = %registration.cluster_id,
+                "Rancher's cacerts do not match CATTLE_CA_CHECKSUM; stv-aggregation says so"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(cluster = %registration.cluster_id, %error, "cannot read Rancher's cacerts for stv-aggregation");
+            None
+        }
     }
 }
 

@@ -276,11 +276,7 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
 
     advance(agent, name, AgentPhase::Connecting).await?;
     let tls = inner.rancher.tunnel_tls(&registration).await?;
-    // The real agent keeps the CA that CATTLE_CA_CHECKSUM pins (its `serverca`) for stv-aggregation.
-    let pinned_ca = match (&tls, &registration.ca_checksum) {
-        (remotedialer::TlsMode::CaBundle { pem, .. }, Some(_)) => Some(pem.clone()),
-        _ => None,
-    };
+    let pinned_ca = prepare::pinned_ca(&inner.rancher, &registration, &tls).await;
     let spec = TunnelSpec {
         server_url: registration.server_url.clone(),
         registration_token: registration.token.expose().to_string(),
@@ -297,7 +293,7 @@ async fn bring_up(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> 
             token: registration.token.expose(),
             ca_checksum: registration.ca_checksum.as_deref(),
             ca_pem: pinned_ca.as_deref(),
-            // The tunnels just reached Rancher trusting that CA.
+            // The tunnels just reached the Rancher whose cacerts that CA is.
             cacerts_valid: pinned_ca.is_some(),
         },
     )
