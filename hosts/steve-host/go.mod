@@ -3,6 +3,7 @@ module github.com/scale-cluster-agent/hosts/steve-host
 go 1.26.0
 
 require (
+	github.com/rancher/apiserver v0.9.6
 	github.com/rancher/steve v0.9.18
 	github.com/rancher/wrangler/v3 v3.7.0
 	github.com/sirupsen/logrus v1.9.4
@@ -71,7 +72,6 @@ require (
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.67.5 // indirect
 	github.com/prometheus/procfs v0.19.2 // indirect
-	github.com/rancher/apiserver v0.9.6 // indirect
 	github.com/rancher/dynamiclistener v0.9.0-rc.1 // indirect
 	github.com/rancher/kubernetes-provider-detector v0.1.6-0.20240606163014-fcae75779379 // indirect
 	github.com/rancher/lasso v0.2.9 // indirect

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -27,8 +29,9 @@ var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 var errNoCluster = errors.New("no such simulated cluster")
 
 // builder makes one cluster's Steve handler from its kubeconfig; the handler lives until ctx
-// ends. A variable so the package's tests can count builds without an apiserver.
-type builder func(ctx context.Context, kubeconfig string, ready time.Duration) (http.Handler, error)
+// ends, and release (called after that) lets go of what ctx alone does not. A parameter so the
+// package's tests can count builds without an apiserver.
+type builder func(ctx context.Context, kubeconfig string, ready time.Duration) (handler http.Handler, release func(), err error)
 
 // hosts serves every cluster, each from its own Steve server built on first use.
 type hosts struct {
@@ -46,6 +49,7 @@ type hosts struct {
 type entry struct {
 	ready   chan struct{}
 	handler http.Handler // set before ready is closed, nil on failure
+	release func()       // set with handler
 	err     error        // set before ready is closed on failure
 	cancel  context.CancelFunc
 	// Guarded by hosts.mu.
@@ -70,6 +74,21 @@ func (h *hosts) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	if req.URL.Path == "/ping" {
 		rw.Header().Set("Content-Type", "text/plain")
 		_, _ = rw.Write([]byte("pong"))
+		return
+	}
+	// What the host holds, for benchmarks and leak checks; reachable only through the private
+	// socket, and it names no cluster.
+	if req.URL.Path == "/debug/stats" && req.Header.Get(ClusterHeader) == "" {
+		var mem runtime.MemStats
+		runtime.ReadMemStats(&mem)
+		rw.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(rw).Encode(map[string]uint64{
+			"clusters":     uint64(h.count()),
+			"goroutines":   uint64(runtime.NumGoroutine()),
+			"heapInuse":    mem.HeapInuse,
+			"heapReleased": mem.HeapReleased,
+			"sys":          mem.Sys,
+		})
 		return
 	}
 	name := req.Header.Get(ClusterHeader)
@@ -130,7 +149,7 @@ func (h *hosts) releaseUse(e *entry) {
 func (h *hosts) start(ctx context.Context, name string, e *entry) {
 	begun := time.Now()
 	kubeconfig := filepath.Join(h.clustersDir, name, "kubeconfig.yaml")
-	handler, err := h.buildFrom(ctx, kubeconfig)
+	handler, release, err := h.buildFrom(ctx, kubeconfig)
 	if err != nil {
 		e.err = err
 		e.cancel()
@@ -141,17 +160,17 @@ func (h *hosts) start(ctx context.Context, name string, e *entry) {
 		h.mu.Unlock()
 		slog.Warn("cannot start Steve for cluster", "cluster", name, "error", err)
 	} else {
-		e.handler = handler
+		e.handler, e.release = handler, release
 		slog.Info("Steve started for cluster", "cluster", name, "took", time.Since(begun).Round(time.Millisecond))
 	}
 	close(e.ready)
 }
 
-func (h *hosts) buildFrom(ctx context.Context, kubeconfig string) (http.Handler, error) {
+func (h *hosts) buildFrom(ctx context.Context, kubeconfig string) (http.Handler, func(), error) {
 	if _, err := os.Stat(kubeconfig); errors.Is(err, fs.ErrNotExist) {
-		return nil, errNoCluster
+		return nil, nil, errNoCluster
 	} else if err != nil {
-		return nil, fmt.Errorf("reading its kubeconfig: %w", err)
+		return nil, nil, fmt.Errorf("reading its kubeconfig: %w", err)
 	}
 	return h.build(ctx, kubeconfig, h.ready)
 }
@@ -182,7 +201,7 @@ func (h *hosts) releaseIdle(now time.Time) {
 	h.mu.Lock()
 	for name, e := range h.running {
 		if e.inflight == 0 && now.Sub(e.lastUsed) >= h.idle {
-			e.cancel()
+			stop(e)
 			delete(h.running, name)
 			released = append(released, name)
 		}
@@ -203,8 +222,21 @@ func (h *hosts) releaseAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name, e := range h.running {
-		e.cancel()
+		stop(e)
 		delete(h.running, name)
+	}
+}
+
+// stop cancels an entry's server and, once it is built, releases it; an entry still being
+// built is released by nobody but its context, which ends its build.
+func stop(e *entry) {
+	e.cancel()
+	select {
+	case <-e.ready:
+		if e.release != nil {
+			go e.release()
+		}
+	default:
 	}
 }
 

@@ -33,11 +33,11 @@ func fakeClusters(t *testing.T, names ...string) string {
 // echoBuilder counts builds; its handler answers with the kubeconfig it was built for and the
 // cluster header it saw (which must be gone).
 func echoBuilder(builds *atomic.Int32) builder {
-	return func(ctx context.Context, kubeconfig string, _ time.Duration) (http.Handler, error) {
+	return func(ctx context.Context, kubeconfig string, _ time.Duration) (http.Handler, func(), error) {
 		builds.Add(1)
 		return http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
 			_, _ = io.WriteString(rw, filepath.Base(filepath.Dir(kubeconfig))+"|"+req.Header.Get(ClusterHeader))
-		}), nil
+		}), func() {}, nil
 	}
 }
 
@@ -86,11 +86,11 @@ func TestARequestInFlightKeepsItsServer(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})
 	h := newHosts(context.Background(), fakeClusters(t, "watched"), time.Millisecond, time.Second,
-		func(ctx context.Context, _ string, _ time.Duration) (http.Handler, error) {
+		func(ctx context.Context, _ string, _ time.Duration) (http.Handler, func(), error) {
 			return http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 				close(started)
 				<-release
-			}), nil
+			}), func() {}, nil
 		})
 	done := make(chan struct{})
 	go func() { get(t, h, "watched"); close(done) }()
@@ -140,11 +140,11 @@ func TestBadRequestsAreRefusedClearly(t *testing.T) {
 func TestAFailedStartIsRetriedOnTheNextRequest(t *testing.T) {
 	var attempts atomic.Int32
 	h := newHosts(context.Background(), fakeClusters(t, "flaky"), time.Minute, time.Second,
-		func(ctx context.Context, _ string, _ time.Duration) (http.Handler, error) {
+		func(ctx context.Context, _ string, _ time.Duration) (http.Handler, func(), error) {
 			if attempts.Add(1) == 1 {
-				return nil, errors.New("apiserver not ready")
+				return nil, nil, errors.New("apiserver not ready")
 			}
-			return http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(rw, "ok") }), nil
+			return http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(rw, "ok") }), func() {}, nil
 		})
 	if code, body := get(t, h, "flaky"); code != http.StatusServiceUnavailable {
 		t.Fatalf("first: %d %q", code, body)
