@@ -38,7 +38,11 @@ var version = "dev"
 func main() {
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	socket := flag.String("socket", "", "unix socket to serve on (its directory should be private to this user)")
-	clustersDir := flag.String("clusters-dir", "", "kwokctl's clusters directory: <dir>/<name>/kubeconfig.yaml")
+	// The agent passes the clusters directory in the environment, not on the command line: tools
+	// (and the agent's tests) that find a cluster's processes by a path on their command line
+	// must not take the host for one of them.
+	clustersDir := flag.String("clusters-dir", os.Getenv("STEVE_HOST_CLUSTERS_DIR"),
+		"kwokctl's clusters directory: <dir>/<name>/kubeconfig.yaml (default $STEVE_HOST_CLUSTERS_DIR)")
 	idle := flag.Duration("idle-timeout", 10*time.Minute, "release a cluster's Steve server after this long without requests")
 	ready := flag.Duration("ready-timeout", 60*time.Second, "longest wait for a new Steve server's first schemas")
 	verbose := flag.Bool("verbose", false, "log Steve's informational messages too")

@@ -196,8 +196,9 @@ async fn spawn(config: &SteveHostConfig, socket: &Path) -> std::io::Result<Child
     command
         .arg("--socket")
         .arg(socket)
-        .arg("--clusters-dir")
-        .arg(&config.clusters_dir)
+        // In the environment rather than on the command line: whatever finds KWOK clusters'
+        // processes by a path on their command line must not take the host for one of them.
+        .env("STEVE_HOST_CLUSTERS_DIR", &config.clusters_dir)
         .arg("--idle-timeout")
         .arg(format!("{}ms", config.idle_timeout.as_millis().max(1)))
         .stdin(Stdio::null())
