@@ -1,7 +1,8 @@
 //! The application wiring shared by `serve`, `up` and the tests: [`RunningAgent`] takes the data
 //! directory (lock file, private dirs), provisions the toolchain, opens the store, builds the KWOK
-//! manager and the Rancher client, starts the agent and its HTTP API, writes the discovery file,
-//! and on [`RunningAgent::stop`] shuts all of it down, awaiting its tasks. It is the one place that
+//! manager and the Rancher client, starts the steve host (unless Steve is off), the agent and its
+//! HTTP API, writes the discovery file, and on [`RunningAgent::stop`] shuts all of it down,
+//! awaiting its tasks and the steve host. It is the one place that
 //! knows every layer; the CLI commands around it only parse, print and wait for a signal.
 
 use std::fs::File;
@@ -17,8 +18,9 @@ use crate::api;
 use crate::config::{AgentSettings, Settings};
 use crate::kwok::ClusterManager;
 use crate::rancher::RancherClient;
+use crate::steve::{SteveHost, SteveHostConfig, SteveProxy};
 use crate::store::Store;
-use crate::toolchain::{self, Progress, Toolchain, ToolchainOptions};
+use crate::toolchain::{self, Component, Progress, Toolchain, ToolchainOptions};
 
 /// The toolchain in `opts`, installed first (with progress on the terminal) if anything is missing.
 pub async fn provision_toolchain(opts: &ToolchainOptions) -> anyhow::Result<Toolchain> {
@@ -39,6 +41,8 @@ pub struct RunningAgent {
     server: JoinHandle<std::io::Result<()>>,
     stop_server: tokio::sync::oneshot::Sender<()>,
     reconcile: JoinHandle<()>,
+    /// The steve host serving Steve behind the steve tunnels; `None` with Steve off.
+    steve: Option<SteveHost>,
     /// Held for the agent's lifetime: a second agent on the same data directory would run a second
     /// reconcile loop over the same clusters.
     _lock: File,
@@ -77,6 +81,13 @@ impl RunningAgent {
             ..AgentConfig::default()
         };
         config.tunnel.backoff.cap = agent_settings.reconnect_max;
+        let steve = if agent_settings.steve.enabled {
+            let host = start_steve_host(settings, agent_settings).await?;
+            config.tunnel.steve = Some(SteveProxy::new(host.socket()));
+            Some(host)
+        } else {
+            None
+        };
         let listener = tokio::net::TcpListener::bind(agent_settings.listen)
             .await
             .with_context(|| {
@@ -101,6 +112,7 @@ impl RunningAgent {
             server,
             stop_server,
             reconcile,
+            steve,
             _lock: lock,
         };
         // The token goes into the private discovery file so the CLI of the same user can call
@@ -136,9 +148,38 @@ impl RunningAgent {
         let _ = self.stop_server.send(());
         self.agent.shutdown().await;
         let _ = self.reconcile.await;
+        // After the tunnels: nothing forwards to the host any more.
+        if let Some(steve) = &self.steve {
+            steve.shutdown().await;
+        }
         self.server.await.context("API server task")??;
         removed
     }
+}
+
+/// The steve host binary (built on first use, like the rest of the toolchain) started under
+/// the agent's supervision, its socket in `<data-dir>/run` and its log in `<data-dir>/logs`.
+async fn start_steve_host(
+    settings: &Settings,
+    agent_settings: &AgentSettings,
+) -> anyhow::Result<SteveHost> {
+    let binary = toolchain::install_component(
+        &settings.toolchain_options(),
+        Component::SteveHost,
+        Progress::auto(),
+    )
+    .await
+    .context("providing the steve host (or run with --steve=false)")?
+    .path;
+    Ok(SteveHost::start(SteveHostConfig {
+        binary,
+        run_dir: settings.data_dir.join("run"),
+        clusters_dir: crate::steve::clusters_dir(&settings.kwok()),
+        idle_timeout: agent_settings.steve.idle_timeout,
+        log_file: settings.data_dir.join("logs").join("steve-host.log"),
+        backoff: remotedialer::Backoff::default(),
+    })
+    .await?)
 }
 
 /// Runs file-system work (locks, SQLite, small files) off the async workers.

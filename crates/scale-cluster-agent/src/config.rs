@@ -95,6 +95,10 @@ pub struct ToolchainArgs {
     #[arg(long, env = "SCA_ETCD_BINARY", global = true)]
     pub etcd_binary: Option<PathBuf>,
 
+    /// steve-host binary (the agent's Steve server) to use instead of PATH/cache.
+    #[arg(long, env = "SCA_STEVE_HOST_BINARY", global = true)]
+    pub steve_host_binary: Option<PathBuf>,
+
     /// Mirror serving the official release paths (see `toolchain install --help` for the layout);
     /// setting it makes `install` download rather than build.
     #[arg(long, env = "SCA_DOWNLOAD_BASE_URL", global = true)]
@@ -155,6 +159,68 @@ pub struct ConfigFile {
     pub rancher: RancherFile,
     #[serde(default)]
     pub agent: AgentFile,
+    #[serde(default)]
+    pub steve: SteveFile,
+}
+
+/// `steve:` in the config file: Rancher's Steve API behind the steve tunnels.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SteveFile {
+    pub enabled: Option<bool>,
+    /// How long a cluster's Steve server lives without requests: `90s`, `10m`, `1h` or seconds.
+    pub idle_timeout: Option<DurationText>,
+}
+
+/// A duration written `<n>`, `<n>s`, `<n>m` or `<n>h` (whole numbers; a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationText(pub std::time::Duration);
+
+impl std::str::FromStr for DurationText {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(at) => text.split_at(at),
+            None => (text, "s"),
+        };
+        let seconds_per = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => {
+                return Err(format!(
+                    "invalid duration {text:?}: expected e.g. 90s, 10m or 1h"
+                ))
+            }
+        };
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: expected e.g. 90s, 10m or 1h"))?;
+        if n == 0 {
+            return Err(format!("invalid duration {text:?}: must be positive"));
+        }
+        Ok(Self(std::time::Duration::from_secs(
+            n.saturating_mul(seconds_per),
+        )))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Seconds(n) => n.to_string(),
+            Raw::Text(text) => text,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -267,6 +333,7 @@ impl Settings {
             (Component::KubeScheduler, &args.kube_scheduler_binary),
             (Component::Kubectl, &args.kubectl_binary),
             (Component::Etcd, &args.etcd_binary),
+            (Component::SteveHost, &args.steve_host_binary),
         ]
         .into_iter()
         .filter_map(|(c, p)| p.clone().map(|p| (c, p)))
@@ -377,6 +444,15 @@ pub struct RancherArgs {
     /// [default: 30].
     #[arg(long, env = "SCA_RECONNECT_MAX_SECONDS")]
     pub reconnect_max_seconds: Option<u64>,
+
+    /// Serve Rancher's Steve API (Cluster Explorer) through the steve tunnels with a steve host
+    /// process; `--steve=false` answers only Rancher's /ping [default: true].
+    #[arg(long, env = "SCA_STEVE", num_args = 0..=1, default_missing_value = "true")]
+    pub steve: Option<bool>,
+
+    /// How long a cluster's Steve server lives without requests (90s, 10m, 1h) [default: 10m].
+    #[arg(long, env = "SCA_STEVE_IDLE_TIMEOUT")]
+    pub steve_idle_timeout: Option<DurationText>,
 }
 
 /// Resolved agent options.
@@ -392,6 +468,14 @@ pub struct AgentSettings {
     pub rancher_gone_after: std::time::Duration,
     pub instance_id: Option<String>,
     pub reconnect_max: std::time::Duration,
+    pub steve: SteveSettings,
+}
+
+/// Whether and how the agent serves Steve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SteveSettings {
+    pub enabled: bool,
+    pub idle_timeout: std::time::Duration,
 }
 
 impl RancherArgs {
@@ -458,6 +542,13 @@ impl RancherArgs {
             reconnect_max: std::time::Duration::from_secs(
                 self.reconnect_max_seconds.unwrap_or(30).max(1),
             ),
+            steve: SteveSettings {
+                enabled: self.steve.or(settings.file.steve.enabled).unwrap_or(true),
+                idle_timeout: self
+                    .steve_idle_timeout
+                    .or(settings.file.steve.idle_timeout)
+                    .map_or(crate::steve::DEFAULT_IDLE_TIMEOUT, |d| d.0),
+            },
         })
     }
 
@@ -628,6 +719,43 @@ mod tests {
         ]);
         let err = format!("{:#}", rancher.resolve(&settings).unwrap_err());
         assert!(err.contains("shorter than 16"), "{err}");
+    }
+
+    #[test]
+    fn steve_is_on_by_default_and_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "rancher: {url: 'https://r', token: 'token-a:b'}\n").unwrap();
+        let config = file.to_str().unwrap();
+        let (settings, rancher) = parse(&["--config", config]);
+        let steve = rancher.resolve(&settings).unwrap().steve;
+        assert!(steve.enabled);
+        assert_eq!(steve.idle_timeout, std::time::Duration::from_secs(600));
+
+        std::fs::write(
+            &file,
+            "rancher: {url: 'https://r', token: 'token-a:b'}\nsteve: {enabled: false, idleTimeout: 2m}\n",
+        )
+        .unwrap();
+        let (settings, rancher) = parse(&["--config", config]);
+        let steve = rancher.resolve(&settings).unwrap().steve;
+        assert!(!steve.enabled);
+        assert_eq!(steve.idle_timeout, std::time::Duration::from_secs(120));
+
+        // Flags win over the file.
+        let (settings, rancher) =
+            parse(&["--config", config, "--steve", "--steve-idle-timeout", "45"]);
+        let steve = rancher.resolve(&settings).unwrap().steve;
+        assert!(steve.enabled);
+        assert_eq!(steve.idle_timeout, std::time::Duration::from_secs(45));
+
+        for bad in ["0", "10d", "m", "-5s"] {
+            assert!(bad.parse::<DurationText>().is_err(), "{bad}");
+        }
+        std::fs::write(&file, "steve: {idleTimeout: soon}\n").unwrap();
+        let cli = Cli::try_parse_from(["x", "--config", config]).unwrap();
+        let err = format!("{:#}", Settings::from_args(&cli.global).unwrap_err());
+        assert!(err.contains("invalid duration \"soon\""), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`store`]: the embedded database that is the single source of truth for cluster state.
 //! - [`rancher`]: the Rancher management-API client (imported clusters, registration tokens).
 //! - [`agent`]: the per-cluster lifecycle (reconcile loop) and the two tunnels per cluster.
+//! - [`steve`]: Rancher's Steve API behind the steve tunnels (the supervised steve host, the proxy).
 //! - [`api`]: the agent's HTTP API (axum server, discovery file, typed client for the CLI).
 //! - [`process`]: process identity (pid + start time) and the one liveness rule.
 //! - [`secrets`]: secret variables kept from child processes, private state directories.
@@ -24,5 +25,6 @@ pub mod preflight;
 pub mod process;
 pub mod rancher;
 pub mod secrets;
+pub mod steve;
 pub mod store;
 pub mod toolchain;

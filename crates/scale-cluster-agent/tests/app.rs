@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use scale_cluster_agent::api::discovery;
 use scale_cluster_agent::app::RunningAgent;
-use scale_cluster_agent::config::{AgentSettings, Settings};
+use scale_cluster_agent::config::{AgentSettings, Settings, SteveSettings};
 use scale_cluster_agent::kwok::ComponentProfile;
 use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::AgentPhase;
@@ -38,6 +38,10 @@ fn agent_settings(sim: &RancherSim) -> AgentSettings {
         rancher_gone_after: Duration::from_secs(60),
         instance_id: None,
         reconnect_max: Duration::from_secs(5),
+        steve: SteveSettings {
+            enabled: true,
+            idle_timeout: Duration::from_secs(600),
+        },
     }
 }
 

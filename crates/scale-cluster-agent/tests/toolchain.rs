@@ -95,6 +95,7 @@ fn fake_binary(component: Component, version: &str) -> Vec<u8> {
         Component::Etcd => format!("etcd Version: {}", version.trim_start_matches('v')),
         Component::Kwok => format!("kwok version {version} go1.26.8 (linux/amd64)"),
         Component::Kwokctl => format!("kwokctl version {version} go1.26.8 (linux/amd64)"),
+        Component::SteveHost => format!("steve-host version {version}"),
     };
     format!("#!/bin/sh\necho '{line}'\n").into_bytes()
 }
@@ -214,7 +215,7 @@ async fn download_installs_every_component_and_second_install_is_a_no_op() {
 
     let tc = toolchain::install(&opts, Progress::Silent).await.unwrap();
     for c in Component::ALL {
-        let path = tc.path(c);
+        let path = tc.path(c).unwrap();
         assert_eq!(path, c.cache_path(tmp.path()), "{c}");
         let out = run_version(c, path);
         assert_eq!(
@@ -241,7 +242,14 @@ async fn download_installs_every_component_and_second_install_is_a_no_op() {
     assert_eq!(mirror.total_hits(), first_round);
     assert_eq!(toolchain::locate(&opts).await.unwrap(), tc);
     let status = toolchain::status(&opts).await;
-    assert!(status.iter().all(|s| s.usable && s.source == Source::Cache));
+    // The steve host has no release to download: status reports it missing.
+    assert!(status
+        .iter()
+        .filter(|s| Component::ALL.contains(&s.component))
+        .all(|s| s.usable && s.source == Source::Cache));
+    assert!(status
+        .iter()
+        .any(|s| s.component == Component::SteveHost && s.source == Source::Missing));
 }
 
 #[tokio::test]
@@ -327,7 +335,7 @@ async fn concurrent_installs_download_each_file_once() {
     }
     assert_eq!(mirror.total_hits(), 14);
     for c in Component::ALL {
-        let out = run_version(c, a.path(c));
+        let out = run_version(c, a.path(c).unwrap());
         assert_eq!(parse_version(c, &out).as_deref(), Some(c.pinned_version()));
     }
 }
@@ -498,12 +506,12 @@ async fn builds_kwokctl_from_the_embedded_module() {
 fn support_toolchain_is_complete_and_stamped() {
     let tc = support::toolchain();
     for c in Component::ALL {
-        let out = run_version(c, tc.path(c));
+        let out = run_version(c, tc.path(c).unwrap());
         assert_eq!(
             parse_version(c, &out).as_deref(),
             Some(c.pinned_version()),
             "{c} at {}: {out}",
-            tc.path(c).display()
+            tc.path(c).unwrap().display()
         );
     }
 }

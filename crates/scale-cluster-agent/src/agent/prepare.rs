@@ -2,6 +2,9 @@
 //! `cattle-system`, ServiceAccount `cattle` bound to `cluster-admin`, a long-lived
 //! `kubernetes.io/service-account-token` Secret filled by kube-controller-manager's token controller.
 //! With the cluster CA they make the main tunnel's `X-API-Tunnel-Params`.
+//!
+//! Once registered, the real agent also leaves `cattle-system/stv-aggregation` behind
+//! ([`apply_steve_aggregation`]), from which Rancher sets the cluster's `AgentTlsStrictCheck`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,11 +12,13 @@ use std::time::Duration;
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Serialize;
 
 use crate::kwok::population::FIELD_MANAGER;
+use crate::rancher::{ca_checksum, RancherClient, Registration};
 
 pub const NAMESPACE: &str = "cattle-system";
 pub const SERVICE_ACCOUNT: &str = "cattle";
@@ -23,6 +28,8 @@ const TOKEN_SECRET: &str = "cattle-token";
 const BINDING: &str = "cattle-cluster-admin";
 /// The label Rancher's `EnsureSecretForServiceAccount` puts on the token Secret it reuses.
 const SA_NAME_LABEL: &str = "cattle.io/service-account.name";
+/// The Secret the real agent's `setupSteveAggregation` writes (rancher/rancher `pkg/agent/rancher`).
+pub const STEVE_AGGREGATION_SECRET: &str = "stv-aggregation";
 const TOKEN_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(250);
 
@@ -173,9 +180,172 @@ pub async fn prepare(client: &Client) -> Result<String, PrepareError> {
     Ok(token)
 }
 
+/// What the real agent writes into `cattle-system/stv-aggregation`. `Debug` leaves the token out.
+pub struct SteveAggregation<'a> {
+    /// `CATTLE_SERVER`.
+    pub server_url: &'a str,
+    /// The registration token (`CATTLE_TOKEN`): a cluster-local credential Rancher gave the
+    /// agent, written into the simulated cluster as the real agent writes it, never logged.
+    pub token: &'a str,
+    /// `CATTLE_CA_CHECKSUM`, empty when Rancher's certificate is publicly trusted.
+    pub ca_checksum: Option<&'a str>,
+    /// The pinned CA (the PEM the checksum names), the real agent's `serverca` file.
+    pub ca_pem: Option<&'a str>,
+    /// `CATTLE_CACERTS_VALID`: whether the agent reached Rancher trusting that CA.
+    pub cacerts_valid: bool,
+}
+
+impl std::fmt::Debug for SteveAggregation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SteveAggregation")
+            .field("server_url", &self.server_url)
+            .field("ca_checksum", &self.ca_checksum)
+            .field("cacerts_valid", &self.cacerts_valid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SteveAggregation<'_> {
+    /// The Secret's data, key for key as `setupSteveAggregation` writes it: `url` is the tunnel
+    /// endpoint and `token` the steve tunnel's bearer value; `ca.crt` only with a pinned CA.
+    pub fn data(&self) -> BTreeMap<String, ByteString> {
+        let server = self.server_url.trim_end_matches('/');
+        let mut data: BTreeMap<String, ByteString> = [
+            ("CATTLE_SERVER", server.to_string()),
+            ("CATTLE_TOKEN", self.token.to_string()),
+            (
+                "CATTLE_CA_CHECKSUM",
+                self.ca_checksum.unwrap_or_default().to_string(),
+            ),
+            ("url", format!("{server}/v3/connect")),
+            ("token", format!("stv-cluster-{}", self.token)),
+            (
+                "CATTLE_CACERTS_VALID",
+                if self.cacerts_valid { "true" } else { "false" }.to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+        .collect();
+        if let Some(pem) = self.ca_pem {
+            data.insert("ca.crt".into(), ByteString(pem.as_bytes().to_vec()));
+        }
+        data
+    }
+}
+
+/// The CA that `CATTLE_CA_CHECKSUM` pins, as the real agent keeps it (its `serverca` file): the
+/// PEM the tunnels trust when they pin it, else Rancher's `cacerts` (one request), kept only when
+/// it matches the checksum. `None` without a checksum (a publicly trusted Rancher) or when the
+/// CA cannot be had; the Secret then says `CATTLE_CACERTS_VALID: false`, as the real agent would.
+pub async fn pinned_ca(
+    rancher: &RancherClient,
+    registration: &Registration,
+    tunnel_tls: &remotedialer::TlsMode,
+) -> Option<String> {
+    let checksum = registration
+        .ca_checksum
+        .as_deref()?
+        .trim()
+        .to_ascii_lowercase();
+    if let remotedialer::TlsMode::CaBundle { pem, .. } = tunnel_tls {
+        return Some(pem.clone());
+    }
+    match rancher.ca_certs().await {
+        Ok(pem) if ca_checksum(&pem) == checksum => Some(pem),
+        Ok(_) => {
+            tracing::warn!(
+                cluster = %registration.cluster_id,
+                "Rancher's cacerts do not match CATTLE_CA_CHECKSUM; stv-aggregation says so"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(cluster = %registration.cluster_id, %error, "cannot read Rancher's cacerts for stv-aggregation");
+            None
+        }
+    }
+}
+
+/// Writes `cattle-system/stv-aggregation` (server-side apply: the whole data, replaced when the
+/// token or the CA changes). Called once the tunnels are connected, as the real agent writes it
+/// from its main tunnel's `onConnect`.
+pub async fn apply_steve_aggregation(
+    client: &Client,
+    aggregation: &SteveAggregation<'_>,
+) -> Result<(), PrepareError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(STEVE_AGGREGATION_SECRET.into()),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(aggregation.data()),
+        ..Default::default()
+    };
+    secrets
+        .patch(
+            STEVE_AGGREGATION_SECRET,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(api_err("applying the stv-aggregation Secret"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steve_aggregation_has_the_real_agents_keys() {
+        let pinned = SteveAggregation {
+            server_url: "https://rancher.example.com/",
+            token: "abc123",
+            ca_checksum: Some("deadbeef"),
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\n"),
+            cacerts_valid: true,
+        };
+        let text = |data: &BTreeMap<String, ByteString>, key: &str| {
+            String::from_utf8(data[key].0.clone()).unwrap()
+        };
+        let data = pinned.data();
+        assert_eq!(
+            data.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "CATTLE_CACERTS_VALID",
+                "CATTLE_CA_CHECKSUM",
+                "CATTLE_SERVER",
+                "CATTLE_TOKEN",
+                "ca.crt",
+                "token",
+                "url"
+            ]
+        );
+        assert_eq!(text(&data, "CATTLE_SERVER"), "https://rancher.example.com");
+        assert_eq!(text(&data, "url"), "https://rancher.example.com/v3/connect");
+        assert_eq!(text(&data, "token"), "stv-cluster-abc123");
+        assert_eq!(text(&data, "CATTLE_TOKEN"), "abc123");
+        assert_eq!(text(&data, "CATTLE_CA_CHECKSUM"), "deadbeef");
+        assert_eq!(text(&data, "CATTLE_CACERTS_VALID"), "true");
+        assert!(
+            !format!("{pinned:?}").contains("abc123"),
+            "no token in Debug"
+        );
+
+        let public = SteveAggregation {
+            ca_checksum: None,
+            ca_pem: None,
+            cacerts_valid: false,
+            ..pinned
+        };
+        let data = public.data();
+        assert!(!data.contains_key("ca.crt"));
+        assert_eq!(text(&data, "CATTLE_CA_CHECKSUM"), "");
+        assert_eq!(text(&data, "CATTLE_CACERTS_VALID"), "false");
+    }
 
     #[test]
     fn params_are_rancher_shaped_and_deterministic() {

@@ -418,6 +418,7 @@ async fn connect(
 
     advance(agent, name, AgentPhase::Connecting).await?;
     let tls = inner.rancher.tunnel_tls(&registration).await?;
+    let pinned_ca = prepare::pinned_ca(&inner.rancher, &registration, &tls).await;
     let spec = TunnelSpec {
         server_url: registration.server_url.clone(),
         registration_token: registration.token.expose().to_string(),
@@ -427,6 +428,18 @@ async fn connect(
     };
     inner.tunnels.open(name, &spec)?;
     inner.tunnels.wait_connected(name, CONNECT_TIMEOUT).await?;
+    prepare::apply_steve_aggregation(
+        &client,
+        &prepare::SteveAggregation {
+            server_url: &registration.server_url,
+            token: registration.token.expose(),
+            ca_checksum: registration.ca_checksum.as_deref(),
+            ca_pem: pinned_ca.as_deref(),
+            // The tunnels just reached the Rancher whose cacerts that CA is.
+            cacerts_valid: pinned_ca.is_some(),
+        },
+    )
+    .await?;
 
     let deadline = Instant::now() + inner.config.active_timeout;
     loop {

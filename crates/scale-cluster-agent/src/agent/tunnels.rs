@@ -4,8 +4,10 @@
 //!   through it. Only the address advertised in the params (that cluster's own apiserver) is
 //!   dialed; any other address gets an error on that stream, so Rancher can reach nothing else on
 //!   this host.
-//! - **steve**: `Authorization: Bearer stv-cluster-<token>`; every stream is answered in process:
-//!   `GET /ping` → `200 pong` (Rancher's Connected probe), anything else → 503.
+//! - **steve**: `Authorization: Bearer stv-cluster-<token>`; every stream is served in process:
+//!   `GET /ping` → `200 pong` at once (Rancher's Connected probe), anything else goes to the
+//!   agent's steve host, which serves it with Rancher's Steve library ([`crate::steve`]); with
+//!   Steve switched off, anything else → 503.
 //!
 //! Both reconnect with jittered backoff and give up only on a rejection (HTTP 4xx, see
 //! [`gives_up`]), which the agent then inspects (Rancher answers 400 `cluster not found` once a
@@ -14,19 +16,17 @@
 //! does.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode};
 use remotedialer::{
     spawn_client, Backoff, ClientConfig, ClientHandle, ClientStatus, ConnectRequest,
-    ConnectionState, FlowControl, InProcessHandler, Keepalive, Metrics, MetricsSnapshot, Route,
-    SessionError, StreamLimits, TlsMode,
+    ConnectionState, FlowControl, Keepalive, Metrics, MetricsSnapshot, Route, SessionError,
+    StreamLimits, TlsMode,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::steve::{ping_only_handler, SteveProxy};
 
 /// Options shared by every tunnel.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +38,8 @@ pub struct TunnelOptions {
     /// Streams per session (default 1024) and the idle timeout of in-process streams (default
     /// 5 min), which applies to the steve tunnel's handler; the main tunnel only dials.
     pub streams: StreamLimits,
+    /// Where the steve tunnel sends what is not `/ping`; `None` answers it 503 (Steve off).
+    pub steve: Option<SteveProxy>,
 }
 
 /// What one cluster's tunnels need. `Debug` leaves the secrets out.
@@ -156,8 +158,7 @@ impl TunnelSet {
             format!("Bearer stv-cluster-{}", spec.registration_token),
         );
         let main_router = apiserver_only(spec.apiserver_address.clone());
-        let ping = ping_handler();
-        let steve_router = move |_: &ConnectRequest| Route::Handle(ping.clone());
+        let steve_router = steve_router(self.options.steve.as_ref(), name);
         open.insert(
             name.to_string(),
             Tunnels {
@@ -303,6 +304,20 @@ pub fn apiserver_only(
     }
 }
 
+/// The steve tunnel's router for cluster `cluster`: every stream, whatever address Rancher
+/// dials (`not-used:80` for its probe, `127.0.0.1:6080` for Steve), is served in process, as the
+/// real agent's steve tunnel allows everything.
+pub fn steve_router(
+    steve: Option<&SteveProxy>,
+    cluster: &str,
+) -> impl Fn(&ConnectRequest) -> Route + Send + Sync + 'static {
+    let handler = match steve {
+        Some(proxy) => proxy.handler(cluster),
+        None => ping_only_handler(),
+    };
+    move |_: &ConnectRequest| Route::Handle(handler.clone())
+}
+
 fn state_name(state: &ConnectionState) -> &'static str {
     match state {
         ConnectionState::Connecting => "connecting",
@@ -322,33 +337,6 @@ pub fn tunnel_url(server_url: &str) -> Result<String, TunnelError> {
         return Err(TunnelError::ServerUrl(server_url.to_string()));
     }
     Ok(format!("wss://{authority}/v3/connect"))
-}
-
-/// The steve tunnel's in-process HTTP server: `GET /ping` → `200 pong`, anything else → 503.
-fn ping_handler() -> InProcessHandler {
-    InProcessHandler::new(|stream| async move {
-        let service =
-            hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
-                let (status, body) =
-                    if request.method() == Method::GET && request.uri().path() == "/ping" {
-                        (StatusCode::OK, "pong")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not served by the simulated cluster agent",
-                        )
-                    };
-                let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                *response.status_mut() = status;
-                Ok::<_, Infallible>(response)
-            });
-        if let Err(error) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(%error, "steve stream ended");
-        }
-    })
 }
 
 #[cfg(test)]

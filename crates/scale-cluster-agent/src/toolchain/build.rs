@@ -1,6 +1,7 @@
 //! Building components from the pinned Go modules with the local `go`. The module files under
-//! `tools/` are embedded in this binary and written to a temporary module directory, so an installed
-//! agent builds the same pins outside the repository.
+//! `tools/` and the steve host's sources (`hosts/steve-host`) are embedded in this binary and
+//! written to a temporary module directory, so an installed agent builds the same pins outside the
+//! repository.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,34 +11,129 @@ use super::progress::Progress;
 use super::version::verify;
 use super::{Component, ToolchainError, ToolchainOptions, KUBE_VERSION};
 
-/// One wrapper module pinning a Go project (`tools/<name>/`).
+/// One Go module: a wrapper pinning a Go project (`tools/<name>/`), or the steve host's own.
 struct GoModule {
     name: &'static str,
-    go_mod: &'static str,
-    go_sum: &'static str,
-    tools_go: &'static str,
+    /// `(file name, contents)`, written into the module directory.
+    files: &'static [(&'static str, &'static str)],
+}
+
+#[cfg(test)]
+impl GoModule {
+    fn file(&self, name: &str) -> &'static str {
+        self.files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, text)| text)
+    }
 }
 
 const KWOK_MODULE: GoModule = GoModule {
     name: "kwok",
-    go_mod: include_str!("../../../../tools/kwok/go.mod"),
-    go_sum: include_str!("../../../../tools/kwok/go.sum"),
-    tools_go: include_str!("../../../../tools/kwok/tools.go"),
+    files: &[
+        ("go.mod", include_str!("../../../../tools/kwok/go.mod")),
+        ("go.sum", include_str!("../../../../tools/kwok/go.sum")),
+        ("tools.go", include_str!("../../../../tools/kwok/tools.go")),
+    ],
 };
 
 const K8S_MODULE: GoModule = GoModule {
     name: "k8s",
-    go_mod: include_str!("../../../../tools/k8s/go.mod"),
-    go_sum: include_str!("../../../../tools/k8s/go.sum"),
-    tools_go: include_str!("../../../../tools/k8s/tools.go"),
+    files: &[
+        ("go.mod", include_str!("../../../../tools/k8s/go.mod")),
+        ("go.sum", include_str!("../../../../tools/k8s/go.sum")),
+        ("tools.go", include_str!("../../../../tools/k8s/tools.go")),
+    ],
 };
 
 const ETCD_MODULE: GoModule = GoModule {
     name: "etcd",
-    go_mod: include_str!("../../../../tools/etcd/go.mod"),
-    go_sum: include_str!("../../../../tools/etcd/go.sum"),
-    tools_go: include_str!("../../../../tools/etcd/tools.go"),
+    files: &[
+        ("go.mod", include_str!("../../../../tools/etcd/go.mod")),
+        ("go.sum", include_str!("../../../../tools/etcd/go.sum")),
+        ("tools.go", include_str!("../../../../tools/etcd/tools.go")),
+    ],
 };
+
+/// The steve host's whole module (its tests aside): the program is ours, so its sources, not a
+/// pin, are what is built.
+const STEVE_HOST_MODULE: GoModule = GoModule {
+    name: "steve-host",
+    files: &[
+        (
+            "go.mod",
+            include_str!("../../../../hosts/steve-host/go.mod"),
+        ),
+        (
+            "go.sum",
+            include_str!("../../../../hosts/steve-host/go.sum"),
+        ),
+        (
+            "main.go",
+            include_str!("../../../../hosts/steve-host/main.go"),
+        ),
+        (
+            "hosts.go",
+            include_str!("../../../../hosts/steve-host/hosts.go"),
+        ),
+        (
+            "steve.go",
+            include_str!("../../../../hosts/steve-host/steve.go"),
+        ),
+    ],
+};
+
+/// The Steve release the steve host is built against: the one Rancher v2.15 pins.
+pub const STEVE_VERSION: &str = "v0.9.18";
+
+/// The steve host's version: [`STEVE_VERSION`] plus 16 hex digits of an FNV-1a hash of its
+/// embedded sources, computed at compile time. Any change to the sources is a new version, hence
+/// a new cache entry and a rebuild, never a stale binary.
+pub const STEVE_HOST_VERSION: &str = match std::str::from_utf8(&steve_host_version_bytes()) {
+    Ok(version) => version,
+    Err(_) => panic!("the steve host version is ASCII"),
+};
+
+const STEVE_HOST_VERSION_LEN: usize = STEVE_VERSION.len() + 1 + 16;
+
+const fn steve_host_version_bytes() -> [u8; STEVE_HOST_VERSION_LEN] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut f = 0;
+    while f < STEVE_HOST_MODULE.files.len() {
+        // Name and contents, each followed by a 0 byte, so moving text between files changes it.
+        let parts = [
+            STEVE_HOST_MODULE.files[f].0.as_bytes(),
+            STEVE_HOST_MODULE.files[f].1.as_bytes(),
+        ];
+        let mut p = 0;
+        while p < parts.len() {
+            let mut i = 0;
+            while i <= parts[p].len() {
+                let byte = if i < parts[p].len() { parts[p][i] } else { 0 };
+                hash ^= byte as u64;
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+                i += 1;
+            }
+            p += 1;
+        }
+        f += 1;
+    }
+    let mut out = [0u8; STEVE_HOST_VERSION_LEN];
+    let prefix = STEVE_VERSION.as_bytes();
+    let mut i = 0;
+    while i < prefix.len() {
+        out[i] = prefix[i];
+        i += 1;
+    }
+    out[i] = b'-';
+    let digits = b"0123456789abcdef";
+    let mut d = 0;
+    while d < 16 {
+        out[i + 1 + d] = digits[((hash >> (60 - 4 * d)) & 0xf) as usize];
+        d += 1;
+    }
+    out
+}
 
 /// Module and main package that produce `component`.
 fn recipe(component: Component) -> (&'static GoModule, &'static str) {
@@ -51,14 +147,18 @@ fn recipe(component: Component) -> (&'static GoModule, &'static str) {
         Component::KubeScheduler => (&K8S_MODULE, "k8s.io/kubernetes/cmd/kube-scheduler"),
         Component::Kubectl => (&K8S_MODULE, "k8s.io/kubernetes/cmd/kubectl"),
         Component::Etcd => (&ETCD_MODULE, "go.etcd.io/etcd/server/v3"),
+        Component::SteveHost => (&STEVE_HOST_MODULE, "."),
     }
 }
 
 /// `-ldflags` for `component`: stripped, plus (for Kubernetes) the version stamps of
-/// `hack/lib/version.sh`, so `--version` and `/version` report the pin instead of `v0.0.0-master`.
-/// The build date is fixed so rebuilds are reproducible.
+/// `hack/lib/version.sh`, so `--version` and `/version` report the pin instead of `v0.0.0-master`,
+/// and (for the steve host) its own version. The build date is fixed so rebuilds are reproducible.
 pub(crate) fn ldflags(component: Component) -> String {
     let mut ld = String::from("-s -w");
+    if component == Component::SteveHost {
+        ld.push_str(&format!(" -X main.version={STEVE_HOST_VERSION}"));
+    }
     if recipe(component).0.name == K8S_MODULE.name {
         let (major, minor) = kube_major_minor();
         for pkg in [
@@ -133,11 +233,7 @@ pub(crate) async fn build(
         .map_err(ToolchainError::io(
             "creating a temporary Go module directory",
         ))?;
-    for (name, text) in [
-        ("go.mod", module.go_mod),
-        ("go.sum", module.go_sum),
-        ("tools.go", module.tools_go),
-    ] {
+    for (name, text) in module.files {
         let path = module_dir.path().join(name);
         std::fs::write(&path, text)
             .map_err(ToolchainError::io(format!("writing {}", path.display())))?;
@@ -192,6 +288,9 @@ pub(crate) async fn build(
         .env("CGO_ENABLED", "0")
         // A go.work of the caller's environment must not redirect the pinned modules.
         .env("GOWORK", "off")
+        // Rancher's modules are resolved without the public checksum database (as Rancher's own
+        // build does); go.sum still pins every one of them.
+        .env("GONOSUMDB", "github.com/rancher")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -275,19 +374,56 @@ mod tests {
     #[test]
     fn embedded_modules_pin_the_versions() {
         assert!(K8S_MODULE
-            .go_mod
+            .file("go.mod")
             .contains(&format!("require k8s.io/kubernetes {KUBE_VERSION}")));
-        assert!(KWOK_MODULE.go_mod.contains(&format!(
+        assert!(KWOK_MODULE.file("go.mod").contains(&format!(
             "require sigs.k8s.io/kwok {}",
             super::super::KWOK_VERSION
         )));
-        assert!(ETCD_MODULE.go_mod.contains(&format!(
+        assert!(ETCD_MODULE.file("go.mod").contains(&format!(
             "require go.etcd.io/etcd/server/v3 {}",
             super::super::ETCD_VERSION
         )));
         for c in Component::ALL {
             let (module, package) = recipe(c);
-            assert!(module.tools_go.contains(package), "{c}: {package}");
+            assert!(module.file("tools.go").contains(package), "{c}: {package}");
         }
+        assert!(STEVE_HOST_MODULE
+            .file("go.mod")
+            .contains(&format!("github.com/rancher/steve {STEVE_VERSION}")));
+    }
+
+    /// Every non-test file of the host's module is embedded, or the built host would miss it (or
+    /// its hash, hence its version, would not change with it).
+    #[test]
+    fn every_steve_host_source_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hosts/steve-host");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                (n.ends_with(".go") && !n.ends_with("_test.go")) || n == "go.mod" || n == "go.sum"
+            })
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = STEVE_HOST_MODULE
+            .files
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
+
+    #[test]
+    fn the_steve_host_version_is_the_pin_and_a_source_hash() {
+        let hash = STEVE_HOST_VERSION
+            .strip_prefix(&format!("{STEVE_VERSION}-"))
+            .unwrap();
+        assert_eq!(hash.len(), 16);
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{hash}");
+        assert!(ldflags(Component::SteveHost)
+            .ends_with(&format!(" -X main.version={STEVE_HOST_VERSION}")));
+        assert_eq!(Component::SteveHost.pinned_version(), STEVE_HOST_VERSION);
     }
 }

@@ -51,11 +51,12 @@ fn arch() -> &'static str {
     }
 }
 
-pub(crate) fn artifact(component: Component, base_url: Option<&str>) -> Artifact {
+/// `None` for the steve host, which has no release: it is only ever built.
+pub(crate) fn artifact(component: Component, base_url: Option<&str>) -> Option<Artifact> {
     let version = component.pinned_version();
     let bin = component.binary_name();
     let arch = arch();
-    match component {
+    Some(match component {
         Component::KubeApiserver
         | Component::KubeControllerManager
         | Component::KubeScheduler
@@ -92,7 +93,8 @@ pub(crate) fn artifact(component: Component, base_url: Option<&str>) -> Artifact
                 member: Some(format!("{stem}/etcd")),
             }
         }
-    }
+        Component::SteveHost => return None,
+    })
 }
 
 /// Finds the digest for `file_name` in a checksum file: either a bare digest (dl.k8s.io's
@@ -150,7 +152,8 @@ pub(crate) async fn download(
     component: Component,
     progress: Progress,
 ) -> Result<PathBuf, ToolchainError> {
-    let artifact = artifact(component, opts.download_base_url.as_deref());
+    let artifact = artifact(component, opts.download_base_url.as_deref())
+        .ok_or(ToolchainError::BuildOnly { component })?;
     let dest = component.cache_path(&opts.cache_dir);
     let dest_dir = parent_dir(&dest)?.to_path_buf();
     std::fs::create_dir_all(&dest_dir).map_err(ToolchainError::io(format!(
@@ -308,7 +311,7 @@ mod tests {
 
     #[test]
     fn official_urls() {
-        let a = artifact(Component::KubeApiserver, None);
+        let a = artifact(Component::KubeApiserver, None).unwrap();
         assert_eq!(
             a.url,
             format!(
@@ -317,7 +320,7 @@ mod tests {
             )
         );
         assert_eq!(a.checksum_url, format!("{}.sha256", a.url));
-        let a = artifact(Component::Kwokctl, None);
+        let a = artifact(Component::Kwokctl, None).unwrap();
         assert_eq!(
             a.url,
             format!(
@@ -325,7 +328,7 @@ mod tests {
                 arch()
             )
         );
-        let a = artifact(Component::Etcd, Some("http://mirror.test/base/"));
+        let a = artifact(Component::Etcd, Some("http://mirror.test/base/")).unwrap();
         assert_eq!(
             a.url,
             format!(
@@ -347,7 +350,10 @@ mod tests {
     fn mirror_layout_names_the_pins() {
         for c in Component::ALL {
             assert!(MIRROR_LAYOUT.contains(c.pinned_version()), "{c}");
-            let path = artifact(c, Some("BASE")).url.replace(arch(), "{arch}");
+            let path = artifact(c, Some("BASE"))
+                .unwrap()
+                .url
+                .replace(arch(), "{arch}");
             let dir = &path[..path.rfind('/').unwrap()];
             assert!(MIRROR_LAYOUT.contains(dir), "{c}: {dir}");
         }

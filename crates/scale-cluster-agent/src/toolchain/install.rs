@@ -19,7 +19,11 @@ pub struct Installed {
 }
 
 /// Makes every component available (explicit, `PATH`, cache, else build or download) and returns
-/// their paths. A second run finds everything and only reports.
+/// the cluster toolchain's paths. A second run finds everything and only reports.
+///
+/// The steve host is provisioned too, when it can be: it is only ever built, so with
+/// `--toolchain-source download`, or without `go` in automatic mode, it is skipped with a line
+/// saying so (KWOK clusters do not need it; an agent serving Steve then says what is missing).
 pub async fn install(
     opts: &ToolchainOptions,
     progress: Progress,
@@ -30,12 +34,25 @@ pub async fn install(
         let installed = provision(opts, component, progress).await?;
         paths.insert(component, installed.path);
     }
-    Toolchain::from_fn(|component| {
+    let toolchain = Toolchain::from_fn(|component| {
         paths.remove(&component).ok_or(ToolchainError::Missing {
             component,
             hint: "not provisioned".to_string(),
         })
-    })
+    })?;
+    match provision(opts, Component::SteveHost, progress).await {
+        Ok(_) => {}
+        Err(err @ (ToolchainError::BuildOnly { .. } | ToolchainError::NoGo { .. }))
+            if opts.source != SourcePreference::Build =>
+        {
+            progress.line(&format!(
+                "{}: skipped ({err}); an agent serving Steve needs it (or runs with --steve=false)",
+                Component::SteveHost
+            ));
+        }
+        Err(err) => return Err(err),
+    }
+    Ok(toolchain)
 }
 
 /// Like [`install`] for a single component.
@@ -83,6 +100,19 @@ async fn provision(
     }
 
     remove_stale_partials(opts, component);
+    if super::download::artifact(component, None).is_none() {
+        // Nothing to download: built whatever the preference (unless told to download only).
+        if opts.source == SourcePreference::Download {
+            return Err(ToolchainError::BuildOnly { component });
+        }
+        let go = find_go(opts)?;
+        return build(opts, component, &go, progress)
+            .await
+            .map(|path| Installed {
+                path,
+                source: Source::Built,
+            });
+    }
     let built = |go: PathBuf| async move {
         build(opts, component, &go, progress)
             .await

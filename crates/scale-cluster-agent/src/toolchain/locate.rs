@@ -38,11 +38,12 @@ pub(crate) struct Lookup {
     pub skipped: Vec<String>,
 }
 
-/// Finds every component without building or downloading; the first missing or unusable one is an
-/// error telling the user to run `scale-cluster-agent toolchain install`.
+/// Finds every component of the cluster toolchain without building or downloading; the first
+/// missing or unusable one is an error telling the user to run `scale-cluster-agent toolchain
+/// install`.
 pub async fn locate(opts: &ToolchainOptions) -> Result<Toolchain, ToolchainError> {
     // A bad explicit path is reported before any missing component: installing would not fix it.
-    let mut lookups: BTreeMap<Component, Lookup> = lookup_all(opts).await;
+    let mut lookups: BTreeMap<Component, Lookup> = lookup_all(opts, &Component::ALL).await;
     if let Some(c) = Component::ALL
         .into_iter()
         .find(|c| lookups.get(c).is_some_and(|l| l.found.is_err()))
@@ -69,9 +70,10 @@ pub async fn locate(opts: &ToolchainOptions) -> Result<Toolchain, ToolchainError
     })
 }
 
-/// Each component's version, path and source; never fails (problems show up in `note`).
+/// Each component's version, path and source, the steve host's included; never fails (problems
+/// show up in `note`).
 pub async fn status(opts: &ToolchainOptions) -> Vec<ComponentStatus> {
-    lookup_all(opts)
+    lookup_all(opts, &Component::EVERY)
         .await
         .into_iter()
         .map(|(component, lookup)| {
@@ -119,9 +121,14 @@ pub async fn status(opts: &ToolchainOptions) -> Vec<ComponentStatus> {
         .collect()
 }
 
-/// Looks for every component at once: the seven version probes run concurrently.
-async fn lookup_all(opts: &ToolchainOptions) -> BTreeMap<Component, Lookup> {
-    let lookups = Component::ALL.map(|c| async move { (c, lookup(opts, c).await) });
+/// Looks for `components` at once: their version probes run concurrently.
+async fn lookup_all(
+    opts: &ToolchainOptions,
+    components: &[Component],
+) -> BTreeMap<Component, Lookup> {
+    let lookups = components
+        .iter()
+        .map(|&c| async move { (c, lookup(opts, c).await) });
     futures::future::join_all(lookups)
         .await
         .into_iter()
@@ -279,7 +286,7 @@ mod tests {
             "{err}"
         );
         let st = status(&opts).await;
-        assert_eq!(st.len(), Component::ALL.len());
+        assert_eq!(st.len(), Component::EVERY.len());
         assert!(st.iter().all(|s| s.source == Source::Missing));
     }
 }

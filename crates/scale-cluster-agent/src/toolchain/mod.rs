@@ -1,6 +1,7 @@
 //! Toolchain provisioning: finds, builds (from the pinned Go modules under `tools/`) or downloads the
-//! KWOK and Kubernetes binaries every simulated cluster runs, and caches them per version outside the
-//! work tree (`~/.cache/scale-cluster-agent/<component>/<version>/`).
+//! KWOK and Kubernetes binaries every simulated cluster runs, and builds the agent's steve host
+//! (`hosts/steve-host`, embedded), caching them per version outside the work tree
+//! (`~/.cache/scale-cluster-agent/<component>/<version>/`).
 //!
 //! Resolution order for each component (see [`locate`] and [`install`]):
 //! 1. an explicit path (`--<binary>-binary` / `SCA_<BINARY>_BINARY`): must exist and report the pin;
@@ -10,6 +11,9 @@
 //! 5. ([`install`] only) a download of the official release binary, checked against its SHA-256.
 //!
 //! Every binary found is verified by running it (`--version`) and matching the pinned version.
+//! The steve host has no upstream release: its version is the Steve pin plus a hash of its
+//! embedded sources ([`STEVE_HOST_VERSION`]), so changed sources are a new cache entry, and it is
+//! only ever built.
 
 mod build;
 mod download;
@@ -24,6 +28,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use build::STEVE_HOST_VERSION;
 pub use download::{MIRROR_LAYOUT, OFFICIAL_GITHUB, OFFICIAL_KUBE};
 pub use install::{install, install_component, Installed};
 pub use locate::{locate, status, ComponentStatus};
@@ -47,9 +52,13 @@ pub enum Component {
     KubeScheduler,
     Kubectl,
     Etcd,
+    /// The agent's steve host (`hosts/steve-host`), which serves Rancher's Steve API for the
+    /// simulated clusters; not part of a cluster's [`Toolchain`].
+    SteveHost,
 }
 
 impl Component {
+    /// The binaries a KWOK cluster runs: what [`Toolchain`] holds.
     pub const ALL: [Component; 7] = [
         Component::Kwokctl,
         Component::Kwok,
@@ -58,6 +67,19 @@ impl Component {
         Component::KubeScheduler,
         Component::Kubectl,
         Component::Etcd,
+    ];
+
+    /// Every component: the cluster binaries and the steve host. `install` provisions and
+    /// `status` reports all of them.
+    pub const EVERY: [Component; 8] = [
+        Component::Kwokctl,
+        Component::Kwok,
+        Component::KubeApiserver,
+        Component::KubeControllerManager,
+        Component::KubeScheduler,
+        Component::Kubectl,
+        Component::Etcd,
+        Component::SteveHost,
     ];
 
     /// File name of the binary (also the cache sub-directory).
@@ -70,6 +92,7 @@ impl Component {
             Component::KubeScheduler => "kube-scheduler",
             Component::Kubectl => "kubectl",
             Component::Etcd => "etcd",
+            Component::SteveHost => "steve-host",
         }
     }
 
@@ -78,6 +101,7 @@ impl Component {
         match self {
             Component::Kwokctl | Component::Kwok => KWOK_VERSION,
             Component::Etcd => ETCD_VERSION,
+            Component::SteveHost => STEVE_HOST_VERSION,
             _ => KUBE_VERSION,
         }
     }
@@ -110,9 +134,10 @@ pub struct Toolchain {
 }
 
 impl Toolchain {
-    /// Path of one component's binary.
-    pub fn path(&self, component: Component) -> &Path {
-        match component {
+    /// Path of one component's binary; `None` for the steve host, which is not a cluster's
+    /// (the agent resolves it on its own with [`install_component`]).
+    pub fn path(&self, component: Component) -> Option<&Path> {
+        Some(match component {
             Component::Kwokctl => &self.kwokctl,
             Component::Kwok => &self.kwok,
             Component::KubeApiserver => &self.kube_apiserver,
@@ -120,7 +145,8 @@ impl Toolchain {
             Component::KubeScheduler => &self.kube_scheduler,
             Component::Kubectl => &self.kubectl,
             Component::Etcd => &self.etcd,
-        }
+            Component::SteveHost => return None,
+        })
     }
 
     /// Assembles a toolchain from one resolved path per component.
@@ -271,6 +297,9 @@ pub enum ToolchainError {
         log: PathBuf,
         detail: String,
     },
+
+    #[error("{component} has no release binary to download: it is built from the sources embedded in this program, which needs `go` (install Go >= 1.26 from https://go.dev/dl/ or pass --go-binary)")]
+    BuildOnly { component: Component },
 
     #[error("downloading {url} failed: {detail}")]
     Download { url: String, detail: String },

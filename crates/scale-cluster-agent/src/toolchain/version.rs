@@ -31,6 +31,7 @@ fn version_args(component: Component) -> &'static [&'static str] {
 /// - kubectl: `Client Version: v1.36.1`
 /// - etcd: `etcd Version: 3.6.16`
 /// - kwok / kwokctl: `kwok version v0.8.0 go1.26.8 (linux/amd64)`
+/// - steve-host: `steve-host version v0.9.18-<source hash>`
 pub fn parse_version(component: Component, output: &str) -> Option<String> {
     let marker = match component {
         Component::KubeApiserver | Component::KubeControllerManager | Component::KubeScheduler => {
@@ -40,6 +41,7 @@ pub fn parse_version(component: Component, output: &str) -> Option<String> {
         Component::Etcd => "etcd Version: ",
         Component::Kwok => "kwok version ",
         Component::Kwokctl => "kwokctl version ",
+        Component::SteveHost => "steve-host version ",
     };
     let version = output
         .lines()
@@ -317,6 +319,18 @@ mod tests {
             )
             .as_deref(),
             Some("v0.8.0")
+        );
+    }
+
+    #[test]
+    fn parses_the_steve_host_version() {
+        assert_eq!(
+            parse_version(
+                Component::SteveHost,
+                "steve-host version v0.9.18-0123456789abcdef\n"
+            )
+            .as_deref(),
+            Some("v0.9.18-0123456789abcdef")
         );
     }
 
