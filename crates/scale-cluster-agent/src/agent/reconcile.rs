@@ -327,11 +327,12 @@ async fn advance_with(
     }
 }
 
-/// What [`provision`] hands to [`connect`]: where the cluster's apiserver serves and the tunnel
-/// params built from what is inside it.
+/// What [`provision`] hands to [`connect`]: where the cluster's apiserver serves, the tunnel
+/// params built from what is inside it, and a client of the cluster (for `stv-aggregation`).
 struct Provisioned {
     endpoint: Endpoint,
     params: String,
+    client: kube::Client,
 }
 
 /// The KWOK side of a bring-up: the cluster created or started with the node count asked for,
@@ -381,7 +382,11 @@ async fn provision(agent: &Agent, record: &AgentRecord) -> Result<Provisioned, S
         }
         inner.store.set_tunnel_params_sha256(name, &digest).await?;
     }
-    Ok(Provisioned { endpoint, params })
+    Ok(Provisioned {
+        endpoint,
+        params,
+        client,
+    })
 }
 
 /// The Rancher side of a bring-up: the cluster found or created in Rancher, its tunnels open and
@@ -393,7 +398,11 @@ async fn connect(
 ) -> Result<(), StepError> {
     let inner = &agent.inner;
     let name = record.name.as_str();
-    let Provisioned { endpoint, params } = provisioned;
+    let Provisioned {
+        endpoint,
+        params,
+        client,
+    } = provisioned;
     advance(agent, name, AgentPhase::Registering).await?;
     let instance = inner.instance_id.as_str();
     let cluster_id = match &record.rancher_cluster_id {
