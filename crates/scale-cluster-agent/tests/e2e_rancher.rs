@@ -42,6 +42,34 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
         // reconnected instead of failing the bring-up.
         assert_eq!(stats["stats"]["conflicts"].as_u64(), Some(1), "{stats}");
         assert_agent_deployment_runs(&home, name, &expected).await;
+        // Cluster Explorer's path: Rancher's steve proxy, through the steve tunnel, to Steve in
+        // the agent, which lists the cluster's real nodes for the admin and refuses a user
+        // without RBAC in the cluster.
+        let node_ids = |list: &Value| -> BTreeSet<String> {
+            list["data"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|n| n["id"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        support::eventually(
+            DEADLINE,
+            &format!("{name}: Steve through Rancher's proxy to list the cluster's nodes"),
+            || async {
+                let (status, nodes) = sim.steve(id, "nodes", None).await;
+                (status == 200 && node_ids(&nodes) == expected).then_some(())
+            },
+        )
+        .await;
+        let (status, refused) = sim.steve(id, "nodes", Some("u-nobody")).await;
+        assert!(
+            (status == 403 || status == 404) && node_ids(&refused).is_empty(),
+            "{name}: a user without RBAC got {status} {refused}"
+        );
     }
     // (A bring-up may still fail for another reason on a loaded machine; the conflict is not one.)
     let log = home.log();

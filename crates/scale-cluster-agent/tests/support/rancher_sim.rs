@@ -226,6 +226,28 @@ impl RancherSim {
         serde_json::from_slice(&body).expect("stats JSON")
     }
 
+    /// `GET /k8s/clusters/<id>/v1/<path>` as Rancher's steve proxy serves it: impersonating
+    /// `user` (the sim's admin when `None`) through the cluster's steve tunnel. Status and body.
+    pub async fn steve(
+        &self,
+        cluster_id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}/k8s/clusters/{cluster_id}/v1/{path}", self.url);
+        let mut request = self.http().get(&url).bearer_auth(&self.token);
+        if let Some(user) = user {
+            request = request.header("X-Sim-User", user);
+        }
+        let response = request.send().await.expect("steve request");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("steve body");
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// The cluster as the management API shows it (`None` once deleted).
     pub async fn cluster(&self, id: &str) -> Option<RancherCluster> {
         self.client().await.cluster(id).await.expect("read cluster")
