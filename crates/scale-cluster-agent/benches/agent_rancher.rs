@@ -13,12 +13,13 @@
 
 #[path = "../tests/support/go_build.rs"]
 mod go_build;
+#[path = "support/rancher_run.rs"]
+mod rancher_run;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use serde_json::Value;
 
@@ -36,15 +37,6 @@ struct Args {
     port_base: u16,
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// (RSS, PSS) of a process in KiB.
@@ -88,39 +80,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let sim_bin = go_build::build(&go_build::module("rancher-sim"), ".", "rancher-sim");
-    let token = "token-bench:0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij";
-    let sim_dir = dir.path().join("sim");
-    let _sim = Killed(
-        Command::new(sim_bin)
-            .args(["--state-dir"])
-            .arg(&sim_dir)
-            .args(["--token", token, "--probe-interval", "15s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let sim_url = wait_for_file(&sim_dir.join("address")).await?;
-
-    let agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
-            .arg("serve")
-            .env("SCA_DATA_DIR", dir.path().join("data"))
-            .env("SCA_KWOK_WORKDIR", dir.path().join("kwok"))
-            .env("SCA_PORT_BASE", args.port_base.to_string())
-            .env("SCA_PORT_BLOCKS", (args.clusters * 2).to_string())
-            .env("SCA_RANCHER_URL", sim_url.trim())
-            .env("SCA_RANCHER_TOKEN", token)
-            .env("SCA_RANCHER_CA_FILE", sim_dir.join("ca.crt"))
-            .env("SCA_LISTEN", "127.0.0.1:0")
-            .env("SCA_CONCURRENCY", args.concurrency.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let discovery: Value =
-        serde_json::from_str(&wait_for_file(&dir.path().join("data/agent.json")).await?)?;
-    let api = discovery["url"].as_str().context("agent url")?.to_string();
+    let sim = rancher_run::start_sim(dir.path(), &[]).await?;
+    let (agent, api) = rancher_run::start_agent(
+        dir.path(),
+        &sim,
+        args.port_base,
+        args.clusters * 2,
+        args.concurrency,
+    )
+    .await?;
     let pid = agent.0.id();
     let http = reqwest::Client::builder().no_proxy().build()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -245,19 +213,4 @@ async fn bulk_until_active(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok((active_after, started.elapsed().as_secs_f64()))
-}
-
-async fn wait_for_file(path: &std::path::Path) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if !text.trim().is_empty() {
-                return Ok(text);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{} did not appear", path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

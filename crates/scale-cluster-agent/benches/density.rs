@@ -23,13 +23,14 @@
 mod footprint;
 #[path = "../tests/support/go_build.rs"]
 mod go_build;
+#[path = "support/rancher_run.rs"]
+mod rancher_run;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use footprint::{component_of, percentile, CpuWindow, Footprint};
 use scale_cluster_agent::kwok::status::processes_in;
@@ -66,15 +67,6 @@ struct Args {
     bench: bool,
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tokio::runtime::Runtime::new()?.block_on(run(args))
@@ -82,42 +74,25 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let sim_bin = go_build::build(&go_build::module("rancher-sim"), ".", "rancher-sim");
-    let token = "token-bench:0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij";
-    let sim_dir = dir.path().join("sim");
-    let sim = Killed(
-        Command::new(sim_bin)
-            .args(["--state-dir"])
-            .arg(&sim_dir)
-            .args(["--token", token, "--probe-interval", "15s"])
-            .args(["--watch-set", "rancher"])
-            .args(["--browse-clusters", &args.browse_clusters.to_string()])
-            .args(["--browse-interval", &format!("{}s", args.browse_interval)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let sim_url = wait_for_file(&sim_dir.join("address")).await?;
+    let sim_args: Vec<String> = [
+        "--watch-set".to_string(),
+        "rancher".to_string(),
+        "--browse-clusters".to_string(),
+        args.browse_clusters.to_string(),
+        "--browse-interval".to_string(),
+        format!("{}s", args.browse_interval),
+    ]
+    .into();
+    let sim = rancher_run::start_sim(dir.path(), &sim_args).await?;
     let kwok_workdir = dir.path().join("kwok");
-    let agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
-            .arg("serve")
-            .env("SCA_DATA_DIR", dir.path().join("data"))
-            .env("SCA_KWOK_WORKDIR", &kwok_workdir)
-            .env("SCA_PORT_BASE", args.port_base.to_string())
-            .env("SCA_PORT_BLOCKS", (args.clusters + 10).to_string())
-            .env("SCA_RANCHER_URL", sim_url.trim())
-            .env("SCA_RANCHER_TOKEN", token)
-            .env("SCA_RANCHER_CA_FILE", sim_dir.join("ca.crt"))
-            .env("SCA_LISTEN", "127.0.0.1:0")
-            .env("SCA_CONCURRENCY", args.concurrency.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let discovery: Value =
-        serde_json::from_str(&wait_for_file(&dir.path().join("data/agent.json")).await?)?;
-    let api = discovery["url"].as_str().context("agent url")?.to_string();
+    let (agent, api) = rancher_run::start_agent(
+        dir.path(),
+        &sim,
+        args.port_base,
+        args.clusters + 10,
+        args.concurrency,
+    )
+    .await?;
     let http = reqwest::Client::builder().no_proxy().build()?;
 
     eprintln!("bulk-creating {} {} clusters", args.clusters, args.profile);
@@ -163,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cluster_of.insert(pid, name.clone());
         }
     }
-    let (agent_pid, sim_pid) = (agent.0.id(), sim.0.id());
+    let (agent_pid, sim_pid) = (agent.0.id(), sim.process.0.id());
     let mut pids: Vec<u32> = cluster_of.keys().copied().collect();
     pids.extend([agent_pid, sim_pid]);
     // The agent's own helpers (the steve host) serve every cluster: shared, divided by N.
@@ -212,8 +187,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
 
-    let sim_stats: Value = sim_client(&sim_dir)?
-        .get(format!("{}/sim/stats", sim_url.trim()))
+    let sim_stats: Value = sim_client(&sim.dir)?
+        .get(format!("{}/sim/stats", sim.url))
         .send()
         .await?
         .json()
@@ -349,19 +324,4 @@ async fn phases(http: &reqwest::Client, api: &str) -> anyhow::Result<Vec<(String
             )
         })
         .collect())
-}
-
-async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if !text.trim().is_empty() {
-                return Ok(text);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{} did not appear", path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

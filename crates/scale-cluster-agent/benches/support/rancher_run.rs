@@ -1,0 +1,104 @@
+//! rancher-sim and the real agent (`serve`, this build) as the benchmarks run them: in a scratch
+//! directory, rancher-sim probing every 15 s, the agent pointed at it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::go_build;
+
+/// The API token the agent uses against rancher-sim.
+const TOKEN: &str = "token-bench:0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij";
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// rancher-sim running in `<dir>/sim`.
+pub struct Sim {
+    // Held for its Drop, which ends rancher-sim; only some benchmarks read its pid.
+    #[allow(dead_code)]
+    pub process: Killed,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+/// Starts rancher-sim (probing every 15 s) with `extra_args`.
+pub async fn start_sim(dir: &Path, extra_args: &[String]) -> anyhow::Result<Sim> {
+    let bin = go_build::build(&go_build::module("rancher-sim"), ".", "rancher-sim");
+    let sim_dir = dir.join("sim");
+    let process = Killed(
+        Command::new(bin)
+            .args(["--state-dir"])
+            .arg(&sim_dir)
+            .args(["--token", TOKEN, "--probe-interval", "15s"])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let url = wait_for_file(&sim_dir.join("address"))
+        .await?
+        .trim()
+        .to_string();
+    Ok(Sim {
+        process,
+        url,
+        dir: sim_dir,
+    })
+}
+
+/// Starts `scale-cluster-agent serve` against `sim` with its data and KWOK work dir under `dir`
+/// (`<dir>/data`, `<dir>/kwok`); returns the process and its API URL.
+pub async fn start_agent(
+    dir: &Path,
+    sim: &Sim,
+    port_base: u16,
+    port_blocks: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Killed, String)> {
+    let agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+            .arg("serve")
+            .env("SCA_DATA_DIR", dir.join("data"))
+            .env("SCA_KWOK_WORKDIR", dir.join("kwok"))
+            .env("SCA_PORT_BASE", port_base.to_string())
+            .env("SCA_PORT_BLOCKS", port_blocks.to_string())
+            .env("SCA_RANCHER_URL", &sim.url)
+            .env("SCA_RANCHER_TOKEN", TOKEN)
+            .env("SCA_RANCHER_CA_FILE", sim.dir.join("ca.crt"))
+            .env("SCA_LISTEN", "127.0.0.1:0")
+            .env("SCA_CONCURRENCY", concurrency.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let discovery: Value =
+        serde_json::from_str(&wait_for_file(&dir.join("data/agent.json")).await?)?;
+    let api = discovery["url"].as_str().context("agent url")?.to_string();
+    Ok((agent, api))
+}
+
+async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return Ok(text);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
