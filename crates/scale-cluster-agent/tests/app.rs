@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use scale_cluster_agent::api::discovery;
 use scale_cluster_agent::app::RunningAgent;
-use scale_cluster_agent::config::{AgentSettings, Settings, SteveSettings};
+use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::kwok::ComponentProfile;
 use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::AgentPhase;
-use support::rancher_sim::{self, RancherSim};
+use support::rancher_sim;
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
@@ -24,24 +24,6 @@ struct KwokGuard(std::path::PathBuf);
 impl Drop for KwokGuard {
     fn drop(&mut self) {
         support::kill_processes_mentioning(&self.0);
-    }
-}
-
-fn agent_settings(sim: &RancherSim) -> AgentSettings {
-    AgentSettings {
-        rancher: sim.config(),
-        listen: "127.0.0.1:0".parse().expect("address"),
-        api_token: None,
-        profile: ComponentProfile::Lean,
-        concurrency: 1,
-        rancher_poll: Duration::from_secs(2),
-        rancher_gone_after: Duration::from_secs(60),
-        instance_id: None,
-        reconnect_max: Duration::from_secs(5),
-        steve: SteveSettings {
-            enabled: true,
-            idle_timeout: Duration::from_secs(600),
-        },
     }
 }
 
@@ -85,7 +67,7 @@ async fn running_agent_wires_every_layer_and_stop_releases_the_data_dir() {
     tokio::task::spawn_blocking(support::toolchain)
         .await
         .expect("toolchain");
-    let agent = agent_settings(&sim);
+    let agent = sim.agent_settings();
 
     let running = RunningAgent::start(&settings, &agent)
         .await

@@ -28,7 +28,6 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::Api;
 use scale_cluster_agent::agent::tunnels::steve_router;
 use scale_cluster_agent::app::RunningAgent;
-use scale_cluster_agent::config::{AgentSettings, SteveSettings};
 use scale_cluster_agent::kwok::{
     population, ClusterManager, ComponentProfile, CreateRequest, PopulationProfile,
 };
@@ -551,21 +550,7 @@ async fn the_agent_supervises_a_private_tokenless_host_and_writes_stv_aggregatio
         .await
         .unwrap();
     steve_host_binary().await;
-    let agent = AgentSettings {
-        rancher: sim.config(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        api_token: None,
-        profile: ComponentProfile::Lean,
-        concurrency: 1,
-        rancher_poll: Duration::from_secs(2),
-        rancher_gone_after: Duration::from_secs(60),
-        instance_id: None,
-        reconnect_max: Duration::from_secs(5),
-        steve: SteveSettings {
-            enabled: true,
-            idle_timeout: Duration::from_secs(600),
-        },
-    };
+    let agent = sim.agent_settings();
     let running = RunningAgent::start(&settings, &agent)
         .await
         .expect("agent starts");

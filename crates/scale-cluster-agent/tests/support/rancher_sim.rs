@@ -217,6 +217,26 @@ impl RancherSim {
             .expect("client for rancher-sim")
     }
 
+    /// Settings for an in-process agent ([`RunningAgent`](scale_cluster_agent::app::RunningAgent))
+    /// against this sim: lean clusters one at a time, fast Rancher polls, Steve on.
+    pub fn agent_settings(&self) -> scale_cluster_agent::config::AgentSettings {
+        scale_cluster_agent::config::AgentSettings {
+            rancher: self.config(),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            api_token: None,
+            profile: scale_cluster_agent::kwok::ComponentProfile::Lean,
+            concurrency: 1,
+            rancher_poll: Duration::from_secs(2),
+            rancher_gone_after: Duration::from_secs(60),
+            instance_id: None,
+            reconnect_max: Duration::from_secs(5),
+            steve: scale_cluster_agent::config::SteveSettings {
+                enabled: true,
+                idle_timeout: Duration::from_secs(600),
+            },
+        }
+    }
+
     /// `/sim/clusters/<id>/stats`: connects, params history, pings, nodes seen, last error, ...
     pub async fn stats(&self, cluster_id: &str) -> serde_json::Value {
         let url = format!("{}/sim/clusters/{cluster_id}/stats", self.url);
