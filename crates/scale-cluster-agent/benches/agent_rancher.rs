@@ -156,13 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let list: Vec<Value> = http
-            .get(format!("{api}/clusters"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if list.is_empty() || Instant::now() > deadline {
+        if rancher_run::phases(&http, &api).await?.is_empty() || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -196,17 +190,10 @@ async fn bulk_until_active(
                 active_after.len()
             );
         }
-        let list: Vec<Value> = http
-            .get(format!("{api}/clusters"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        for c in &list {
-            let name = c["name"].as_str().unwrap_or_default();
-            if c["phase"] == "active" && name.starts_with(prefix) {
+        for (name, phase) in rancher_run::phases(http, api).await? {
+            if phase == "active" && name.starts_with(prefix) {
                 active_after
-                    .entry(name.to_string())
+                    .entry(name)
                     .or_insert_with(|| started.elapsed().as_secs_f64());
             }
         }

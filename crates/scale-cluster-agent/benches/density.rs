@@ -114,7 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.clusters
             );
         }
-        for (name, phase) in phases(&http, &api).await? {
+        for (name, phase) in rancher_run::phases(&http, &api).await? {
             if phase == "active" {
                 active_after
                     .entry(name)
@@ -178,7 +178,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hold_started = Instant::now();
     let mut fewest_active = args.clusters;
     while hold_started.elapsed() < Duration::from_secs(args.hold) {
-        let active = phases(&http, &api)
+        let active = rancher_run::phases(&http, &api)
             .await?
             .iter()
             .filter(|(_, p)| p == "active")
@@ -270,7 +270,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         http.delete(format!("{api}/clusters/{name}")).send().await?;
     }
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !phases(&http, &api).await?.is_empty() && Instant::now() < deadline {
+    while !rancher_run::phases(&http, &api).await?.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     drop(agent);
@@ -305,23 +305,4 @@ fn sim_client(sim_dir: &Path) -> anyhow::Result<reqwest::Client> {
         .no_proxy()
         .add_root_certificate(ca)
         .build()?)
-}
-
-/// Every cluster's name and phase, from the agent's API.
-async fn phases(http: &reqwest::Client, api: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let list: Vec<Value> = http
-        .get(format!("{api}/clusters"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(list
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap_or_default().to_string(),
-                c["phase"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect())
 }

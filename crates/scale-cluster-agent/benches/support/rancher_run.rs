@@ -88,6 +88,25 @@ pub async fn start_agent(
     Ok((agent, api))
 }
 
+/// Every cluster's name and phase, from the agent's API.
+pub async fn phases(http: &reqwest::Client, api: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let list: Vec<Value> = http
+        .get(format!("{api}/clusters"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(list
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["phase"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
 async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
