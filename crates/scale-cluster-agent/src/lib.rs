@@ -7,6 +7,7 @@
 //! - [`rancher`]: the Rancher management-API client (imported clusters, registration tokens).
 //! - [`agent`]: the per-cluster lifecycle (reconcile loop) and the two tunnels per cluster.
 //! - [`steve`]: Rancher's Steve API behind the steve tunnels (the supervised steve host, the proxy).
+//! - [`scenario`]: scale-test scenario files (stages of ramps, holds, churn and faults).
 //! - [`api`]: the agent's HTTP API (axum server, discovery file, typed client for the CLI).
 //! - [`process`]: process identity (pid + start time) and the one liveness rule.
 //! - [`secrets`]: secret variables kept from child processes, private state directories.
@@ -24,6 +25,7 @@ pub mod kwok;
 pub mod preflight;
 pub mod process;
 pub mod rancher;
+pub mod scenario;
 pub mod secrets;
 pub mod steve;
 pub mod store;

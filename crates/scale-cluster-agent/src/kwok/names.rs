@@ -55,8 +55,13 @@ pub fn next_in_series<'a>(
         .max()
         .unwrap_or(0);
     (highest + 1..=highest + count)
-        .map(|i| format!("{prefix}-{i:05}"))
+        .map(|i| numbered(prefix, i))
         .collect()
+}
+
+/// The `i`-th name of a series: `<prefix>-NNNNN`.
+pub fn numbered(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:05}")
 }
 
 #[cfg(test)]
