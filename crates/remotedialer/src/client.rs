@@ -157,6 +157,8 @@ pub struct ClientStatus {
 pub struct ClientHandle {
     status: watch::Receiver<ClientStatus>,
     shutdown: CancellationToken,
+    /// Bumped by each drop request; a session ends when it changes.
+    drop_session: watch::Sender<u64>,
     task: JoinHandle<()>,
 }
 
@@ -168,6 +170,13 @@ impl ClientHandle {
     /// A receiver that sees every status change (`changed()`, `wait_for()`).
     pub fn watch_status(&self) -> watch::Receiver<ClientStatus> {
         self.status.clone()
+    }
+
+    /// Cuts the current session abruptly, as a network failure would: the websocket's TCP
+    /// connection is closed without a close frame, every stream ends, and the client reconnects
+    /// with its normal backoff. For fault injection; a no-op while not connected.
+    pub fn drop_session(&self) {
+        self.drop_session.send_modify(|requests| *requests += 1);
     }
 
     /// Closes every stream and the websocket, then waits for the client task to finish.
@@ -199,16 +208,19 @@ pub fn spawn_client(
         sessions_established: 0,
     });
     let shutdown = CancellationToken::new();
+    let (drop_session, drop_requests) = watch::channel(0);
     let task = tokio::spawn(run_client(
         config,
         router,
         metrics,
         status_sender,
         shutdown.clone(),
+        drop_requests,
     ));
     ClientHandle {
         status,
         shutdown,
+        drop_session,
         task,
     }
 }
@@ -219,6 +231,7 @@ async fn run_client(
     metrics: Arc<Metrics>,
     status: watch::Sender<ClientStatus>,
     shutdown: CancellationToken,
+    mut drop_requests: watch::Receiver<u64>,
 ) {
     let mut tls = None;
     let mut failed_attempts: u32 = 0;
@@ -244,13 +257,23 @@ async fn run_client(
                 });
                 tracing::info!(url = %config.url, "tunnel connected");
                 let _active = GaugeGuard::new(metrics.clone(), |m| &m.sessions_active);
-                let ended = match websocket {
-                    Websocket::Plain(websocket) => {
-                        serve(*websocket, &config, &router, &metrics, &shutdown).await
+                // Requests made while no session was up do not apply to this one.
+                drop_requests.borrow_and_update();
+                let session = async {
+                    match websocket {
+                        Websocket::Plain(websocket) => {
+                            serve(*websocket, &config, &router, &metrics, &shutdown).await
+                        }
+                        Websocket::Tls(websocket) => {
+                            serve(*websocket, &config, &router, &metrics, &shutdown).await
+                        }
                     }
-                    Websocket::Tls(websocket) => {
-                        serve(*websocket, &config, &router, &metrics, &shutdown).await
-                    }
+                };
+                // Dropping the session future drops the websocket: its socket closes with no
+                // close frame, which is what the server sees when a network path dies.
+                let ended = tokio::select! {
+                    ended = session => ended,
+                    Ok(()) = drop_requests.changed() => Err(SessionError::Dropped),
                 };
                 match ended {
                     Ok(()) => break,

@@ -35,6 +35,10 @@ pub enum SessionError {
     WriteStalled(Duration),
     #[error("server closed the websocket")]
     ClosedByServer,
+    /// The caller cut the session on purpose ([`crate::ClientHandle::drop_session`]), as a network
+    /// failure would.
+    #[error("session dropped on request")]
+    Dropped,
 }
 
 impl SessionError {

@@ -357,3 +357,33 @@ async fn shutdown_makes_the_server_drop_the_session() {
     )
     .await;
 }
+
+/// A dropped session is cut like a dead network path: the upstream server forgets it, the client
+/// reports why and connects a new session by itself, and requests flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_session_is_replaced_by_a_new_one() {
+    let server = UpstreamServer::start().await;
+    let target = spawn_http_target().await;
+    let (client, metrics) = start(server.connect_url(), "dr", Arc::new(DialTcp)).await;
+    get_ok(&server.client_url("dr", target, "before")).await;
+
+    let mut status = client.watch_status();
+    status.borrow_and_update();
+    client.drop_session();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        status.wait_for(|s| s.last_error == Some(remotedialer::SessionError::Dropped)),
+    )
+    .await
+    .expect("drop reported in time")
+    .expect("client alive");
+    wait_state(&client, |state| *state == ConnectionState::Connected).await;
+    assert_eq!(
+        get_ok(&server.client_url("dr", target, "after")).await,
+        "/after"
+    );
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.sessions_established, 2);
+    assert_eq!(snapshot.sessions_active, 1);
+    client.shutdown().await;
+}
