@@ -20,7 +20,9 @@
 //! - `rancher_watch`: one cluster list per poll: Rancher states, and deletions made in Rancher
 //!   (believed only once confirmed).
 //! - [`view`]: what the API shows ([`ClusterView`], [`Health`]).
+//! - `faults`: tunnel drops, process kills and cluster clients for scenarios.
 
+mod faults;
 pub mod prepare;
 mod rancher_watch;
 mod reconcile;
@@ -104,6 +106,10 @@ pub enum AgentError {
     InvalidNodes(i64),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error("cluster {0:?} has no open tunnels")]
+    NoTunnels(String),
+    #[error("{0}")]
+    Fault(String),
     #[error(
         "invalid instance id {0:?}: 1 to 63 letters, digits, '-', '_' or '.', starting and ending \
          with a letter or digit (it becomes a Kubernetes label value in Rancher)"

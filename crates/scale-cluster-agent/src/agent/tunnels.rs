@@ -225,6 +225,20 @@ impl TunnelSet {
         Ok(())
     }
 
+    /// Cuts the current sessions of both tunnels of `name` as a dead network path would; the
+    /// clients reconnect with their backoff. False if `name` has no open tunnels.
+    pub fn drop_sessions(&self, name: &str) -> bool {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match open.get(name) {
+            Some(t) => {
+                t.main.drop_session();
+                t.steve.drop_session();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes both tunnels of `name` (all streams end; Rancher sees the sessions go).
     pub async fn close(&self, name: &str) {
         let tunnels = self

@@ -221,6 +221,7 @@ impl From<AgentError> for ApiError {
             AgentError::Deleting(_) => (StatusCode::CONFLICT, "deleting"),
             AgentError::InvalidNodes(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_nodes"),
             AgentError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            AgentError::NoTunnels(_) | AgentError::Fault(_) => (StatusCode::CONFLICT, "fault"),
             AgentError::Store(_) | AgentError::InvalidInstanceId(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store_error")
             }

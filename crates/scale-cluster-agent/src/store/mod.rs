@@ -17,6 +17,7 @@ use ports::{PortBlock, PortRange};
 
 mod agent;
 pub mod ports;
+pub mod scenarios;
 pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -72,6 +73,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE agent_clusters ADD COLUMN stop_requested INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE agent_clusters ADD COLUMN desired_nodes INTEGER;
      ALTER TABLE agent_clusters ADD COLUMN nodes INTEGER;",
+    // Scenario runs and their stages (`scenarios.rs`).
+    scenarios::MIGRATION,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,8 @@ pub enum StoreError {
     PortsExhausted { blocks: u16, first: u16, last: u16 },
     #[error("state database task failed: {0}")]
     Task(String),
+    #[error("scenario run {0:?} is still running: stop it first (`scenario stop {0}`)")]
+    ScenarioRunning(String),
     #[error("corrupt row for cluster {name:?}: {reason}")]
     Corrupt { name: String, reason: String },
     #[error(

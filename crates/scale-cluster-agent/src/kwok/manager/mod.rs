@@ -15,6 +15,7 @@ mod delete;
 mod ensure_running;
 mod files;
 mod heal;
+mod kill;
 mod observe;
 mod processes;
 mod recover;
@@ -91,6 +92,8 @@ pub enum KwokError {
     },
     #[error("cluster {name:?} is {phase}; another operation owns it, so it cannot be adopted")]
     Busy { name: String, phase: Phase },
+    #[error("cluster {name:?} has no running {component} process of its own")]
+    NoSuchProcess { name: String, component: String },
     #[error("{0}; rolling back also failed: {1}")]
     RollbackFailed(Box<KwokError>, Box<KwokError>),
 }
