@@ -18,6 +18,7 @@ use crate::api;
 use crate::config::{AgentSettings, Settings};
 use crate::kwok::ClusterManager;
 use crate::rancher::RancherClient;
+use crate::scenario::{Limits, Runner};
 use crate::steve::{SteveHost, SteveHostConfig, SteveProxy};
 use crate::store::Store;
 use crate::toolchain::{self, Component, Progress, Toolchain, ToolchainOptions};
@@ -36,6 +37,8 @@ pub async fn provision_toolchain(opts: &ToolchainOptions) -> anyhow::Result<Tool
 /// An agent with its HTTP API, started by `serve` or `up`.
 pub struct RunningAgent {
     pub agent: Agent,
+    /// Scenario runs; the one in progress is interrupted on stop.
+    runner: Runner,
     pub url: String,
     data_dir: std::path::PathBuf,
     server: JoinHandle<std::io::Result<()>>,
@@ -94,11 +97,17 @@ impl RunningAgent {
                 format!("cannot listen on {} (use --listen)", agent_settings.listen)
             })?;
         let url = format!("http://{}", announced_addr(listener.local_addr()?));
+        let store = manager.store().clone();
         let (agent, reconcile) = Agent::start(config, manager, rancher).await?;
+        let limits = Limits {
+            max_clusters: u32::from(settings.ports.blocks),
+        };
+        let runner = Runner::new(agent.clone(), store, agent_settings.profile, limits).await?;
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(api::serve(
             listener,
             agent.clone(),
+            runner.clone(),
             agent_settings.profile,
             agent_settings.api_token.clone(),
             async move {
@@ -107,6 +116,7 @@ impl RunningAgent {
         ));
         let running = Self {
             agent,
+            runner,
             url,
             data_dir: settings.data_dir.clone(),
             server,
@@ -146,6 +156,7 @@ impl RunningAgent {
         // Shut down even when the file cannot be removed; its error is reported afterwards.
         let removed = blocking(move || Ok(api::discovery::remove(&data_dir)?)).await;
         let _ = self.stop_server.send(());
+        self.runner.shutdown().await;
         self.agent.shutdown().await;
         let _ = self.reconcile.await;
         // After the tunnels: nothing forwards to the host any more.

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 use scale_cluster_agent::agent::{Agent, AgentConfig, MAX_BULK};
 use scale_cluster_agent::api::{self, discovery, AgentClient, ClientError, Cluster, Discovery};
 use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile, PopulationProfile};
+use scale_cluster_agent::scenario::{Limits, Runner};
 use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::{AgentPhase, Store};
 use serde_json::{json, Value};
@@ -72,9 +73,18 @@ impl Env {
             .expect("bind API");
         let url = format!("http://{}", listener.local_addr().expect("API address"));
         let (stop_server, stopped) = oneshot::channel::<()>();
+        let runner = Runner::new(
+            agent.clone(),
+            store.clone(),
+            default_profile,
+            Limits { max_clusters: 4 },
+        )
+        .await
+        .expect("scenario runner");
         let server = tokio::spawn(api::serve(
             listener,
             agent.clone(),
+            runner,
             default_profile,
             None,
             async move {
@@ -518,6 +528,75 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     let (status, list) = env.json(Method::GET, "/clusters", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list, json!([]));
+    assert!(env.store.agent_clusters().await.expect("rows").is_empty());
+    env.stop().await;
+}
+
+/// A scenario file is checked (its keys, its numbers, what this agent can give) and planned
+/// before anything runs; a refused file changes nothing.
+#[tokio::test]
+async fn scenario_files_are_checked_and_planned_before_anything_runs() {
+    let env = Env::start(22560, ComponentProfile::Lean).await;
+    let start = |spec: &str, dry_run: bool| {
+        env.json(
+            Method::POST,
+            "/scenarios",
+            Some(json!({"spec": spec, "dryRun": dry_run})),
+        )
+    };
+    let bad_request = StatusCode::BAD_REQUEST;
+    for (spec, names) in [
+        (
+            "name: s\nclusters: {prefix: s}\nstages:\n  - ramp: {to: 2, rat: 1/s}\n",
+            "stages[0].ramp: unknown field `rat`",
+        ),
+        // The environment's port range holds 4 clusters.
+        (
+            "name: s\nclusters: {prefix: s}\nstages:\n  - ramp: {to: 5}\n",
+            "at most 4 fit",
+        ),
+        // The agent gives every cluster one population profile; only the node count may differ.
+        (
+            "name: s\nclusters: {prefix: s, population: {podsPerNode: 9}}\nstages:\n  - ramp: {to: 1}\n",
+            "population",
+        ),
+    ] {
+        for dry_run in [true, false] {
+            let (status, body) = start(spec, dry_run).await;
+            assert_error(status, &body, bad_request, "invalid_scenario");
+            assert!(body["reason"].as_str().unwrap().contains(names), "{body}");
+        }
+    }
+    let (status, body) = start(
+        "name: s\nseed: 7\nclusters: {prefix: s, population: {nodes: 3}}\nstages:\n  \
+         - ramp: {to: 3, rate: 1/s}\n  - waitActive: {timeout: 5m}\n  \
+         - tunnelDrop: {clusters: 50%}\n",
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("id").is_none(), "a dry run starts nothing: {body}");
+    assert_eq!(body["plan"]["seed"], 7);
+    let actions: Vec<&str> = body["plan"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "create 3 clusters at 1/s",
+            "wait until all 3 clusters are active in Rancher",
+            "cut the tunnels of 2 clusters, all at once",
+        ]
+    );
+    let (status, runs) = env.json(Method::GET, "/scenarios", None).await;
+    assert_eq!((status, runs), (StatusCode::OK, json!([])));
+    let (status, body) = env.json(Method::GET, "/scenarios/nope", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = env.json(Method::POST, "/scenarios/nope/stop", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     assert!(env.store.agent_clusters().await.expect("rows").is_empty());
     env.stop().await;
 }

@@ -40,4 +40,26 @@ impl Agent {
     pub fn population(&self) -> &crate::kwok::PopulationProfile {
         &self.inner.config.population
     }
+
+    /// Whether every control-plane process of a cluster runs and its apiserver is ready, observed
+    /// now (the heal loop's own check).
+    pub async fn cluster_healthy(&self, name: &str) -> Result<bool, AgentError> {
+        self.inner
+            .manager
+            .check_health(name)
+            .await
+            .map(|health| health.is_healthy())
+            .map_err(|e| AgentError::Fault(e.to_string()))
+    }
+
+    /// Sessions both tunnels of a cluster have established so far, if both are connected right
+    /// now (in memory, no database read): a reconnect shows as a higher count.
+    pub fn tunnel_sessions(&self, name: &str) -> Option<u64> {
+        use remotedialer::ConnectionState::Connected;
+        self.inner
+            .tunnels
+            .status(name)
+            .filter(|(main, steve)| main.state == Connected && steve.state == Connected)
+            .map(|(main, steve)| main.sessions_established + steve.sessions_established)
+    }
 }

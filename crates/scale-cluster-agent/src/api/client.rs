@@ -7,8 +7,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::auth::ApiToken;
+use super::scenarios::{StartRequest, StartResponse};
 use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health, ScaleRequest};
 use crate::kwok::ComponentProfile;
+use crate::store::scenarios::RunRecord;
 
 /// Per-request limit: the API answers from the state database, so anything slower means the agent
 /// is stuck, and the CLI should say so rather than hang.
@@ -164,6 +166,35 @@ impl AgentClient {
         self.call(Method::PUT, &path, Some(&request)).await
     }
 
+    /// `POST /scenarios`: starts a run of the scenario file `spec` (or only plans it).
+    pub async fn scenario_start(
+        &self,
+        spec: &str,
+        dry_run: bool,
+    ) -> Result<StartResponse, ClientError> {
+        let request = StartRequest {
+            spec: spec.to_string(),
+            dry_run,
+        };
+        self.call(Method::POST, "/scenarios", Some(&request)).await
+    }
+
+    /// `GET /scenarios`: the latest runs, newest first.
+    pub async fn scenario_runs(&self) -> Result<Vec<RunRecord>, ClientError> {
+        self.call(Method::GET, "/scenarios", None::<&()>).await
+    }
+
+    pub async fn scenario_run(&self, id: &str) -> Result<RunRecord, ClientError> {
+        let path = format!("/scenarios/{}", path_segment(id));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Asks a run to stop after its current step.
+    pub async fn scenario_stop(&self, id: &str) -> Result<RunRecord, ClientError> {
+        let path = format!("/scenarios/{}/stop", path_segment(id));
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -210,15 +241,20 @@ impl AgentClient {
 /// Names are RFC 1123 labels when valid; anything else is percent-encoded so it reaches the
 /// agent intact and is rejected there with a proper reason.
 fn cluster_path(name: &str) -> String {
-    let mut path = String::from("/clusters/");
-    for byte in name.bytes() {
+    format!("/clusters/{}", path_segment(name))
+}
+
+/// `text` percent-encoded into one path segment.
+fn path_segment(text: &str) -> String {
+    let mut segment = String::new();
+    for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            path.push(char::from(byte));
+            segment.push(char::from(byte));
         } else {
-            path.push_str(&format!("%{byte:02X}"));
+            segment.push_str(&format!("%{byte:02X}"));
         }
     }
-    path
+    segment
 }
 
 fn decode<T: DeserializeOwned>(

@@ -4,6 +4,7 @@
 //!   `/metrics`) and [`serve`], which runs it with graceful shutdown.
 //! - [`auth`]: who may call the API: the `Host` allow-list and the optional bearer token.
 //! - [`discovery`]: `<data_dir>/agent.json`, how the CLI finds a running agent (and its token).
+//! - [`scenarios`]: `/scenarios`, scenario runs started, followed and stopped.
 //! - [`client`]: [`AgentClient`], typed calls onto the API.
 //!
 //! The types in this module are the wire format both sides share: the agent's own views (which by
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod scenarios;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -57,6 +57,7 @@ use super::auth::{Access, ApiToken};
 use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health, ScaleRequest};
 use crate::agent::{Agent, AgentError, MAX_BULK};
 use crate::kwok::ComponentProfile;
+use crate::scenario::Runner;
 use crate::store::AgentPhase;
 
 /// Every phase, so `/metrics` reports zeros too: a series that appears only once non-zero breaks
@@ -92,9 +93,14 @@ impl ApiState {
     }
 }
 
-/// The router over `agent`; `default_profile` applies to creations that name none; `access`
-/// decides which requests are served at all.
-pub fn router(agent: Agent, default_profile: ComponentProfile, access: Access) -> Router {
+/// The router over `agent` and its scenario `runner`; `default_profile` applies to creations that
+/// name none; `access` decides which requests are served at all.
+pub fn router(
+    agent: Agent,
+    runner: Runner,
+    default_profile: ComponentProfile,
+    access: Access,
+) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -117,6 +123,7 @@ pub fn router(agent: Agent, default_profile: ComponentProfile, access: Access) -
             agent,
             default_profile,
         })
+        .merge(super::scenarios::router(runner))
         // Added last so it wraps every route and the fallbacks: nothing is answered to a request
         // that fails the checks, not even "no such endpoint".
         .layer(middleware::from_fn_with_state(access, guard))
@@ -127,6 +134,7 @@ pub fn router(agent: Agent, default_profile: ComponentProfile, access: Access) -
 pub async fn serve(
     listener: tokio::net::TcpListener,
     agent: Agent,
+    runner: Runner,
     default_profile: ComponentProfile,
     token: Option<ApiToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -135,7 +143,7 @@ pub async fn serve(
         listen: listener.local_addr()?,
         token,
     };
-    axum::serve(listener, router(agent, default_profile, access))
+    axum::serve(listener, router(agent, runner, default_profile, access))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -192,7 +200,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, reason: impl ToString) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, reason: impl ToString) -> Self {
         Self {
             status,
             code,

@@ -4,6 +4,7 @@ mod cluster;
 mod output;
 mod preflight;
 mod progress;
+mod scenario;
 pub mod serve;
 mod toolchain;
 mod up;
@@ -46,6 +47,9 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Run the agent: register clusters with Rancher, hold their tunnels, serve the HTTP API.
     Serve(serve::ServeArgs),
+    /// Run scale-test scenario files (ramp, hold, churn, faults) on the running agent.
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCommand),
 }
 
 /// Entry point used by `main`.
@@ -80,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Preflight(args) => preflight::run(&settings, args).await,
         Command::Cluster(cmd) => cluster::run(&settings, cmd).await,
         Command::Serve(args) => serve::run(&settings, args).await,
+        Command::Scenario(cmd) => scenario::run(&settings, cmd).await,
     }
 }
 

@@ -3,34 +3,35 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::spec::{Scenario, Span, Stage};
 
 /// One stage as it will run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlannedStage {
     pub index: usize,
-    pub kind: &'static str,
+    pub kind: String,
     /// What it does, in words, with the numbers resolved (`create 500 clusters at 2/s`).
     pub action: String,
     /// Clusters of the scenario that exist once it is done.
     pub clusters_after: u32,
     /// The least time it takes (`hold`, churns, a rate-limited ramp), if it has a floor.
-    #[serde(with = "optional_seconds")]
+    #[serde(default, with = "optional_seconds")]
     pub at_least: Option<Duration>,
     /// The most time it may take before it fails (`waitActive`).
-    #[serde(with = "optional_seconds")]
+    #[serde(default, with = "optional_seconds")]
     pub at_most: Option<Duration>,
 }
 
 /// The whole plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub name: String,
-    pub seed: u64,
+    /// `None` in a dry run of a file without a seed: the run chooses one (and prints it).
+    pub seed: Option<u64>,
     pub stages: Vec<PlannedStage>,
     /// The sum of the stages' floors.
     #[serde(with = "seconds")]
@@ -38,7 +39,7 @@ pub struct Plan {
 }
 
 /// Works out the plan of `scenario`, with `seed` (the file's or the one chosen for the run).
-pub fn plan(scenario: &Scenario, seed: u64) -> Plan {
+pub fn plan(scenario: &Scenario, seed: Option<u64>) -> Plan {
     let mut clusters = 0u32;
     let mut stages = Vec::with_capacity(scenario.stages.len());
     for (index, stage) in scenario.stages.iter().enumerate() {
@@ -134,7 +135,7 @@ pub fn plan(scenario: &Scenario, seed: u64) -> Plan {
         };
         stages.push(PlannedStage {
             index,
-            kind: stage.kind(),
+            kind: stage.kind().to_string(),
             action,
             clusters_after: clusters,
             at_least,
@@ -174,15 +175,22 @@ fn plural(n: u32, word: &str) -> String {
     }
 }
 
+/// Durations travel as seconds (a float), as the rest of the API's durations do.
 mod seconds {
+    use serde::Deserialize;
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Duration::try_from_secs_f64(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 mod optional_seconds {
+    use serde::Deserialize;
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -190,6 +198,14 @@ mod optional_seconds {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),
         }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -211,7 +227,7 @@ mod tests {
             Limits { max_clusters: 100 },
         )
         .unwrap();
-        let plan = plan(&s, 7);
+        let plan = plan(&s, Some(7));
         let actions: Vec<_> = plan.stages.iter().map(|s| s.action.as_str()).collect();
         assert_eq!(
             actions,
@@ -232,6 +248,6 @@ mod tests {
         assert_eq!(plan.stages[4].takes(), "-");
         assert_eq!(plan.at_least, Duration::from_secs(5 + 600 + 10));
         assert_eq!(plan.stages[5].clusters_after, 4);
-        assert_eq!(plan.seed, 7);
+        assert_eq!(plan.seed, Some(7));
     }
 }

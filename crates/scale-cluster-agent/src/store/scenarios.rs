@@ -284,6 +284,15 @@ const SELECT_RUN: &str = "SELECT id, name, seed, spec, state, reason, stop_reque
                           started_at_ms, finished_at_ms FROM scenario_runs";
 
 type RawRun = (RunRecord, String);
+/// idx, kind, started, finished, outcome, summary.
+type RawStage = (
+    i64,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
 
 fn raw_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
     let state: String = r.get(4)?;
@@ -313,14 +322,7 @@ fn with_stages(
         reason,
     };
     run.state = RunState::parse(&state).ok_or_else(|| corrupt(format!("run state {state:?}")))?;
-    let rows: Vec<(
-        i64,
-        String,
-        i64,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-    )> = conn
+    let rows: Vec<RawStage> = conn
         .prepare(
             "SELECT idx, kind, started_at_ms, finished_at_ms, outcome, summary
              FROM scenario_stages WHERE run_id = ?1 ORDER BY idx",

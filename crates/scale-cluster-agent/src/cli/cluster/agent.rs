@@ -24,7 +24,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The running agent on this data directory, if `agent.json` names a live process and its API
 /// answers. A live pid whose API does not answer is reported, then ignored.
-pub(super) async fn running(settings: &Settings) -> Option<AgentClient> {
+pub(crate) async fn running(settings: &Settings) -> Option<AgentClient> {
     let found = discovery::read(&settings.data_dir)?;
     let unusable = |reason: String| {
         eprintln!(

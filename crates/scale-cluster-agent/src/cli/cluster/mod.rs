@@ -9,6 +9,7 @@
 //! which are the same either way. [`print`] renders both kinds of cluster.
 
 mod agent;
+pub(super) use agent::running as running_agent;
 mod direct;
 mod print;
 

@@ -1,0 +1,110 @@
+//! `podChurn: {clusters, rate, for}`: at `rate` per second over a seeded pick of the clusters,
+//! deletes one of the agent's pods at random and creates it again with the same name and spec,
+//! as a pod restarted by its controller would come back; kwok-controller runs it again on its
+//! node. Records the counts.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::Api;
+use rand::seq::IndexedRandom;
+use tokio::time::Instant;
+
+use super::{millis, StageContext, StageError};
+use crate::kwok::population::MANAGED_LABEL;
+use crate::scenario::spec::PodChurn;
+
+pub async fn run(
+    context: &mut StageContext<'_>,
+    churn: &PodChurn,
+) -> Result<serde_json::Value, StageError> {
+    let names: Vec<String> = context
+        .clusters()
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let picked = context.pick(churn.clusters, &names);
+    // Per cluster: a client and its pods (namespace, name), listed once: churned pods keep their
+    // names.
+    let mut targets = Vec::new();
+    for name in &picked {
+        let client = context.agent.cluster_client(name).await?;
+        let pods: Api<Pod> = Api::all(client.clone());
+        let listed = pods
+            .list_metadata(&ListParams::default().labels(MANAGED_LABEL))
+            .await
+            .map_err(|e| StageError::Check(format!("cluster {name}: cannot list pods: {e}")))?;
+        let pods: Vec<(String, String)> = listed
+            .items
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.namespace?, p.metadata.name?)))
+            .collect();
+        if !pods.is_empty() {
+            targets.push((name.clone(), client, pods));
+        }
+    }
+    if targets.is_empty() {
+        return Err(StageError::Check(
+            "none of the picked clusters has pods of the agent to churn".into(),
+        ));
+    }
+    let started = Instant::now();
+    let step = churn.rate.time_for(1);
+    let (mut recreated, mut errors) = (0usize, 0usize);
+    let mut i = 0u32;
+    while started.elapsed() < churn.duration.0 {
+        context.sleep_until(started + step * i).await?;
+        i += 1;
+        let Some((cluster, client, pods)) = targets.choose(context.rng) else {
+            break;
+        };
+        let Some((namespace, pod)) = pods.choose(context.rng) else {
+            continue;
+        };
+        match restart(client, namespace, pod).await {
+            Ok(()) => recreated += 1,
+            Err(error) => {
+                tracing::warn!(%cluster, %namespace, %pod, %error, "podChurn: cannot restart pod");
+                errors += 1;
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "clusters": picked,
+        "recreated": recreated,
+        "errors": errors,
+        "tookMs": millis(started.elapsed()),
+    }))
+}
+
+/// Deletes a pod at once (no grace: no kubelet would confirm) and creates it again from what it
+/// was.
+async fn restart(client: &kube::Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let old = pods.get(name).await?;
+    pods.delete(name, &DeleteParams::default().grace_period(0))
+        .await?;
+    let again = Pod {
+        metadata: ObjectMeta {
+            name: old.metadata.name,
+            namespace: old.metadata.namespace,
+            labels: old.metadata.labels,
+            annotations: old.metadata.annotations,
+            ..ObjectMeta::default()
+        },
+        spec: old.spec,
+        status: None,
+    };
+    // The old object may take a moment to go; a conflict means it is still there.
+    let mut attempts = 0;
+    loop {
+        match pods.create(&PostParams::default(), &again).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
