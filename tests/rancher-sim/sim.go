@@ -35,10 +35,13 @@ type condition struct {
 
 // runtimeStats is what the simulator did for one cluster since this process started.
 type runtimeStats struct {
-	MainConnects     int `json:"mainConnects"`
-	MainDisconnects  int `json:"mainDisconnects"`
-	SteveConnects    int `json:"steveConnects"`
-	SteveDisconnects int `json:"steveDisconnects"`
+	MainConnects    int `json:"mainConnects"`
+	MainDisconnects int `json:"mainDisconnects"`
+	// MainConnectTimes are the unix milliseconds of the latest main connects (at most
+	// maxConnectTimes), to see how a reconnect storm spread out.
+	MainConnectTimes []int64 `json:"mainConnectTimes"`
+	SteveConnects    int     `json:"steveConnects"`
+	SteveDisconnects int     `json:"steveDisconnects"`
 	// Rejected counts /v3/connect attempts refused for this cluster (bad params).
 	Rejected      int    `json:"rejected"`
 	LastRejection string `json:"lastRejection,omitempty"`

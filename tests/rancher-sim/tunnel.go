@@ -67,6 +67,9 @@ func (s *sim) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// maxConnectTimes bounds the connect times kept per cluster.
+const maxConnectTimes = 32
+
 func (s *sim) sessionChange(a *tunnelAttempt, delta int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -81,6 +84,10 @@ func (s *sim) sessionChange(a *tunnelAttempt, delta int) {
 	case delta > 0:
 		rt.MainConnects++
 		rt.MainSessionsOpen++
+		rt.MainConnectTimes = append(rt.MainConnectTimes, time.Now().UnixMilli())
+		if len(rt.MainConnectTimes) > maxConnectTimes {
+			rt.MainConnectTimes = rt.MainConnectTimes[1:]
+		}
 	default:
 		rt.MainDisconnects++
 		rt.MainSessionsOpen--

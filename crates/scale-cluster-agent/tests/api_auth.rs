@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 use scale_cluster_agent::agent::{Agent, AgentConfig};
 use scale_cluster_agent::api::{self, AgentClient, ApiToken};
 use scale_cluster_agent::kwok::{ClusterManager, ComponentProfile};
+use scale_cluster_agent::scenario::{Limits, Runner};
 use scale_cluster_agent::store::ports::PortRange;
 use scale_cluster_agent::store::Store;
 use serde_json::Value;
@@ -54,7 +55,7 @@ impl Env {
             .await
             .expect("toolchain");
         let store = Store::open(&settings.state_db()).expect("state db");
-        let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
+        let manager = ClusterManager::new(&settings.kwok(), toolchain, store.clone());
         let config = AgentConfig {
             ..AgentConfig::default()
         };
@@ -65,9 +66,18 @@ impl Env {
             .await
             .expect("bind API");
         let url = format!("http://{}", listener.local_addr().expect("API address"));
+        let runner = Runner::new(
+            agent.clone(),
+            store,
+            ComponentProfile::Lean,
+            Limits { max_clusters: 2 },
+        )
+        .await
+        .expect("scenario runner");
         tokio::spawn(api::serve(
             listener,
             agent.clone(),
+            runner,
             ComponentProfile::Lean,
             Some(ApiToken::new(API_TOKEN).expect("valid token")),
             std::future::pending(),

@@ -103,7 +103,14 @@ async fn run_file(
     let spec = tokio::fs::read_to_string(&args.file)
         .await
         .with_context(|| format!("cannot read scenario {}", args.file.display()))?;
-    let invalid = || format!("invalid scenario {}", args.file.display());
+    // The agent's own words, prefixed with the file when it is the file that is wrong.
+    let file = args.file.display().to_string();
+    let refused = |error: crate::api::ClientError| match error.code() {
+        Some("invalid_scenario") => {
+            anyhow::Error::new(error).context(format!("invalid scenario {file}"))
+        }
+        _ => anyhow::Error::new(error),
+    };
     if args.dry_run {
         let plan = match agent {
             // The agent also checks what it can give (its population profile).
@@ -111,7 +118,7 @@ async fn run_file(
                 agent
                     .scenario_start(&spec, true)
                     .await
-                    .with_context(invalid)?
+                    .map_err(refused)?
                     .plan
             }
             None => {
@@ -119,8 +126,7 @@ async fn run_file(
                     max_clusters: u32::from(settings.ports.blocks),
                 };
                 let scenario = Scenario::parse(&spec, limits)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(invalid)?;
+                    .map_err(|reason| anyhow::anyhow!("invalid scenario {file}: {reason}"))?;
                 plan(&scenario, scenario.seed)
             }
         };
@@ -130,10 +136,7 @@ async fn run_file(
         return Ok(());
     }
     let agent = need(agent, settings)?;
-    let started = agent
-        .scenario_start(&spec, false)
-        .await
-        .with_context(invalid)?;
+    let started = agent.scenario_start(&spec, false).await.map_err(refused)?;
     let id = started.id.context("the agent started no run")?;
     if args.output.output.is_table() {
         print_plan(&started.plan)?;

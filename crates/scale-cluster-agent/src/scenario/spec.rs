@@ -658,6 +658,21 @@ stages:
     }
 
     #[test]
+    fn the_example_scenarios_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                Scenario::from_file(&path, Limits { max_clusters: 1000 })
+                    .unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "examples under {}", dir.display());
+    }
+
+    #[test]
     fn shares_round_up_and_stay_within_the_population() {
         assert_eq!(Share::Percent(10).of(15), 2);
         assert_eq!(Share::Percent(100).of(7), 7);

@@ -52,7 +52,7 @@ pub async fn run(
     let step = churn.rate.time_for(1);
     let (mut recreated, mut errors) = (0usize, 0usize);
     let mut i = 0u32;
-    while started.elapsed() < churn.duration.0 {
+    while step * i < churn.duration.0 {
         context.sleep_until(started + step * i).await?;
         i += 1;
         let Some((cluster, client, pods)) = targets.choose(context.rng) else {

@@ -1,0 +1,459 @@
+//! Scenarios end to end: the real CLI runs a scenario file on a real agent (in-process, as `serve`
+//! wires it) against rancher-sim and real KWOK clusters, and each stage's effect is checked where
+//! it happens: rancher-sim's own record of the tunnels, the clusters' own apiservers (a watch on
+//! their nodes, pod uids, node counts) and /proc.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::runtime::watcher;
+use kube::Api;
+use scale_cluster_agent::app::RunningAgent;
+use scale_cluster_agent::config::Settings;
+use scale_cluster_agent::kwok::population;
+use scale_cluster_agent::store::ports::PortRange;
+use scale_cluster_agent::store::AgentPhase;
+use support::rancher_sim::{self, RancherSim};
+
+const DEADLINE: Duration = Duration::from_secs(600);
+
+/// Kills the KWOK components (they outlive the agent by design) however the test ends.
+struct KwokGuard(std::path::PathBuf);
+
+impl Drop for KwokGuard {
+    fn drop(&mut self) {
+        support::kill_processes_mentioning(&self.0);
+    }
+}
+
+struct Env {
+    sim: RancherSim,
+    settings: Settings,
+    running: Option<RunningAgent>,
+    dir: tempfile::TempDir,
+    _kwok: KwokGuard,
+}
+
+impl Env {
+    async fn start(port_base: u16, blocks: u16) -> Env {
+        let sim =
+            tokio::task::spawn_blocking(|| rancher_sim::start(support::agent_home::sim_options()))
+                .await
+                .expect("starting rancher-sim");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings: Settings = support::settings();
+        settings.data_dir = dir.path().join("data");
+        settings.kwok_workdir = dir.path().join("kwok");
+        settings.ports = PortRange::new(port_base, 10, blocks).expect("port range");
+        let kwok = KwokGuard(settings.kwok_workdir.clone());
+        tokio::task::spawn_blocking(support::toolchain)
+            .await
+            .expect("toolchain");
+        let mut env = Env {
+            sim,
+            settings,
+            running: None,
+            dir,
+            _kwok: kwok,
+        };
+        env.start_agent().await;
+        env
+    }
+
+    async fn start_agent(&mut self) {
+        let mut agent = self.sim.agent_settings();
+        agent.concurrency = 3;
+        self.running = Some(
+            RunningAgent::start(&self.settings, &agent)
+                .await
+                .expect("agent starts"),
+        );
+    }
+
+    fn agent(&self) -> &RunningAgent {
+        self.running.as_ref().expect("agent running")
+    }
+
+    /// Runs the real CLI against the agent on this data dir: (success, stdout, stderr).
+    async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::time::timeout(
+            DEADLINE,
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+                .args(args)
+                .env("HOME", self.dir.path())
+                .env("SCA_DATA_DIR", &self.settings.data_dir)
+                .env("SCA_KWOK_WORKDIR", &self.settings.kwok_workdir)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("CLI finished in time")
+        .expect("CLI ran");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write file");
+        path.display().to_string()
+    }
+
+    async fn rancher_id(&self, name: &str) -> String {
+        self.agent()
+            .agent
+            .get(name)
+            .await
+            .expect("cluster")
+            .rancher_cluster_id
+            .expect("registered")
+    }
+
+    async fn client(&self, name: &str) -> kube::Client {
+        let path = self
+            .settings
+            .kwok_workdir
+            .join("clusters")
+            .join(name)
+            .join("kubeconfig.yaml");
+        population::client(&path).await.expect("cluster client")
+    }
+}
+
+const SCENARIO: &str = "\
+name: smoke
+seed: 42
+clusters: {prefix: sc, population: {nodes: 3}}
+stages:
+  - ramp: {to: 3, rate: 2/s}
+  - waitActive: {timeout: 8m}
+  # Room for the test to start watching the clusters' nodes.
+  - hold: 5s
+  - tunnelDrop: {clusters: 100%, spread: 0s}
+  - waitActive: {timeout: 3m}
+  - nodeChurn: {clusters: 3, nodes: 1, every: 2s, for: 3s}
+  - podChurn: {clusters: 1, rate: 4/s, for: 2s}
+  - scaleNodes: {clusters: 1, to: 4}
+  - componentKill: {component: kube-apiserver, clusters: 1}
+  - waitActive: {timeout: 3m}
+";
+
+/// Run after the checks of the first: shrinks the fleet.
+const SHRINK: &str = "\
+name: shrink
+clusters: {prefix: sc, population: {nodes: 3}}
+stages:
+  - ramp: {to: 2}
+";
+
+/// Every Ready status a watch saw per (cluster, node), in order.
+type ReadySeen = Arc<Mutex<HashMap<(String, String), Vec<String>>>>;
+
+fn watch_nodes(
+    cluster: String,
+    client: kube::Client,
+    seen: ReadySeen,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let nodes: Api<Node> = Api::all(client);
+        let mut events = watcher(nodes, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            let node = match event {
+                Ok(watcher::Event::Apply(node)) | Ok(watcher::Event::InitApply(node)) => node,
+                _ => continue,
+            };
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status)
+                .unwrap_or_default();
+            let name = node.metadata.name.unwrap_or_default();
+            let mut seen = seen.lock().unwrap();
+            let statuses = seen.entry((cluster.clone(), name)).or_default();
+            if statuses.last() != Some(&ready) {
+                statuses.push(ready);
+            }
+        }
+    })
+}
+
+async fn pod_uids(client: &kube::Client) -> HashMap<String, String> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    pods.list(&ListParams::default().labels(population::MANAGED_LABEL))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .map(|p| {
+            (
+                p.metadata.name.unwrap_or_default(),
+                p.metadata.uid.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn apiserver_pid(kwok_workdir: &std::path::Path, name: &str) -> Option<u32> {
+    let dir = kwok_workdir.join("clusters").join(name);
+    support::processes_mentioning(&dir)
+        .into_iter()
+        .find(|pid| support::program_name(*pid).as_deref() == Some("kube-apiserver"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
+    let env = Env::start(28500, 6).await;
+    let file = env.write("smoke.yaml", SCENARIO);
+    let json = env.dir.path().join("run.json");
+
+    let dry = env.cli(&["scenario", "run", &file, "--dry-run"]).await;
+    assert!(dry.0, "{dry:?}");
+    assert!(dry.1.contains("create 3 clusters at 2/s"), "{}", dry.1);
+    assert!(
+        env.agent().agent.list().await.expect("list").is_empty(),
+        "a dry run creates nothing"
+    );
+
+    let json_arg = json.display().to_string();
+    let args = ["scenario", "run", &file, "--json", &json_arg];
+    let cli = env.cli(&args);
+    let observe = async {
+        let names = ["sc-00001", "sc-00002", "sc-00003"];
+        // Once all three are active, watch their nodes and note pods and apiserver pids.
+        support::eventually(DEADLINE, "three clusters active", || async {
+            let list = env.agent().agent.list().await.ok()?;
+            (list
+                .iter()
+                .filter(|c| c.phase == AgentPhase::Active)
+                .count()
+                == 3)
+                .then_some(())
+        })
+        .await;
+        let seen: ReadySeen = Arc::default();
+        let mut watches = Vec::new();
+        let mut uids = HashMap::new();
+        let mut pids = HashMap::new();
+        let mut connects = HashMap::new();
+        let mut ids = HashMap::new();
+        for name in names {
+            let client = env.client(name).await;
+            watches.push(watch_nodes(name.to_string(), client.clone(), seen.clone()));
+            uids.insert(name, pod_uids(&client).await);
+            pids.insert(name, apiserver_pid(&env.settings.kwok_workdir, name));
+            let id = env.rancher_id(name).await;
+            let stats = env.sim.stats(&id).await;
+            connects.insert(
+                name,
+                (
+                    stats["stats"]["mainConnects"].as_u64().expect("connects"),
+                    stats["stats"]["mainConnectTimes"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            );
+            ids.insert(name, id);
+        }
+        (seen, watches, uids, pids, connects, ids)
+    };
+    let ((ok, stdout, stderr), (seen, watches, uids_before, pids_before, connects_before, ids)) =
+        tokio::join!(cli, observe);
+    assert!(ok, "scenario run failed:\n{stdout}\n{stderr}");
+    for watch in watches {
+        watch.abort();
+    }
+
+    // The record: every stage ran and succeeded, with the file's seed.
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("run JSON written")).expect("JSON");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["seed"], 42);
+    let stages = run["stages"].as_array().expect("stages");
+    assert_eq!(stages.len(), 10, "{run:#}");
+    assert!(
+        stages.iter().all(|s| s["outcome"] == "succeeded"),
+        "{run:#}"
+    );
+    assert!(stdout.contains("tunnelDrop"), "the summary table: {stdout}");
+
+    // tunnelDrop: rancher-sim saw each cluster's main tunnel drop and connect again, and the
+    // stage's reconnect spread matches rancher-sim's own connect times.
+    let drop = &stages[3]["summary"];
+    assert_eq!(drop["dropped"], 3, "{drop}");
+    assert_eq!(drop["reconnected"], 3, "{drop}");
+    for name in ["sc-00001", "sc-00002"] {
+        let stats = env.sim.stats(&ids[name]).await;
+        let (before, times) = &connects_before[name];
+        assert!(
+            stats["stats"]["mainConnects"].as_u64().unwrap() > *before,
+            "{name}: no reconnect seen by rancher-sim: {stats}"
+        );
+        assert!(
+            stats["stats"]["mainDisconnects"].as_u64().unwrap() >= 1,
+            "{stats}"
+        );
+        let after = stats["stats"]["mainConnectTimes"]
+            .as_array()
+            .expect("connect times");
+        assert!(
+            after.len() > times.len(),
+            "{name}: rancher-sim recorded no new connect: {stats}"
+        );
+    }
+
+    // nodeChurn: in each cluster's own apiserver, one node went NotReady and then Ready again.
+    let seen = seen.lock().unwrap().clone();
+    for name in ["sc-00001", "sc-00002", "sc-00003"] {
+        let flapped = seen.iter().any(|((cluster, _), statuses)| {
+            cluster == name
+                && statuses
+                    .windows(2)
+                    .any(|w| w[0] == "False" && w[1] == "True")
+        });
+        assert!(
+            flapped,
+            "{name}: no node went NotReady then Ready: {seen:?}"
+        );
+    }
+
+    // podChurn: in the churned cluster, pods were really deleted and created again.
+    let churned = stages[6]["summary"]["clusters"][0]
+        .as_str()
+        .expect("churned cluster")
+        .to_string();
+    assert!(
+        stages[6]["summary"]["recreated"].as_u64().unwrap() > 0,
+        "{}",
+        stages[6]
+    );
+    let uids_after = pod_uids(&env.client(&churned).await).await;
+    let before = &uids_before[churned.as_str()];
+    assert_eq!(
+        uids_after.keys().collect::<std::collections::BTreeSet<_>>(),
+        before.keys().collect(),
+        "every churned pod is back under its name"
+    );
+    assert!(
+        uids_after.iter().any(|(name, uid)| before[name] != *uid),
+        "no pod of {churned} was recreated"
+    );
+
+    // scaleNodes: the picked cluster has 4 nodes in its own apiserver.
+    let scaled = stages[7]["summary"]["scaled"][0]
+        .as_str()
+        .expect("scaled cluster")
+        .to_string();
+    let nodes: Api<Node> = Api::all(env.client(&scaled).await);
+    let count = nodes
+        .list_metadata(&ListParams::default().labels(population::MANAGED_LABEL))
+        .await
+        .expect("nodes")
+        .items
+        .len();
+    assert_eq!(count, 4, "{scaled}");
+
+    // componentKill: the killed cluster's apiserver is a new process.
+    let killed = stages[8]["summary"]["killed"][0]["cluster"]
+        .as_str()
+        .expect("killed cluster")
+        .to_string();
+    let after = apiserver_pid(&env.settings.kwok_workdir, &killed);
+    assert!(after.is_some(), "{killed}: apiserver healed");
+    assert_ne!(after, pids_before[killed.as_str()], "{killed}");
+
+    // A second run shrinks the fleet: the highest-numbered cluster goes, in Rancher and in KWOK.
+    let shrink = env.write("shrink.yaml", SHRINK);
+    let (ok, stdout, stderr) = env.cli(&["scenario", "run", &shrink]).await;
+    assert!(ok, "shrink run failed:\n{stdout}\n{stderr}");
+    let gone = ids["sc-00003"].clone();
+    support::eventually(DEADLINE, "sc-00003 deleted", || async {
+        let in_agent = env.agent().agent.get("sc-00003").await.is_ok();
+        let in_rancher = env.sim.cluster(&gone).await.is_some();
+        (!in_agent && !in_rancher).then_some(())
+    })
+    .await;
+    assert!(support::processes_mentioning(
+        &env.settings.kwok_workdir.join("clusters").join("sc-00003")
+    )
+    .is_empty());
+    let mut env = env;
+    env.running
+        .take()
+        .expect("agent")
+        .stop()
+        .await
+        .expect("agent stops");
+}
+
+/// A stop request ends a run after its current step, and a run cut short by the agent's own
+/// stop is recorded as interrupted, which the next agent reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stop_on_request_and_an_agent_stop_leaves_an_interrupted_record() {
+    let mut env = Env::start(28600, 2).await;
+    let file = env.write(
+        "hold.yaml",
+        "name: wait\nclusters: {prefix: w}\nstages:\n  - hold: 10m\n",
+    );
+
+    let (ok, stdout, stderr) = env.cli(&["scenario", "run", &file, "--no-wait"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let id = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "run")
+        .nth(1)
+        .expect("run id printed")
+        .to_string();
+    let (ok, _, stderr) = env.cli(&["scenario", "run", &file, "--no-wait"]).await;
+    assert!(
+        !ok && stderr.contains("still running"),
+        "one run at a time: {stderr}"
+    );
+    let (ok, stdout, stderr) = env.cli(&["scenario", "stop", &id]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let record = support::eventually(Duration::from_secs(30), "run stopped", || async {
+        let (_, stdout, _) = env.cli(&["scenario", "get", &id, "-o", "json"]).await;
+        let run: serde_json::Value = serde_json::from_str(&stdout).ok()?;
+        (run["state"] == "stopped").then_some(run)
+    })
+    .await;
+    assert_eq!(record["stages"][0]["outcome"], "stopped", "{record}");
+
+    // A run in progress when the agent stops is recorded as interrupted.
+    let (ok, stdout, stderr) = env.cli(&["scenario", "run", &file, "--no-wait"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    env.running
+        .take()
+        .expect("agent")
+        .stop()
+        .await
+        .expect("agent stops");
+    env.start_agent().await;
+    let (ok, stdout, stderr) = env.cli(&["scenario", "list", "-o", "json"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let runs: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(runs[0]["state"], "interrupted", "{runs:#}");
+    assert!(
+        runs[0]["reason"].as_str().unwrap().contains("shut down"),
+        "{runs:#}"
+    );
+    assert_eq!(runs[1]["id"], id);
+    env.running
+        .take()
+        .expect("agent")
+        .stop()
+        .await
+        .expect("agent stops");
+}
