@@ -38,7 +38,7 @@ pub async fn provision_toolchain(opts: &ToolchainOptions) -> anyhow::Result<Tool
 pub struct RunningAgent {
     pub agent: Agent,
     /// Scenario runs; the one in progress is interrupted on stop.
-    runner: Runner,
+    pub runner: Runner,
     pub url: String,
     data_dir: std::path::PathBuf,
     server: JoinHandle<std::io::Result<()>>,

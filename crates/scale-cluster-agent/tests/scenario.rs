@@ -18,6 +18,7 @@ use scale_cluster_agent::app::RunningAgent;
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::kwok::population;
 use scale_cluster_agent::store::ports::PortRange;
+use scale_cluster_agent::store::scenarios::RunState;
 use scale_cluster_agent::store::AgentPhase;
 use support::rancher_sim::{self, RancherSim};
 
@@ -431,6 +432,46 @@ async fn runs_stop_on_request_and_an_agent_stop_leaves_an_interrupted_record() {
     .await;
     assert_eq!(record["stages"][0]["outcome"], "stopped", "{record}");
 
+    // Ctrl-C on a followed run stops it after the step in progress, and the CLI says how it ended.
+    let follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+        .args(["scenario", "run", &file])
+        .env("HOME", env.dir.path())
+        .env("SCA_DATA_DIR", &env.settings.data_dir)
+        .env("SCA_KWOK_WORKDIR", &env.settings.kwok_workdir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("CLI runs");
+    let started = support::eventually(Duration::from_secs(60), "second run started", || async {
+        let runs = env.agent().runner.runs(10).await.ok()?;
+        runs.into_iter()
+            .find(|r| r.id != id && r.state == RunState::Running)
+            .map(|r| r.id)
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(follow.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out = tokio::time::timeout(Duration::from_secs(60), follow.wait_with_output())
+        .await
+        .expect("CLI ends after Ctrl-C")
+        .expect("CLI output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("stopped"), "{stdout}");
+    let run = env
+        .agent()
+        .runner
+        .run(&started)
+        .await
+        .expect("run")
+        .expect("recorded");
+    assert_eq!(run.state, RunState::Stopped);
+
     // A run in progress when the agent stops is recorded as interrupted.
     let (ok, stdout, stderr) = env.cli(&["scenario", "run", &file, "--no-wait"]).await;
     assert!(ok, "{stdout}\n{stderr}");
@@ -449,7 +490,7 @@ async fn runs_stop_on_request_and_an_agent_stop_leaves_an_interrupted_record() {
         runs[0]["reason"].as_str().unwrap().contains("shut down"),
         "{runs:#}"
     );
-    assert_eq!(runs[1]["id"], id);
+    assert_eq!(runs[2]["id"], id);
     env.running
         .take()
         .expect("agent")
