@@ -16,8 +16,11 @@ use crate::process::{self, ProcessId};
 use ports::{PortBlock, PortRange};
 
 mod agent;
+mod events;
 pub mod ports;
 pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
+pub use events::now_ms;
+pub use events::{Event, EventKind, Sample, EVENT_RETENTION, SAMPLE_RETENTION};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -72,6 +75,11 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE agent_clusters ADD COLUMN stop_requested INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE agent_clusters ADD COLUMN desired_nodes INTEGER;
      ALTER TABLE agent_clusters ADD COLUMN nodes INTEGER;",
+    // Placeholder for migration 6, which another branch adds: this branch's migration is 7. The
+    // lead replaces it at merge.
+    "",
+    // The event log and the agent's resource samples (`events`).
+    events::MIGRATION,
 ];
 
 #[derive(Debug, thiserror::Error)]
