@@ -95,6 +95,9 @@ pub struct Sample {
     pub tunnels_connected: u64,
 }
 
+const RUN_SETTINGS_KEY: &str = "run_settings";
+const RUN_STARTED_KEY: &str = "run_started_ms";
+
 pub(super) const MIGRATION: &str = "CREATE TABLE agent_events (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         at_ms INTEGER NOT NULL,
@@ -394,6 +397,44 @@ impl Store {
                     r.get(0)
                 })?,
             )
+        })
+        .await
+    }
+
+    /// Keeps the settings of the run that starts now (JSON, no secret), with its start time,
+    /// for the run report; the previous run's are replaced.
+    pub async fn record_run_settings(&self, settings: String) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            for (key, value) in [
+                (RUN_SETTINGS_KEY, settings),
+                (RUN_STARTED_KEY, now_ms().to_string()),
+            ] {
+                tx.execute(
+                    "INSERT INTO agent_meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, value],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The last run's settings (JSON) and start time (unix ms), if recorded.
+    pub async fn run_settings(&self) -> Result<Option<(String, i64)>, StoreError> {
+        self.with_conn(|conn| {
+            let get = |key: &str| -> Result<Option<String>, StoreError> {
+                Ok(conn
+                    .query_row("SELECT value FROM agent_meta WHERE key = ?1", [key], |r| {
+                        r.get(0)
+                    })
+                    .optional()?)
+            };
+            let settings = get(RUN_SETTINGS_KEY)?;
+            let started = get(RUN_STARTED_KEY)?.and_then(|s| s.parse().ok());
+            Ok(settings.zip(started))
         })
         .await
     }
