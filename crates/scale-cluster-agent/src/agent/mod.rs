@@ -209,11 +209,12 @@ impl Agent {
             }),
         };
         agent.inner.tasks.spawn(rancher_watch::run(agent.clone()));
-        let sampled = agent.clone();
+        let (sampled, loaded) = (agent.clone(), agent.clone());
         agent.inner.tasks.spawn(crate::observe::sample_loop(
             store,
             SAMPLE_EVERY,
             move || sampled.sample_counts(),
+            move || loaded.tunnel_load(),
             agent.inner.shutdown.clone(),
         ));
         let task = tokio::spawn(reconcile::run(agent.clone()));

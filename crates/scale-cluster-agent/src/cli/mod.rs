@@ -4,6 +4,7 @@ mod cluster;
 mod output;
 mod preflight;
 mod progress;
+mod report;
 pub mod serve;
 mod toolchain;
 mod up;
@@ -46,6 +47,7 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Run the agent: register clusters with Rancher, hold their tunnels, serve the HTTP API.
     Serve(serve::ServeArgs),
+    Report(report::ReportArgs),
 }
 
 /// Entry point used by `main`.
@@ -80,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Preflight(args) => preflight::run(&settings, args).await,
         Command::Cluster(cmd) => cluster::run(&settings, cmd).await,
         Command::Serve(args) => serve::run(&settings, args).await,
+        Command::Report(args) => report::run(&settings, args).await,
     }
 }
 

@@ -167,7 +167,8 @@ fn push_bounded<T>(queue: &mut VecDeque<T>, value: T, cap: usize) {
 }
 
 impl Folded {
-    fn fold(&mut self, event: &Event) {
+    /// Adds one event (events must come in id order).
+    pub fn fold(&mut self, event: &Event) {
         self.last_id = self.last_id.max(event.id);
         let seconds = event.duration_ms.map(|ms| ms as f64 / 1000.0);
         match event.kind {
@@ -311,14 +312,33 @@ impl Observer {
     }
 }
 
-/// Records a sample of the agent's own resource use every `every`, until `stop`.
+/// Records a sample of the agent's own resource use, and each cluster's Rancher load, every
+/// `every`, until `stop`.
 pub async fn sample_loop(
     store: Store,
     every: Duration,
     counts: impl Fn() -> (u64, u64) + Send,
+    load: impl Fn() -> Vec<crate::agent::tunnels::TunnelLoad> + Send,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
+        let now = crate::store::now_ms();
+        let per_cluster = status::top_load(&load(), usize::MAX)
+            .into_iter()
+            .map(|c| crate::store::LoadSample {
+                cluster: c.cluster,
+                at_ms: now,
+                streams_opened: c.streams_opened,
+                streams_long_lived: u64::try_from(c.streams_long_lived).unwrap_or(0),
+                bytes_received: c.bytes_received,
+                bytes_sent: c.bytes_sent,
+            })
+            .collect::<Vec<_>>();
+        if !per_cluster.is_empty() {
+            if let Err(error) = store.record_load(per_cluster).await {
+                tracing::warn!(%error, "recording the Rancher load per cluster");
+            }
+        }
         match proc_stat::read_self().await {
             Ok(usage) => {
                 let (clusters_active, tunnels_connected) = counts();
@@ -335,9 +355,13 @@ pub async fn sample_loop(
             }
             Err(error) => tracing::warn!(%error, "reading the agent's resource use"),
         }
+        if stop.is_cancelled() {
+            return;
+        }
+        // On shutdown, one last sample (the tunnels are still open then) before returning.
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {}
         }
     }
 }

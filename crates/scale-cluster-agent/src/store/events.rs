@@ -6,7 +6,8 @@
 //! phase they leave, so a reader needs no pairing of its own.
 //!
 //! Bounded: the oldest events beyond [`EVENT_RETENTION`] are dropped as new ones come in.
-//! `agent_samples` holds the agent's own resource use over time (one row per sample).
+//! `agent_samples` holds the agent's own resource use over time (one row per sample), and
+//! `cluster_load` the last Rancher load sampled per cluster (one row per cluster, overwritten).
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,17 @@ pub struct Event {
     pub reason: Option<String>,
 }
 
+/// The Rancher load of one cluster (both tunnels summed) when last sampled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadSample {
+    pub cluster: String,
+    pub at_ms: i64,
+    pub streams_opened: u64,
+    pub streams_long_lived: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
 /// One sample of the agent's own resource use.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -118,6 +130,14 @@ pub(super) const MIGRATION: &str = "CREATE TABLE agent_events (
         cpu_seconds REAL NOT NULL,
         clusters_active INTEGER NOT NULL,
         tunnels_connected INTEGER NOT NULL
+     );
+     CREATE TABLE cluster_load (
+        cluster TEXT PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        streams_opened INTEGER NOT NULL,
+        streams_long_lived INTEGER NOT NULL,
+        bytes_received INTEGER NOT NULL,
+        bytes_sent INTEGER NOT NULL
      );";
 
 /// Unix milliseconds now: the clock of events and samples.
@@ -460,6 +480,58 @@ impl Store {
                 [SAMPLE_RETENTION],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Overwrites the last sampled load of each cluster in `load`, in one transaction.
+    pub async fn record_load(&self, load: Vec<LoadSample>) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT INTO cluster_load (cluster, at_ms, streams_opened, streams_long_lived,
+                        bytes_received, bytes_sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (cluster) DO UPDATE SET at_ms = excluded.at_ms,
+                        streams_opened = excluded.streams_opened,
+                        streams_long_lived = excluded.streams_long_lived,
+                        bytes_received = excluded.bytes_received, bytes_sent = excluded.bytes_sent",
+                )?;
+                for l in &load {
+                    stmt.execute(params![
+                        l.cluster,
+                        l.at_ms,
+                        l.streams_opened,
+                        l.streams_long_lived,
+                        l.bytes_received,
+                        l.bytes_sent
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The last sampled load of every cluster sampled at or after `since_ms`.
+    pub async fn load_since(&self, since_ms: i64) -> Result<Vec<LoadSample>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT cluster, at_ms, streams_opened, streams_long_lived, bytes_received,
+                    bytes_sent FROM cluster_load WHERE at_ms >= ?1 ORDER BY cluster",
+            )?;
+            let rows = stmt.query_map([since_ms], |r| {
+                Ok(LoadSample {
+                    cluster: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    streams_opened: r.get(2)?,
+                    streams_long_lived: r.get(3)?,
+                    bytes_received: r.get(4)?,
+                    bytes_sent: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }

@@ -20,7 +20,7 @@ mod events;
 pub mod ports;
 pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
 pub use events::now_ms;
-pub use events::{Event, EventKind, Sample, EVENT_RETENTION, SAMPLE_RETENTION};
+pub use events::{Event, EventKind, LoadSample, Sample, EVENT_RETENTION, SAMPLE_RETENTION};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
