@@ -389,15 +389,11 @@ async fn metrics_status_page_dashboard_and_report_agree_with_the_run() {
     }
 
     // The run report, made by the CLI after the agent stopped, from the data dir alone.
-    let views: Vec<(u64, u64)> = clusters
-        .iter()
-        .map(|c| {
-            (
-                c["created_at"].as_u64().expect("created_at"),
-                c["active_at"].as_u64().expect("active_at"),
-            )
-        })
-        .collect();
+    let mut views: Vec<(u64, u64)> = Vec::new();
+    for name in names {
+        let view = running.agent.get(name).await.expect("view");
+        views.push((view.created_at, view.active_at.expect("active_at")));
+    }
     running.stop().await.expect("stop");
     let report_path = dir.path().join("report.md");
     let html_path = dir.path().join("report.html");
