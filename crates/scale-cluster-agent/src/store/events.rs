@@ -161,27 +161,27 @@ struct NewEvent<'a> {
 }
 
 fn insert(conn: &Connection, kind: EventKind, at_ms: i64, e: NewEvent<'_>) -> rusqlite::Result<()> {
-    conn.execute(
+    // Cached statements: a phase write runs these every time, and parsing SQL is most of their
+    // cost.
+    conn.prepare_cached(
         "INSERT INTO agent_events (at_ms, cluster, kind, phase, previous, tunnel, duration_ms,
             since_created_ms, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            at_ms,
-            e.cluster,
-            kind.as_str(),
-            e.phase.map(AgentPhase::as_str),
-            e.previous.map(AgentPhase::as_str),
-            e.tunnel,
-            e.duration_ms,
-            e.since_created_ms,
-            e.reason
-        ],
-    )?;
+    )?
+    .execute(params![
+        at_ms,
+        e.cluster,
+        kind.as_str(),
+        e.phase.map(AgentPhase::as_str),
+        e.previous.map(AgentPhase::as_str),
+        e.tunnel,
+        e.duration_ms,
+        e.since_created_ms,
+        e.reason
+    ])?;
     // Ids only grow, so this is a range delete on the primary key: nothing to do (one seek)
     // until the cap is reached, then one row per insert.
-    conn.execute(
-        "DELETE FROM agent_events WHERE id <= last_insert_rowid() - ?1",
-        [EVENT_RETENTION],
-    )?;
+    conn.prepare_cached("DELETE FROM agent_events WHERE id <= last_insert_rowid() - ?1")?
+        .execute([EVENT_RETENTION])?;
     Ok(())
 }
 
@@ -229,12 +229,11 @@ pub(super) fn record_phase(
     let now = now_ms();
     // The last event that put the cluster in a phase: when it entered the one it leaves now.
     let entered: Option<i64> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT at_ms FROM agent_events WHERE cluster = ?1 AND kind IN ('created', 'phase')
              ORDER BY id DESC LIMIT 1",
-            [name],
-            |r| r.get(0),
-        )
+        )?
+        .query_row([name], |r| r.get(0))
         .optional()?;
     let since_created_ms = if first_active {
         let created: Option<i64> = conn
@@ -282,11 +281,8 @@ pub(super) fn current_phase(
     name: &str,
 ) -> Result<Option<AgentPhase>, StoreError> {
     let phase: Option<String> = conn
-        .query_row(
-            "SELECT phase FROM agent_clusters WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT phase FROM agent_clusters WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
         .optional()?;
     phase
         .map(|p| {
