@@ -20,7 +20,7 @@ pub use client::{
     spawn_client, Backoff, ClientConfig, ClientHandle, ClientStatus, ConnectionState, GiveUpPolicy,
 };
 pub use error::SessionError;
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Metrics, MetricsSnapshot, LONG_LIVED_AFTER};
 pub use router::{ConnectRequest, DialTcp, InProcessHandler, Route, Router, TunnelStream};
 pub use session::{Keepalive, StreamLimits};
 pub use stream::FlowControl;

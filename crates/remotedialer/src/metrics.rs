@@ -14,6 +14,7 @@ pub struct Metrics {
     pub(crate) reconnects: AtomicU64,
     pub(crate) streams_opened: AtomicU64,
     pub(crate) streams_active: AtomicI64,
+    pub(crate) streams_long_lived: AtomicI64,
     pub(crate) streams_failed: AtomicU64,
     pub(crate) streams_refused: AtomicU64,
     pub(crate) streams_closed_idle: AtomicU64,
@@ -23,6 +24,10 @@ pub struct Metrics {
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) pauses_sent: AtomicU64,
 }
+
+/// How long a stream must stay open to count in [`MetricsSnapshot::streams_long_lived`]: longer
+/// than any plain request, shorter than a watch's usual lifetime (minutes).
+pub const LONG_LIVED_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A point-in-time copy of [`Metrics`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +46,9 @@ pub struct MetricsSnapshot {
     pub streams_opened: u64,
     /// Streams open right now (including ones still dialing).
     pub streams_active: i64,
+    /// Streams open right now that have been open for [`LONG_LIVED_AFTER`] or more: a server's
+    /// watches and other long-lived requests, as opposed to short request/response exchanges.
+    pub streams_long_lived: i64,
     /// Streams whose target was denied, refused or failed to dial.
     pub streams_failed: u64,
     /// Connects refused because the session already had `max_streams` streams open.
@@ -74,6 +82,7 @@ impl Metrics {
             reconnects: load(&self.reconnects),
             streams_opened: load(&self.streams_opened),
             streams_active: self.streams_active.load(Ordering::Relaxed),
+            streams_long_lived: self.streams_long_lived.load(Ordering::Relaxed),
             streams_failed: load(&self.streams_failed),
             streams_refused: load(&self.streams_refused),
             streams_closed_idle: load(&self.streams_closed_idle),

@@ -419,9 +419,22 @@ impl SessionShared {
         let session = self.clone();
         tokio::spawn(async move {
             let _active = GaugeGuard::new(session.metrics.clone(), |m| &m.streams_active);
-            tokio::select! {
-                _ = session.closing.cancelled() => {}
-                _ = session.serve_stream(&stream, request) => {}
+            // Counted as long-lived from LONG_LIVED_AFTER on, until it ends (the guard).
+            let mut _long_lived = None;
+            let long_lived = tokio::time::sleep(metrics::LONG_LIVED_AFTER);
+            let serve = session.serve_stream(&stream, request);
+            tokio::pin!(long_lived, serve);
+            loop {
+                tokio::select! {
+                    _ = session.closing.cancelled() => break,
+                    _ = &mut serve => break,
+                    _ = &mut long_lived, if _long_lived.is_none() => {
+                        _long_lived = Some(GaugeGuard::new(
+                            session.metrics.clone(),
+                            |m| &m.streams_long_lived,
+                        ));
+                    }
+                }
             }
             session.forget(&stream);
         });

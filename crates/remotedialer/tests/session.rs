@@ -359,3 +359,48 @@ async fn slow_target_makes_us_pause_and_resume_and_overflow_closes_only_that_str
     assert!(metrics.snapshot().pauses_sent >= 1);
     client.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_open_past_the_threshold_counts_as_long_lived_until_it_ends() {
+    let server = FakeServer::start().await;
+    let router = Arc::new(|_: &remotedialer::ConnectRequest| {
+        // A watch: held open until the server ends it.
+        Route::Handle(InProcessHandler::new(|stream| async move {
+            let _held = stream;
+            std::future::pending::<()>().await
+        }))
+    });
+    let metrics = Arc::new(Metrics::new());
+    // The scripted server answers pings only while it reads; it reads nothing while the stream
+    // ages, so the session must not be dropped for a missing pong meanwhile.
+    let mut config = config(server.url());
+    config.keepalive.pong_timeout = Duration::from_secs(120);
+    let client = spawn_client(config, router, metrics.clone());
+    let mut session = server.accept().await;
+    session
+        .send(
+            2,
+            Payload::Connect {
+                proto: "tcp".into(),
+                address: "a:1".into(),
+            },
+        )
+        .await;
+    session
+        .next_matching(|m| m.payload == Payload::SyncConnections(vec![2]))
+        .await;
+    let opened = std::time::Instant::now();
+    assert_eq!(metrics.snapshot().streams_long_lived, 0, "not yet");
+    let limit = remotedialer::LONG_LIVED_AFTER + Duration::from_secs(10);
+    support::eventually(limit, "the stream to count as long-lived", || async {
+        (metrics.snapshot().streams_long_lived == 1).then_some(())
+    })
+    .await;
+    assert!(opened.elapsed() >= remotedialer::LONG_LIVED_AFTER - Duration::from_secs(1));
+    session.send(2, Payload::Error("EOF".into())).await;
+    support::eventually(Duration::from_secs(10), "the gauge to drop", || async {
+        (metrics.snapshot().streams_long_lived == 0).then_some(())
+    })
+    .await;
+    client.shutdown().await;
+}

@@ -12,6 +12,8 @@
 //! - [`process`]: process identity (pid + start time) and the one liveness rule.
 //! - [`secrets`]: secret variables kept from child processes, private state directories.
 //! - [`preflight`]: host limits that bite when many clusters run on one machine.
+//! - [`observe`]: the event log folded into histograms and counters, the agent's own resource use.
+//! - [`report`]: the run report (HTML with inline SVG plots, or Markdown) from the event log.
 //! - [`app`]: the wiring of all of them into a running agent ([`app::RunningAgent`]).
 //! - [`config`]: flags, environment and config file, resolved into each layer's own settings.
 //! - [`cli`]: the clap commands; thin wrappers over the modules above.
@@ -22,9 +24,11 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod kwok;
+pub mod observe;
 pub mod preflight;
 pub mod process;
 pub mod rancher;
+pub mod report;
 pub mod scenario;
 pub mod secrets;
 pub mod steve;

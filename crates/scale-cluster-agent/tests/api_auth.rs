@@ -194,11 +194,21 @@ async fn foreign_hosts_are_refused_and_the_token_is_required() {
         assert_eq!(status, StatusCode::OK, "{host}: {body}");
     }
 
+    // The status page is static (its data comes from /status, which needs the token): open.
+    let (status, body) = env.send(get.clone(), "/", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = body.as_str().unwrap_or_default();
+    assert!(
+        page.contains("<html") && page.contains("fetch(\"/status\""),
+        "{page}"
+    );
+
     // Everything else needs the token: none or a wrong one is 401 and changes nothing.
     for bearer in [None, Some("api-token-for-tests-wrong-000000"), Some("")] {
         for (method, path) in [
             (get.clone(), "/clusters"),
             (get.clone(), "/metrics"),
+            (get.clone(), "/status"),
             (get.clone(), "/clusters/x"),
             (reqwest::Method::POST, "/clusters"),
             (reqwest::Method::DELETE, "/clusters/x"),

@@ -162,6 +162,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Bounds bring-ups and deletes together.
     permits: Semaphore,
+    /// The event log folded into histograms and counters (`/metrics`, the status page).
+    observer: crate::observe::Observer,
     wake: Notify,
     shutdown: CancellationToken,
 }
@@ -188,11 +190,17 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Store(StoreError::Task(e.to_string())))?;
         tracing::info!(instance = %instance_id, "agent instance");
+        let store = manager.store().clone();
+        store
+            .record_run_settings(run_settings(&config, &instance_id, rancher.url()))
+            .await?;
+        let observer = crate::observe::Observer::start(store.clone()).await?;
         let agent = Agent {
             inner: Arc::new(Inner {
                 store: manager.store().clone(),
                 instance_id,
-                tunnels: tunnels::TunnelSet::new(config.tunnel.clone()),
+                tunnels: tunnels::TunnelSet::new(config.tunnel.clone()).with_events(store.clone()),
+                observer,
                 permits: Semaphore::new(config.concurrency.max(1)),
                 tasks: TaskTracker::new(),
                 manager,
@@ -207,6 +215,14 @@ impl Agent {
             }),
         };
         agent.inner.tasks.spawn(rancher_watch::run(agent.clone()));
+        let (sampled, loaded) = (agent.clone(), agent.clone());
+        agent.inner.tasks.spawn(crate::observe::sample_loop(
+            store,
+            SAMPLE_EVERY,
+            move || sampled.sample_counts(),
+            move || loaded.tunnel_load(),
+            agent.inner.shutdown.clone(),
+        ));
         let task = tokio::spawn(reconcile::run(agent.clone()));
         Ok((agent, task))
     }
@@ -458,9 +474,26 @@ impl Agent {
         })
     }
 
-    /// Tunnel metrics shared by every session.
+    /// Tunnel metrics summed over every session.
     pub fn tunnel_metrics(&self) -> remotedialer::MetricsSnapshot {
         self.inner.tunnels.metrics()
+    }
+
+    /// Each open tunnel's Rancher load (streams, bytes, long-lived streams), by cluster.
+    pub fn tunnel_load(&self) -> Vec<tunnels::TunnelLoad> {
+        self.inner.tunnels.load()
+    }
+
+    /// The event log folded for `/metrics` and the status page.
+    pub fn observer(&self) -> &crate::observe::Observer {
+        &self.inner.observer
+    }
+
+    /// (clusters active, tunnels connected) for a resource sample: the active count comes from
+    /// the tunnels (two per connected cluster), so sampling costs no query.
+    fn sample_counts(&self) -> (u64, u64) {
+        let tunnels = self.tunnels_connected() as u64;
+        (tunnels / 2, tunnels)
     }
 
     /// Stops the reconcile loop, waits for every worker and the Rancher watcher to end their
@@ -517,6 +550,27 @@ impl Agent {
             active_at: record.active_at,
         }
     }
+}
+
+/// How often the agent's own memory and CPU are sampled into the store (the run report's plot).
+const SAMPLE_EVERY: Duration = Duration::from_secs(15);
+
+/// The settings of this run as the run report shows them (JSON; no secret).
+fn run_settings(config: &AgentConfig, instance_id: &str, rancher_url: &str) -> String {
+    serde_json::json!({
+        "instance_id": instance_id,
+        "rancher_url": rancher_url,
+        "concurrency": config.concurrency,
+        "nodes_per_cluster": config.population.nodes,
+        "pods_per_node": config.population.pods_per_node,
+        "rancher_poll_seconds": config.rancher_poll.as_secs_f64(),
+        "active_timeout_seconds": config.active_timeout.as_secs_f64(),
+        "retry_base_seconds": config.retry.base.as_secs_f64(),
+        "retry_cap_seconds": config.retry.cap.as_secs_f64(),
+        "steve": config.tunnel.steve.is_some(),
+        "agent_version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string()
 }
 
 /// Instance ids become a Kubernetes label value on every Rancher cluster the agent creates.

@@ -645,3 +645,40 @@ async fn delete_everywhere(agent: &Agent, record: &AgentRecord) -> Result<(), St
     agent.forget(name);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/metrics` labels failures by the prefix of these messages
+    /// ([`crate::observe::failure_reason`]): a reworded message must keep its label.
+    #[test]
+    fn step_errors_map_to_failure_reasons() {
+        let cases = [
+            (
+                StepError::Ca("ca.crt".into(), std::io::Error::other("gone")),
+                "ca",
+            ),
+            (
+                StepError::NotActive {
+                    timeout: Duration::from_secs(1),
+                    state: "pending".into(),
+                },
+                "not_active",
+            ),
+            (StepError::NotInRancher("c-1".into()), "not_in_rancher"),
+            (StepError::Store(StoreError::Task("x".into())), "store"),
+            (
+                StepError::Tunnel(TunnelError::ServerUrl("x".into())),
+                "tunnel",
+            ),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(
+                crate::observe::failure_reason(&error.to_string()),
+                reason,
+                "{error}"
+            );
+        }
+    }
+}

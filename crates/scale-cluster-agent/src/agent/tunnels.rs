@@ -14,6 +14,11 @@
 //! cluster is deleted there). Rancher's own transient update conflict, which it often answers
 //! to a new cluster's first connect, is retried like any other connect error, as the real agent
 //! does.
+//!
+//! Each tunnel counts its own traffic (its own [`Metrics`]): that is the Rancher load per cluster
+//! (streams Rancher opened, bytes each way, streams open now and long-lived ones), and the agent's
+//! totals are their sum plus what closed tunnels counted. With an event store
+//! ([`TunnelSet::with_events`]), a connected tunnel that drops and its reconnect are recorded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +32,7 @@ use remotedialer::{
 use serde::{Deserialize, Serialize};
 
 use crate::steve::{ping_only_handler, SteveProxy};
+use crate::store::Store;
 
 /// Options shared by every tunnel.
 #[derive(Debug, Clone, Default)]
@@ -94,13 +100,39 @@ pub struct TunnelsView {
 struct Tunnels {
     main: ClientHandle,
     steve: ClientHandle,
+    main_metrics: Arc<Metrics>,
+    steve_metrics: Arc<Metrics>,
+}
+
+/// The tunnels and what they counted.
+#[derive(Default)]
+struct Open {
+    by_name: HashMap<String, Tunnels>,
+    /// Counters of tunnels being shut down, by close number: still counted in the totals until
+    /// their last bytes are, then folded into `retired`.
+    closing: HashMap<u64, [Arc<Metrics>; 2]>,
+    next_close: u64,
+    /// Counters (not gauges) of tunnels closed for good, so totals never go backwards.
+    retired: MetricsSnapshot,
+}
+
+/// One tunnel's Rancher load, for the per-cluster metrics.
+#[derive(Debug, Clone)]
+pub struct TunnelLoad {
+    pub cluster: String,
+    /// `main` or `steve`.
+    pub tunnel: &'static str,
+    /// Whether the tunnel is connected now.
+    pub connected: bool,
+    pub metrics: MetricsSnapshot,
 }
 
 /// Every open tunnel pair, by cluster name.
 pub struct TunnelSet {
     options: TunnelOptions,
-    metrics: Arc<Metrics>,
-    open: Mutex<HashMap<String, Tunnels>>,
+    open: Mutex<Open>,
+    /// Where tunnel drops and reconnects are recorded, if anywhere.
+    events: Option<Store>,
     /// One rustls config per trust, shared by every tunnel: building one (with its root store)
     /// per cluster would cost memory.
     tls: tokio::sync::Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
@@ -110,10 +142,16 @@ impl TunnelSet {
     pub fn new(options: TunnelOptions) -> Self {
         Self {
             options,
-            metrics: Arc::new(Metrics::new()),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Open::default()),
+            events: None,
             tls: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records every tunnel's drops and reconnects in `store`'s event log.
+    pub fn with_events(mut self, store: Store) -> Self {
+        self.events = Some(store);
+        self
     }
 
     /// The shared TLS config for tunnels trusting `mode`, built on first use. A rustls config
@@ -136,7 +174,7 @@ impl TunnelSet {
     /// Opens both tunnels of `name` unless they are open already.
     pub fn open(&self, name: &str, spec: &TunnelSpec) -> Result<(), TunnelError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.contains_key(name) {
+        if open.by_name.contains_key(name) {
             return Ok(());
         }
         let url = tunnel_url(&spec.server_url)?;
@@ -159,13 +197,25 @@ impl TunnelSet {
         );
         let main_router = apiserver_only(spec.apiserver_address.clone());
         let steve_router = steve_router(self.options.steve.as_ref(), name);
-        open.insert(
-            name.to_string(),
-            Tunnels {
-                main: spawn_client(main, Arc::new(main_router), self.metrics.clone()),
-                steve: spawn_client(steve, Arc::new(steve_router), self.metrics.clone()),
-            },
-        );
+        let (main_metrics, steve_metrics) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+        let tunnels = Tunnels {
+            main: spawn_client(main, Arc::new(main_router), main_metrics.clone()),
+            steve: spawn_client(steve, Arc::new(steve_router), steve_metrics.clone()),
+            main_metrics,
+            steve_metrics,
+        };
+        if let Some(store) = &self.events {
+            for (tunnel, handle) in [("main", &tunnels.main), ("steve", &tunnels.steve)] {
+                // Ends with the tunnel: its status channel closes when the client task does.
+                tokio::spawn(record_reconnects(
+                    store.clone(),
+                    name.to_string(),
+                    tunnel,
+                    handle.watch_status(),
+                ));
+            }
+        }
+        open.by_name.insert(name.to_string(), tunnels);
         Ok(())
     }
 
@@ -173,20 +223,23 @@ impl TunnelSet {
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_name
             .contains_key(name)
     }
 
     /// Current status of (main, steve).
     pub fn status(&self, name: &str) -> Option<(ClientStatus, ClientStatus)> {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(name).map(|t| (t.main.status(), t.steve.status()))
+        open.by_name
+            .get(name)
+            .map(|t| (t.main.status(), t.steve.status()))
     }
 
     /// Waits until both tunnels are connected; a rejection fails at once.
     pub async fn wait_connected(&self, name: &str, timeout: Duration) -> Result<(), TunnelError> {
         let receivers = {
             let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            open.get(name).map(|t| {
+            open.by_name.get(name).map(|t| {
                 [
                     ("main", t.main.watch_status()),
                     ("steve", t.steve.watch_status()),
@@ -229,7 +282,7 @@ impl TunnelSet {
     /// clients reconnect with their backoff. False if `name` has no open tunnels.
     pub fn drop_sessions(&self, name: &str) -> bool {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        match open.get(name) {
+        match open.by_name.get(name) {
             Some(t) => {
                 t.main.drop_session();
                 t.steve.drop_session();
@@ -241,28 +294,48 @@ impl TunnelSet {
 
     /// Closes both tunnels of `name` (all streams end; Rancher sees the sessions go).
     pub async fn close(&self, name: &str) {
-        let tunnels = self
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        if let Some(t) = tunnels {
-            tokio::join!(t.main.shutdown(), t.steve.shutdown());
+        let closing = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.by_name
+                .remove(name)
+                .map(|t| Self::start_closing(&mut open, t))
+        };
+        if let Some(closing) = closing {
+            self.finish_closing(closing).await;
         }
     }
 
     pub async fn close_all(&self) {
-        let all: Vec<Tunnels> = self
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, t)| t)
-            .collect();
-        futures::future::join_all(all.into_iter().map(|t| async move {
-            tokio::join!(t.main.shutdown(), t.steve.shutdown());
-        }))
-        .await;
+        let all: Vec<_> = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let tunnels: Vec<Tunnels> = open.by_name.drain().map(|(_, t)| t).collect();
+            tunnels
+                .into_iter()
+                .map(|t| Self::start_closing(&mut open, t))
+                .collect()
+        };
+        futures::future::join_all(all.into_iter().map(|c| self.finish_closing(c))).await;
+    }
+
+    /// Moves a tunnel pair's counters to `closing`, so the totals keep them while it shuts down.
+    fn start_closing(open: &mut Open, tunnels: Tunnels) -> (u64, Tunnels) {
+        let id = open.next_close;
+        open.next_close += 1;
+        open.closing.insert(
+            id,
+            [tunnels.main_metrics.clone(), tunnels.steve_metrics.clone()],
+        );
+        (id, tunnels)
+    }
+
+    async fn finish_closing(&self, (id, tunnels): (u64, Tunnels)) {
+        tokio::join!(tunnels.main.shutdown(), tunnels.steve.shutdown());
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(metrics) = open.closing.remove(&id) {
+            for m in metrics {
+                add_snapshot(&mut open.retired, &m.snapshot(), false);
+            }
+        }
     }
 
     pub fn view(&self, name: &str) -> TunnelsView {
@@ -278,14 +351,132 @@ impl TunnelSet {
         }
     }
 
-    /// Number of connected tunnels (two per fully connected cluster): the shared gauge of open
-    /// sessions, so reading it costs the same however many tunnels there are.
+    /// Number of connected tunnels (two per fully connected cluster): the sum of every
+    /// tunnel's open-session gauge (atomics in memory, no I/O).
     pub fn connected_count(&self) -> usize {
-        usize::try_from(self.metrics.snapshot().sessions_active).unwrap_or(0)
+        usize::try_from(self.metrics().sessions_active).unwrap_or(0)
     }
 
+    /// Totals over every tunnel, closed ones included (counters only).
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot()
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = open.retired;
+        let live = open
+            .by_name
+            .values()
+            .flat_map(|t| [&t.main_metrics, &t.steve_metrics])
+            .chain(open.closing.values().flatten());
+        for metrics in live {
+            add_snapshot(&mut total, &metrics.snapshot(), true);
+        }
+        total
+    }
+
+    /// Each open tunnel's Rancher load, by cluster name.
+    pub fn load(&self) -> Vec<TunnelLoad> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut load: Vec<TunnelLoad> = open
+            .by_name
+            .iter()
+            .flat_map(|(name, t)| {
+                [
+                    ("main", &t.main, &t.main_metrics),
+                    ("steve", &t.steve, &t.steve_metrics),
+                ]
+                .map(|(tunnel, handle, m)| TunnelLoad {
+                    cluster: name.clone(),
+                    tunnel,
+                    connected: handle.status().state == ConnectionState::Connected,
+                    metrics: m.snapshot(),
+                })
+            })
+            .collect();
+        load.sort_by(|a, b| (&a.cluster, a.tunnel).cmp(&(&b.cluster, b.tunnel)));
+        load
+    }
+}
+
+/// Adds `s` to `total`: counters always, gauges (`with_gauges`) only for live tunnels.
+fn add_snapshot(total: &mut MetricsSnapshot, s: &MetricsSnapshot, with_gauges: bool) {
+    // Destructured so a counter added to the snapshot cannot be forgotten here.
+    let MetricsSnapshot {
+        connect_attempts,
+        connect_failures,
+        sessions_established,
+        sessions_active,
+        reconnects,
+        streams_opened,
+        streams_active,
+        streams_long_lived,
+        streams_failed,
+        streams_refused,
+        streams_closed_idle,
+        buffer_overflows,
+        bytes_received,
+        bytes_sent,
+        protocol_errors,
+        pauses_sent,
+    } = *s;
+    total.connect_attempts += connect_attempts;
+    total.connect_failures += connect_failures;
+    total.sessions_established += sessions_established;
+    total.reconnects += reconnects;
+    total.streams_opened += streams_opened;
+    total.streams_failed += streams_failed;
+    total.streams_refused += streams_refused;
+    total.streams_closed_idle += streams_closed_idle;
+    total.buffer_overflows += buffer_overflows;
+    total.bytes_received += bytes_received;
+    total.bytes_sent += bytes_sent;
+    total.protocol_errors += protocol_errors;
+    total.pauses_sent += pauses_sent;
+    if with_gauges {
+        total.sessions_active += sessions_active;
+        total.streams_active += streams_active;
+        total.streams_long_lived += streams_long_lived;
+    }
+}
+
+/// Records `tunnel` of `cluster` dropping after it was connected, and its reconnect with the
+/// time it was down, until the tunnel ends. A tunnel stopped on purpose (closed, or given up,
+/// which the reconciler records as a failure) is no drop.
+async fn record_reconnects(
+    store: Store,
+    cluster: String,
+    tunnel: &'static str,
+    mut status: tokio::sync::watch::Receiver<ClientStatus>,
+) {
+    let mut connected_once = false;
+    let mut down_since: Option<std::time::Instant> = None;
+    loop {
+        let now = status.borrow_and_update().clone();
+        let result = match now.state {
+            ConnectionState::Connected => {
+                connected_once = true;
+                match down_since.take() {
+                    Some(since) => {
+                        let down_ms =
+                            i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX);
+                        store.record_reconnected(&cluster, tunnel, down_ms).await
+                    }
+                    None => Ok(()),
+                }
+            }
+            ConnectionState::Connecting | ConnectionState::Backoff { .. }
+                if connected_once && down_since.is_none() =>
+            {
+                down_since = Some(std::time::Instant::now());
+                let reason = now.last_error.as_ref().map(ToString::to_string);
+                store.record_tunnel_down(&cluster, tunnel, reason).await
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = result {
+            tracing::warn!(cluster, tunnel, %error, "recording a tunnel event");
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 

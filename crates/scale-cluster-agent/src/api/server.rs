@@ -2,8 +2,10 @@
 //!
 //! | method & path            | success                        |
 //! |--------------------------|--------------------------------|
+//! | `GET /`                  | 200 the live status page (HTML; no data in it, so open like `/health`) |
 //! | `GET /health`            | 200 [`Health`] (503 while shutting down) |
 //! | `GET /metrics`           | 200 Prometheus text exposition |
+//! | `GET /status`            | 200 [`Status`](crate::observe::status::Status): what the status page shows |
 //! | `GET /clusters`          | 200 `[Cluster]`                |
 //! | `GET /clusters/{name}`   | 200 [`Cluster`]                |
 //! | `POST /clusters`         | 201 [`Cluster`] from [`CreateRequest`] |
@@ -57,6 +59,7 @@ use super::auth::{Access, ApiToken};
 use super::{BulkCreateRequest, Cluster, CreateRequest, ErrorBody, Health, ScaleRequest};
 use crate::agent::{Agent, AgentError, MAX_BULK};
 use crate::kwok::ComponentProfile;
+use crate::observe;
 use crate::scenario::Runner;
 use crate::store::AgentPhase;
 
@@ -102,8 +105,10 @@ pub fn router(
     access: Access,
 ) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .route("/clusters", get(list).post(create))
         // The static segment wins over `{name}` for every method, so a cluster that is really
         // named `bulk` is served here too.
@@ -169,8 +174,9 @@ async fn guard(State(access): State<Access>, request: Request, next: Next) -> Re
         .into_response();
     }
     // /health stays open so a probe (and the CLI's liveness check) needs no secret; it shows
-    // counts only.
-    let open = request.method() == Method::GET && request.uri().path() == "/health";
+    // counts only. The status page is static HTML and script: the data it polls (/status) asks
+    // for the token, which the page takes from its URL fragment (never sent to the server).
+    let open = request.method() == Method::GET && matches!(request.uri().path(), "/health" | "/");
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -386,21 +392,85 @@ async fn scale(
 }
 
 async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
-    // One grouped query and in-memory counters: a scrape costs the same for 10 or 10,000
-    // clusters.
+    // Two queries whatever the number of clusters: one grouped count, one read of the events
+    // since the last scrape (on the primary key); the rest is in memory.
     let counts = state.agent.phase_counts().await?;
     let phases: Vec<(&str, usize)> = PHASES
         .iter()
         .map(|phase| (phase.as_str(), counts.get(phase).copied().unwrap_or(0)))
         .collect();
-    let text = exposition(
+    let mut text = exposition(
         &phases,
         &state.agent.rancher_requests(),
         &state.agent.heal_counts(),
         state.agent.tunnels_connected(),
         state.agent.tunnel_metrics(),
     );
+    let usage = observe::proc_stat::read_self().await.ok();
+    let folded = state
+        .agent
+        .observer()
+        .refresh()
+        .await
+        .map_err(AgentError::from)?;
+    observe::exposition::render(&mut text, &folded, &state.agent.tunnel_load(), usage);
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
+}
+
+/// The status page: one embedded file (HTML, CSS and script), no external asset.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything is inline; nothing else may load, and the page may not be framed.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src data:; frame-ancestors 'none'",
+            ),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<ApiState>) -> ApiResult<Json<observe::status::Status>> {
+    let counts = state.agent.phase_counts().await?;
+    let clusters = PHASES
+        .iter()
+        .map(|phase| {
+            (
+                phase.as_str().to_string(),
+                counts.get(phase).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    let usage = observe::proc_stat::read_self()
+        .await
+        .map(|u| observe::status::AgentUsage {
+            rss_bytes: u.rss_bytes,
+            cpu_seconds: u.cpu_seconds,
+        })
+        .unwrap_or(observe::status::AgentUsage {
+            rss_bytes: 0,
+            cpu_seconds: 0.0,
+        });
+    let load = state.agent.tunnel_load();
+    let mut folded = state
+        .agent
+        .observer()
+        .refresh()
+        .await
+        .map_err(AgentError::from)?;
+    Ok(Json(observe::status::build(
+        &mut folded,
+        clusters,
+        &load,
+        usage,
+        crate::store::now_ms(),
+    )))
 }
 
 /// The Prometheus text for the given counts.
@@ -420,6 +490,7 @@ fn exposition(
         reconnects,
         streams_opened,
         streams_active,
+        streams_long_lived,
         streams_failed,
         streams_refused,
         streams_closed_idle,
@@ -464,7 +535,7 @@ fn exposition(
             "sca_cluster_heals_total{{component=\"{component}\"}} {count}"
         );
     }
-    let simple: [(&str, &str, &str, i128); 16] = [
+    let simple: [(&str, &str, &str, i128); 17] = [
         (
             "sca_tunnels_connected",
             "gauge",
@@ -512,6 +583,12 @@ fn exposition(
             "gauge",
             "Streams open now (including ones still dialing).",
             streams_active.into(),
+        ),
+        (
+            "sca_tunnel_streams_long_lived",
+            "gauge",
+            "Streams open now for 30 s or more (Rancher's watches).",
+            streams_long_lived.into(),
         ),
         (
             "sca_tunnel_streams_failed_total",
@@ -578,7 +655,7 @@ async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_route",
-        "no such endpoint; see /health, /metrics, /clusters, /clusters/{name}, /clusters/bulk, \
+        "no such endpoint; see /, /health, /metrics, /status, /clusters, /clusters/{name}, /clusters/bulk, \
          /clusters/{name}/stop, /clusters/{name}/start, /clusters/{name}/scale",
     )
 }
@@ -689,6 +766,6 @@ mod tests {
             text.contains("sca_cluster_heals_total{component=\"etcd\"} 1\n"),
             "{text}"
         );
-        assert_eq!(families, 19, "{text}");
+        assert_eq!(families, 20, "{text}");
     }
 }

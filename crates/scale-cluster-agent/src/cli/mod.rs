@@ -4,6 +4,7 @@ mod cluster;
 mod output;
 mod preflight;
 mod progress;
+mod report;
 mod scenario;
 pub mod serve;
 mod toolchain;
@@ -50,6 +51,8 @@ pub enum Command {
     /// Run scale-test scenario files (ramp, hold, churn, faults) on the running agent.
     #[command(subcommand)]
     Scenario(scenario::ScenarioCommand),
+    /// Make a run report (HTML or Markdown, with plots) from what the agent recorded.
+    Report(report::ReportArgs),
 }
 
 /// Entry point used by `main`.
@@ -85,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => cluster::run(&settings, cmd).await,
         Command::Serve(args) => serve::run(&settings, args).await,
         Command::Scenario(cmd) => scenario::run(&settings, cmd).await,
+        Command::Report(args) => report::run(&settings, args).await,
     }
 }
 

@@ -15,7 +15,8 @@ use super::spec::{Limits, Scenario, Stage};
 use super::stage::{self, StageContext, StageError};
 use crate::agent::Agent;
 use crate::kwok::ComponentProfile;
-use crate::store::scenarios::{now_ms, RunRecord, RunState};
+use crate::store::now_ms;
+use crate::store::scenarios::{RunRecord, RunState};
 use crate::store::{Store, StoreError};
 
 /// How often a run checks whether a stop was requested through the store (the API's stop

@@ -15,6 +15,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use super::events;
 use super::ports::PortBlock;
 use super::{now_secs, Store, StoreError};
 
@@ -50,7 +51,7 @@ impl AgentPhase {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(super) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => AgentPhase::Pending,
             "provisioning" => AgentPhase::Provisioning,
@@ -244,6 +245,7 @@ impl Store {
                      VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
                     params![name, profile, now],
                 )?;
+                events::record_created(&tx, name)?;
             }
             tx.commit()?;
             Ok(())
@@ -391,8 +393,19 @@ impl Store {
     ) -> Result<PhaseWrite, StoreError> {
         let name = name.to_string();
         self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now_secs();
-            let changed = conn.execute(
+            let previous = events::current_phase(&tx, &name)?;
+            let first_active: bool = phase == AgentPhase::Active
+                && tx
+                    .query_row(
+                        "SELECT active_at IS NULL FROM agent_clusters WHERE name = ?1",
+                        [&name],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(false);
+            let changed = tx.execute(
                 "UPDATE agent_clusters SET phase = ?2, last_error = ?3, updated_at = ?4,
                     attempts = CASE WHEN ?2 = 'failed' THEN attempts + 1
                                     WHEN ?2 IN ('active', 'stopped') THEN 0 ELSE attempts END,
@@ -400,7 +413,19 @@ impl Store {
                  WHERE name = ?1 AND deletion_requested_at IS NULL AND stop_requested = ?5",
                 params![name, phase.as_str(), last_error, now, stop],
             )?;
-            desired_write(conn, name, changed)
+            if let (1, Some(previous)) = (changed, previous) {
+                events::record_phase(
+                    &tx,
+                    &name,
+                    previous,
+                    phase,
+                    last_error.as_deref(),
+                    first_active,
+                )?;
+            }
+            let write = desired_write(&tx, name, changed)?;
+            tx.commit()?;
+            Ok(write)
         })
         .await
     }
@@ -483,15 +508,29 @@ impl Store {
     pub async fn set_deleting(&self, name: &str, error: Option<String>) -> Result<(), StoreError> {
         let name = name.to_string();
         self.with_conn(move |conn| {
-            let changed = conn.execute(
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let previous = events::current_phase(&tx, &name)?;
+            let changed = tx.execute(
                 "UPDATE agent_clusters SET phase = 'deleting', last_error = COALESCE(?2, last_error),
                     updated_at = ?3, attempts = CASE WHEN ?2 IS NULL THEN attempts ELSE attempts + 1 END
                  WHERE name = ?1",
                 params![name, error, now_secs()],
             )?;
-            if changed == 0 {
+            let Some(previous) = previous.filter(|_| changed == 1) else {
                 return Err(StoreError::NotFound(name));
+            };
+            // A failed delete attempt is recorded with its error, like a failed bring-up.
+            if previous != AgentPhase::Deleting || error.is_some() {
+                events::record_phase(
+                    &tx,
+                    &name,
+                    previous,
+                    AgentPhase::Deleting,
+                    error.as_deref(),
+                    false,
+                )?;
             }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -580,7 +619,11 @@ impl Store {
     pub async fn remove_agent_cluster(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();
         self.with_conn(move |conn| {
-            conn.execute("DELETE FROM agent_clusters WHERE name = ?1", [&name])?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if tx.execute("DELETE FROM agent_clusters WHERE name = ?1", [&name])? == 1 {
+                events::record_removed(&tx, &name)?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await

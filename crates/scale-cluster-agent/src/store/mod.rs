@@ -16,9 +16,12 @@ use crate::process::{self, ProcessId};
 use ports::{PortBlock, PortRange};
 
 mod agent;
+mod events;
 pub mod ports;
 pub mod scenarios;
 pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
+pub use events::now_ms;
+pub use events::{Event, EventKind, LoadSample, Sample, EVENT_RETENTION, SAMPLE_RETENTION};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -75,6 +78,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE agent_clusters ADD COLUMN nodes INTEGER;",
     // Scenario runs and their stages (`scenarios.rs`).
     scenarios::MIGRATION,
+    // The event log and the agent's resource samples (`events`).
+    events::MIGRATION,
 ];
 
 #[derive(Debug, thiserror::Error)]

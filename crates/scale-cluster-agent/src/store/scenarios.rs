@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{now_ms, Store, StoreError};
 
 /// How a run or a stage ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,13 +96,6 @@ pub(super) const MIGRATION: &str = "CREATE TABLE scenario_runs (
         PRIMARY KEY (run_id, idx)
     );";
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
 impl Store {
     /// Records a new run as `running`; refused while another run is, since two runs would act on
     /// the same clusters.
@@ -129,7 +122,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO scenario_runs (id, name, seed, spec, state, started_at_ms)
                  VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-                params![id, name, seed as i64, spec, now_ms() as i64],
+                params![id, name, seed as i64, spec, now_ms()],
             )?;
             tx.commit()?;
             Ok(())
@@ -142,7 +135,7 @@ impl Store {
         self.with_conn(move |conn| {
             conn.execute(
                 "INSERT INTO scenario_stages (run_id, idx, kind, started_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![run, index as i64, kind, now_ms() as i64],
+                params![run, index as i64, kind, now_ms()],
             )?;
             Ok(())
         })
@@ -162,13 +155,7 @@ impl Store {
             conn.execute(
                 "UPDATE scenario_stages SET finished_at_ms = ?3, outcome = ?4, summary = ?5
                  WHERE run_id = ?1 AND idx = ?2",
-                params![
-                    run,
-                    index as i64,
-                    now_ms() as i64,
-                    outcome.as_str(),
-                    summary
-                ],
+                params![run, index as i64, now_ms(), outcome.as_str(), summary],
             )?;
             Ok(())
         })
@@ -185,7 +172,7 @@ impl Store {
         self.with_conn(move |conn| {
             conn.execute(
                 "UPDATE scenario_runs SET state = ?2, reason = ?3, finished_at_ms = ?4 WHERE id = ?1",
-                params![id, state.as_str(), reason, now_ms() as i64],
+                params![id, state.as_str(), reason, now_ms()],
             )?;
             Ok(())
         })
@@ -227,7 +214,7 @@ impl Store {
                 }
                 out
             };
-            let now = now_ms() as i64;
+            let now = now_ms();
             for (id, stage) in &open {
                 let reason = match stage {
                     Some((idx, kind)) => format!(
