@@ -342,10 +342,10 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
     );
     let uids_after = pod_uids(&env.client(&churned).await).await;
     let before = &uids_before[churned.as_str()];
-    assert_eq!(
-        uids_after.keys().collect::<std::collections::BTreeSet<_>>(),
-        before.keys().collect(),
-        "every churned pod is back under its name"
+    // (The same cluster may have been scaled up since, adding pods.)
+    assert!(
+        before.keys().all(|name| uids_after.contains_key(name)),
+        "every churned pod is back under its name: {before:?} {uids_after:?}"
     );
     assert!(
         uids_after.iter().any(|(name, uid)| before[name] != *uid),

@@ -136,6 +136,10 @@ async fn run_file(
         return Ok(());
     }
     let agent = need(agent, settings)?;
+    // Listening before the run exists: a Ctrl-C at any moment after it started is seen (and one
+    // before the listener would kill the CLI, not a run).
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
     let started = agent.scenario_start(&spec, false).await.map_err(refused)?;
     let id = started.id.context("the agent started no run")?;
     if args.output.output.is_table() {
@@ -149,7 +153,7 @@ async fn run_file(
         }
         return Ok(());
     }
-    let run = follow(agent, &id, args.output.output.is_table()).await?;
+    let run = follow(agent, &id, args.output.output.is_table(), interrupt).await?;
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&run)?;
         tokio::fs::write(path, text)
@@ -173,7 +177,12 @@ async fn run_file(
 
 /// Polls the run until it ends, printing each stage as it starts and ends. The first Ctrl-C asks
 /// the agent to stop the run after its current step; a second leaves it running and returns.
-async fn follow(agent: &AgentClient, id: &str, progress: bool) -> anyhow::Result<RunRecord> {
+async fn follow(
+    agent: &AgentClient,
+    id: &str,
+    progress: bool,
+    mut interrupt: tokio::signal::unix::Signal,
+) -> anyhow::Result<RunRecord> {
     let mut started_shown = 0;
     let mut ended_shown = 0;
     let mut stop_sent = false;
@@ -207,8 +216,7 @@ async fn follow(agent: &AgentClient, id: &str, progress: bool) -> anyhow::Result
         }
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-            signal = tokio::signal::ctrl_c() => {
-                signal.context("cannot listen for Ctrl-C")?;
+            _ = interrupt.recv() => {
                 if stop_sent {
                     eprintln!("leaving run {id} running; follow it with `scenario get {id}`");
                     return Ok(agent.scenario_run(id).await?);
@@ -248,7 +256,7 @@ fn print_plan(plan: &Plan) -> anyhow::Result<()> {
 fn took(stage: &StageRecord) -> String {
     match stage.finished_at_ms {
         Some(end) => output::format_duration(Duration::from_millis(
-            end.saturating_sub(stage.started_at_ms),
+            u64::try_from(end - stage.started_at_ms).unwrap_or_default(),
         )),
         None => "-".to_string(),
     }
@@ -300,7 +308,7 @@ fn print_runs(runs: &[RunRecord]) -> anyhow::Result<()> {
             run.name.clone(),
             run.state.as_str().to_string(),
             done.to_string(),
-            output::time_and_age(run.started_at_ms / 1000),
+            output::time_and_age(u64::try_from(run.started_at_ms / 1000).unwrap_or_default()),
         ]);
     }
     if table.is_empty() {

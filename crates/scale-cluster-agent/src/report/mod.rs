@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::observe::{Folded, Percentiles, RecentFailure};
+use crate::store::scenarios::RunRecord;
 use crate::store::{AgentPhase, Event, EventKind, LoadSample, Sample, Store, StoreError};
 
 /// Points of the phase timeline.
@@ -68,7 +69,12 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// Heaviest first, at most [`TOP_LOAD`].
     pub top_load: Vec<LoadSample>,
+    /// Scenario runs started in the window, oldest first, with their stages.
+    pub scenarios: Vec<RunRecord>,
 }
+
+/// How many scenario runs a report looks through.
+const SCENARIO_RUNS: usize = 100;
 
 impl Report {
     /// The report of everything recorded at or after `since_ms`, up to `now_ms`.
@@ -82,7 +88,14 @@ impl Report {
             Some((json, started)) => (serde_json::from_str(&json).ok(), Some(started)),
             None => (None, None),
         };
-        Ok(Self::from_parts(
+        let mut scenarios: Vec<RunRecord> = store
+            .scenario_runs(SCENARIO_RUNS)
+            .await?
+            .into_iter()
+            .filter(|run| run.started_at_ms >= since_ms && run.started_at_ms <= now_ms)
+            .collect();
+        scenarios.reverse();
+        let mut report = Self::from_parts(
             events,
             samples,
             load,
@@ -90,7 +103,9 @@ impl Report {
             run_started_ms,
             since_ms,
             now_ms,
-        ))
+        );
+        report.scenarios = scenarios;
+        Ok(report)
     }
 
     fn from_parts(
@@ -155,6 +170,7 @@ impl Report {
             create_to_active,
             samples,
             top_load,
+            scenarios: Vec::new(),
         }
     }
 }

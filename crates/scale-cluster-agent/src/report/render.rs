@@ -232,6 +232,51 @@ fn charts(report: &Report) -> Vec<String> {
     out
 }
 
+/// Each scenario run: a title (name, id, seed, how it ended) and one row per stage.
+fn scenario_rows(report: &Report) -> Vec<(String, Vec<[String; 5]>)> {
+    report
+        .scenarios
+        .iter()
+        .map(|run| {
+            let mut title = format!(
+                "{} ({}, seed {}): {}",
+                run.name,
+                run.id,
+                run.seed,
+                run.state.as_str()
+            );
+            if let Some(reason) = &run.reason {
+                title.push_str(&format!(": {reason}"));
+            }
+            let rows = run
+                .stages
+                .iter()
+                .map(|stage| {
+                    let took = stage
+                        .finished_at_ms
+                        .map(|end| format!("{:.1} s", (end - stage.started_at_ms) as f64 / 1000.0))
+                        .unwrap_or_else(|| "-".into());
+                    [
+                        stage.index.to_string(),
+                        stage.kind.clone(),
+                        stage
+                            .outcome
+                            .map(|o| o.as_str().to_string())
+                            .unwrap_or_else(|| "running".into()),
+                        took,
+                        stage
+                            .summary
+                            .as_ref()
+                            .map(|s| s.to_string())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            (title, rows)
+        })
+        .collect()
+}
+
 fn html(report: &Report) -> String {
     let mut out = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>scale-cluster-agent \
@@ -293,7 +338,26 @@ fn html(report: &Report) -> String {
             escape(&f.error)
         );
     }
-    out.push_str("</table><h2>Settings of the run</h2><table id=\"settings\">");
+    out.push_str("</table>");
+    if !report.scenarios.is_empty() {
+        out.push_str("<h2>Scenario runs</h2>");
+        for (title, rows) in scenario_rows(report) {
+            let _ = write!(
+                out,
+                "<h3>{}</h3><table class=\"scenario\"><tr><th>#</th><th>stage</th><th>outcome</th><th>took</th><th>result</th></tr>",
+                escape(&title)
+            );
+            for row in rows {
+                out.push_str("<tr>");
+                for cell in row {
+                    let _ = write!(out, "<td>{}</td>", escape(&cell));
+                }
+                out.push_str("</tr>");
+            }
+            out.push_str("</table>");
+        }
+    }
+    out.push_str("<h2>Settings of the run</h2><table id=\"settings\">");
     for (key, value) in settings_rows(report) {
         let _ = write!(
             out,
@@ -331,6 +395,16 @@ fn markdown(report: &Report) -> String {
     out.push_str("\n## Failures by reason\n\n| reason | count |\n|---|---:|\n");
     for (reason, n) in &report.failures_by_reason {
         let _ = writeln!(out, "| {reason} | {n} |");
+    }
+    for (title, rows) in scenario_rows(report) {
+        let _ = write!(
+            out,
+            "\n## Scenario run {title}\n\n| # | stage | outcome | took | result |\n|---:|---|---|---:|---|\n"
+        );
+        for row in rows {
+            let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
     }
     out.push_str("\n## Settings of the run\n\n| setting | value |\n|---|---|\n");
     for (key, value) in settings_rows(report) {

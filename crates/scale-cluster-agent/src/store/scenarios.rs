@@ -1,7 +1,7 @@
 //! Scenario runs and their stages: a stage's row is written before it acts and closed after, so a
 //! crash never leaves a half-applied stage without a record; a run still `running` when an agent
 //! starts was cut short by a stop or crash and is marked `interrupted`, with the stage it was in.
-//! Times are unix milliseconds: stages last from milliseconds to hours.
+//! Times are unix milliseconds (as the event log's): stages last from milliseconds to hours.
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -49,8 +49,8 @@ impl RunState {
 pub struct StageRecord {
     pub index: usize,
     pub kind: String,
-    pub started_at_ms: u64,
-    pub finished_at_ms: Option<u64>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
     /// `None` while the stage runs.
     pub outcome: Option<RunState>,
     /// What the stage did and saw (stage-specific JSON).
@@ -68,8 +68,8 @@ pub struct RunRecord {
     pub state: RunState,
     pub reason: Option<String>,
     pub stop_requested: bool,
-    pub started_at_ms: u64,
-    pub finished_at_ms: Option<u64>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
     pub stages: Vec<StageRecord>,
 }
 
@@ -292,8 +292,8 @@ fn raw_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
             state: RunState::Running,
             reason: r.get(5)?,
             stop_requested: r.get(6)?,
-            started_at_ms: r.get::<_, i64>(7)? as u64,
-            finished_at_ms: r.get::<_, Option<i64>>(8)?.map(|t| t as u64),
+            started_at_ms: r.get(7)?,
+            finished_at_ms: r.get(8)?,
             stages: Vec::new(),
         },
         state,
@@ -335,8 +335,8 @@ fn with_stages(
         run.stages.push(StageRecord {
             index: idx as usize,
             kind,
-            started_at_ms: started as u64,
-            finished_at_ms: finished.map(|t| t as u64),
+            started_at_ms: started,
+            finished_at_ms: finished,
             outcome,
             summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
         });
