@@ -653,6 +653,7 @@ mod tests {
                     name: "b",
                     component_profile: "lean",
                     population: "{}",
+                    etcd: crate::store::EtcdKind::Own,
                 },
                 range,
                 |_| true,
