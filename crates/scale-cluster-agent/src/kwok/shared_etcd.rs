@@ -150,11 +150,17 @@ impl SharedEtcd {
     /// runs (a pid file and a `/proc` read); call it before creating, starting or healing a
     /// cluster that uses it. Returns its pid.
     pub async fn ensure_running(&self) -> Result<u32, SharedEtcdError> {
+        self.ensure_running_and_tell().await.map(|(pid, _)| pid)
+    }
+
+    /// [`Self::ensure_running`], also telling whether this call started it (false: it ran, or
+    /// another caller, e.g. another cluster's heal, started it meanwhile).
+    pub async fn ensure_running_and_tell(&self) -> Result<(u32, bool), SharedEtcdError> {
         let _one_start = self.inner.start.lock().await;
         if let Some(pid) = self.running_pid().await {
-            return Ok(pid);
+            return Ok((pid, false));
         }
-        self.start().await
+        self.start().await.map(|pid| (pid, true))
     }
 
     async fn start(&self) -> Result<u32, SharedEtcdError> {

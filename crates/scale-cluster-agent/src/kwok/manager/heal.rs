@@ -85,11 +85,19 @@ impl ClusterManager {
         let dir = self.cluster_dir(name);
         let is_shared_etcd =
             |component: &str| record.etcd == EtcdKind::Shared && component == heal::ETCD;
-        let (shared, own): (Vec<_>, Vec<_>) =
-            restarted.iter().partition(|r| is_shared_etcd(&r.component));
-        if !shared.is_empty() {
-            self.shared_etcd.ensure_running().await?;
+        let mut restarted = restarted;
+        if restarted.iter().any(|r| is_shared_etcd(&r.component)) {
+            let (_, started) = self.shared_etcd.ensure_running_and_tell().await?;
+            if !started {
+                // Another cluster's heal restarted it meanwhile: not this heal's restart.
+                restarted.retain(|r| !is_shared_etcd(&r.component));
+            }
         }
+        let own: Vec<_> = restarted
+            .iter()
+            .filter(|r| !is_shared_etcd(&r.component))
+            .cloned()
+            .collect();
         for restart in &own {
             // An apiserver that runs but does not serve must go before it can be started afresh.
             if let Some(ComponentState::NotReady { pid, .. }) = health
@@ -143,7 +151,11 @@ impl ClusterManager {
                 return Err(KwokError::NotRestarted {
                     name: name.to_string(),
                     component: restart.component.clone(),
-                    log: self.log_path(name, &restart.component),
+                    log: if is_shared_etcd(&restart.component) {
+                        self.shared_etcd.log_path()
+                    } else {
+                        self.log_path(name, &restart.component)
+                    },
                 });
             }
         }
