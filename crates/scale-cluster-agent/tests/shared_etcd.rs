@@ -339,3 +339,23 @@ async fn lean_clusters_share_one_etcd_each_under_its_own_prefix() {
     );
     assert_eq!(mode & 0o777, 0o700, "{}", Path::new(&etcd_dir).display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_shared_etcd_port_fails_a_lean_create_clearly_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = support::settings();
+    settings.data_dir = dir.path().join("data");
+    settings.kwok_workdir = dir.path().join("kwok");
+    settings.ports = PortRange::new(26200, 10, 2).unwrap();
+    settings.shared_etcd_port = Some(26393);
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", 26393)).unwrap();
+    let manager = TestEnv::manager(&settings);
+    let err = manager.create(request("no-etcd")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("port 26393") && err.to_string().contains("--shared-etcd-port"),
+        "{err}"
+    );
+    assert!(manager.store().get("no-etcd").await.unwrap().is_none());
+    assert!(!manager.cluster_dir("no-etcd").exists());
+    assert!(support::processes_mentioning(dir.path()).is_empty());
+}

@@ -40,6 +40,11 @@ impl ClusterManager {
             .map_err(KwokError::InvalidPopulation)?;
         let population_json = serde_json::to_string(&req.population)
             .map_err(|e| KwokError::InvalidPopulation(e.to_string()))?;
+        if req.profile.uses_shared_etcd() {
+            // Before anything is recorded: a shared etcd that cannot run (its port taken) is a
+            // clear error that leaves no row behind, and a rollback can always reach it.
+            self.shared_etcd.ensure_running().await?;
+        }
         let record = self
             .store
             .reserve(
@@ -102,6 +107,7 @@ impl ClusterManager {
         let placement = match etcd {
             EtcdKind::Own => None,
             EtcdKind::Shared => {
+                // A create right after the etcd died: start it again.
                 self.shared_etcd.ensure_running().await?;
                 Some(SharedEtcdPlacement {
                     client_url: self.shared_etcd.client_url(),
