@@ -129,11 +129,12 @@ impl ClusterManager {
                 profile_flags: req.profile.create_flags(),
             })
             .await?;
+        self.wait_ready(&req.name, ports.kube_apiserver).await?;
+        let ready = started.elapsed();
+        // The cluster already serves from the shared etcd: this is clean-up, not bring-up.
         if etcd == EtcdKind::Shared {
             self.drop_kwokctl_etcd(&req.name).await?;
         }
-        self.wait_ready(&req.name, ports.kube_apiserver).await?;
-        let ready = started.elapsed();
         let client = population::client(&self.kubeconfig_path(&req.name)).await?;
         population::apply(&client, &req.name, &req.population).await?;
         Ok(CreateTimings {
