@@ -100,6 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut serial_ready = Vec::new();
         for name in &names {
             let (_, timings) = manager.create_timed(request(name, profile)).await?;
+            eprintln!("{name}: ready after {:.2} s", timings.ready.as_secs_f64());
             serial_ready.push(timings.ready.as_secs_f64());
         }
         let serial_total = started.elapsed().as_secs_f64();
