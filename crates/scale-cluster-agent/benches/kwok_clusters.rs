@@ -186,6 +186,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     print_report(&args, &results);
+    // The shared etcd is a daemon that outlives its creator; this run's goes with its temp dir.
+    if let Some(pid) = manager.shared_etcd().running_pid().await {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
     Ok(())
 }
 
