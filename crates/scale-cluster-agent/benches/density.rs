@@ -141,11 +141,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (agent_pid, sim_pid) = (agent.0.id(), sim.process.0.id());
     let mut pids: Vec<u32> = cluster_of.keys().copied().collect();
     pids.extend([agent_pid, sim_pid]);
-    // The agent's own helpers (the steve host) serve every cluster: shared, divided by N.
-    let helpers: Vec<u32> = children_of(agent_pid)
+    // The agent's own helpers (the steve host) serve every cluster: shared, divided by N. So does
+    // the shared etcd of `lean` clusters, a daemon found by its pid file (it is the agent's child
+    // only if this agent started it).
+    let mut helpers: Vec<u32> = children_of(agent_pid)
         .into_iter()
         .filter(|p| !cluster_of.contains_key(p))
         .collect();
+    let shared_etcd = std::fs::read_to_string(dir.path().join("data/etcd/etcd.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .filter(|pid| component_of(*pid) == "etcd");
+    if let Some(pid) = shared_etcd.filter(|pid| !helpers.contains(pid)) {
+        helpers.push(pid);
+    }
     pids.extend(&helpers);
     eprintln!("measuring CPU over {} s", args.cpu_window);
     let window = CpuWindow::start(&pids)?;

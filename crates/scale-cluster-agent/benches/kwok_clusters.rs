@@ -8,7 +8,8 @@
 //! For each profile it creates N clusters one by one, deletes them, creates N again in bulk (P at a
 //! time), lets them idle, then sums RSS and PSS (`/proc/<pid>/smaps_rollup`, anonymous and file-backed
 //! apart) and idle CPU (utime + stime from `/proc/<pid>/stat` over `--cpu-window` seconds) over every
-//! process of each cluster. Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed
+//! process of each cluster, plus, for `lean`, the shared etcd divided by N (it serves them all).
+//! Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed
 //! (`scale-cluster-agent toolchain install`) and enough inotify instances (`preflight --fix`).
 
 #[path = "support/footprint.rs"]
@@ -74,6 +75,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_dir: dir.path().join("data"),
         kwok_workdir: dir.path().join("kwok"),
         cache_dir: scale_cluster_agent::config::default_cache_dir(&home),
+        // Just below the range, like the default.
+        shared_etcd_port: None,
         ports: PortRange::new(args.port_base, 10, args.clusters as u16)?,
         toolchain: Default::default(),
         file: Default::default(),
@@ -97,6 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut serial_ready = Vec::new();
         for name in &names {
             let (_, timings) = manager.create_timed(request(name, profile)).await?;
+            eprintln!("{name}: ready after {:.2} s", timings.ready.as_secs_f64());
             serial_ready.push(timings.ready.as_secs_f64());
         }
         let serial_total = started.elapsed().as_secs_f64();
@@ -127,14 +131,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|name| processes_in(&manager.cluster_dir(name).join("")))
             .collect();
-        let window = CpuWindow::start(&pids.concat())?;
+        // The shared etcd serves every `lean` cluster: a share of it is each one's cost.
+        let shared = if profile.uses_shared_etcd() {
+            manager.shared_etcd().running_pid().await
+        } else {
+            None
+        };
+        let mut all = pids.concat();
+        all.extend(shared);
+        let window = CpuWindow::start(&all)?;
         tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
         let measured: std::collections::HashMap<u32, Footprint> =
             window.finish().into_iter().collect();
         let mut per_cluster = Vec::new();
         let mut per_component: Vec<(String, Footprint)> = Vec::new();
+        let shared_share = match shared {
+            Some(pid) => {
+                let Some(whole) = measured.get(&pid) else {
+                    bail!("the shared etcd (pid {pid}) exited during the measurement");
+                };
+                per_component.push(("etcd (shared)".into(), whole.clone()));
+                whole.divided(names.len())
+            }
+            None => Footprint::default(),
+        };
         for (name, ps) in names.iter().zip(&pids) {
-            let mut total = Footprint::default();
+            let mut total = shared_share.clone();
             for pid in ps {
                 let Some(one) = measured.get(pid) else {
                     continue;
@@ -146,7 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     None => per_component.push((component, one.clone())),
                 }
             }
-            if total.memory.rss_kib == 0 {
+            if total.memory.rss_kib == shared_share.memory.rss_kib {
                 bail!("no processes found for {name}");
             }
             per_cluster.push(total);
@@ -164,6 +186,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     print_report(&args, &results);
+    // The shared etcd is a daemon that outlives its creator; this run's goes with its temp dir.
+    if let Some(pid) = manager.shared_etcd().running_pid().await {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
     Ok(())
 }
 

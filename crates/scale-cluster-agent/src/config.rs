@@ -60,6 +60,11 @@ pub struct GlobalArgs {
     #[arg(long, env = "SCA_PORT_BLOCKS", global = true)]
     pub port_blocks: Option<u16>,
 
+    /// Client port of the shared etcd of `lean` clusters; the next port is its peer port. Must
+    /// lie outside the port blocks [default: the two ports below --port-base: 7999, 8000].
+    #[arg(long, env = "SCA_SHARED_ETCD_PORT", global = true)]
+    pub shared_etcd_port: Option<u16>,
+
     #[command(flatten)]
     pub toolchain: ToolchainArgs,
 }
@@ -229,6 +234,8 @@ pub struct PortsFile {
     pub base: Option<u16>,
     pub stride: Option<u16>,
     pub blocks: Option<u16>,
+    /// See `--shared-etcd-port`.
+    pub shared_etcd: Option<u16>,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -274,6 +281,8 @@ pub struct Settings {
     pub kwok_workdir: PathBuf,
     pub cache_dir: PathBuf,
     pub ports: PortRange,
+    /// `--shared-etcd-port`; `None`: just below the port range ([`Settings::shared_etcd_port`]).
+    pub shared_etcd_port: Option<u16>,
     pub toolchain: ToolchainArgs,
     /// The configuration file as read (empty without `--config`).
     pub file: ConfigFile,
@@ -297,7 +306,19 @@ impl Settings {
                 .or(file.ports.blocks)
                 .unwrap_or(PortRange::DEFAULT.blocks),
         )?;
+        let shared_etcd_port = args.shared_etcd_port.or(file.ports.shared_etcd);
+        if let Some(port) = shared_etcd_port {
+            let (first, last) = ports.span();
+            if port < 1024 || port == u16::MAX || (port < last && port + 1 >= first) {
+                anyhow::bail!(
+                    "--shared-etcd-port {port}: the shared etcd needs ports {port} and {} outside \
+                     the cluster port blocks ({first}-{last}) and above 1023",
+                    port.saturating_add(1)
+                );
+            }
+        }
         Ok(Self {
+            shared_etcd_port,
             data_dir: args
                 .data_dir
                 .clone()
@@ -351,13 +372,28 @@ impl Settings {
         }
     }
 
-    /// What the KWOK layer needs: kwokctl's work dir, where cluster configs are written, the ports.
+    /// What the KWOK layer needs: kwokctl's work dir, where cluster configs are written, the ports,
+    /// and where the shared etcd lives.
     pub fn kwok(&self) -> KwokSettings {
         KwokSettings {
             workdir: self.kwok_workdir.clone(),
             config_dir: self.data_dir.join("kwokctl"),
             ports: self.ports,
+            shared_etcd_dir: self.data_dir.join("etcd"),
+            shared_etcd_port: self.shared_etcd_port(),
         }
+    }
+
+    /// The shared etcd's client port: as configured, or the two ports just below the port range
+    /// (just above it if the range starts too low), so every port range has its own.
+    pub fn shared_etcd_port(&self) -> u16 {
+        self.shared_etcd_port.unwrap_or_else(|| {
+            if self.ports.base >= 1026 {
+                self.ports.base - 2
+            } else {
+                self.ports.span().1.saturating_add(1)
+            }
+        })
     }
 
     /// Path of the state database.
@@ -652,6 +688,11 @@ mod tests {
         assert_eq!(settings.ports.base, 30000);
         assert_eq!(settings.ports.stride, 10);
         assert_eq!(settings.ports.blocks, 9, "the flag wins");
+        assert_eq!(settings.kwok().shared_etcd_port, 29998, "below the range");
+        assert_eq!(
+            settings.kwok().shared_etcd_dir,
+            settings.data_dir.join("etcd")
+        );
         let agent = rancher.resolve(&settings).unwrap();
         assert_eq!(agent.rancher.url, "https://r.example");
         assert_eq!(agent.concurrency, 7);
@@ -661,6 +702,25 @@ mod tests {
         assert!(
             !format!("{:?} {:?}", settings.file, agent).contains("secret"),
             "the token is never shown"
+        );
+    }
+
+    #[test]
+    fn the_shared_etcd_port_is_configurable_and_kept_out_of_the_port_blocks() {
+        let (settings, _) = parse(&["--shared-etcd-port", "7379"]);
+        assert_eq!(settings.kwok().shared_etcd_port, 7379);
+        let (settings, _) = parse(&[]);
+        assert_eq!(settings.kwok().shared_etcd_port, 7999);
+        let cli = Cli::try_parse_from(["x", "--shared-etcd-port", "8005"]).unwrap();
+        let err = Settings::from_args(&cli.global).unwrap_err().to_string();
+        assert!(
+            err.contains("outside the cluster port blocks (8001-17996)"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["x", "--shared-etcd-port", "8000"]).unwrap();
+        assert!(
+            Settings::from_args(&cli.global).is_err(),
+            "its peer port would be 8001"
         );
     }
 

@@ -179,6 +179,8 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         support::kill_processes_mentioning(&self.kwok_workdir);
+        // The shared etcd of `lean` clusters: a daemon in the data dir next to the work dir.
+        support::kill_processes_mentioning(&self.kwok_workdir.with_file_name("data"));
     }
 }
 

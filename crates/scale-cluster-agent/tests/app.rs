@@ -62,7 +62,8 @@ async fn running_agent_wires_every_layer_and_stop_releases_the_data_dir() {
     settings.data_dir = dir.path().join("data");
     settings.kwok_workdir = dir.path().join("kwok");
     settings.ports = PortRange::new(25100, 10, 2).expect("port range");
-    let _kwok = KwokGuard(settings.kwok_workdir.clone());
+    // The KWOK components and the shared etcd (in the data dir): all under `dir`.
+    let _kwok = KwokGuard(dir.path().to_path_buf());
     // Installed up front, so that the agent only has to find it.
     tokio::task::spawn_blocking(support::toolchain)
         .await

@@ -447,9 +447,10 @@ async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_ar
     let clusters_dir = home.kwok_workdir().join("clusters");
     let (sick, healthy) = (clusters_dir.join(&names[0]), clusters_dir.join(&names[1]));
     let healthy_before = support::cluster_processes(&healthy);
-    assert_eq!(healthy_before.len(), 4, "{healthy_before:?}");
+    // kube-apiserver, kube-controller-manager, kwok-controller: lean's etcd is the shared one.
+    assert_eq!(healthy_before.len(), 3, "{healthy_before:?}");
 
-    for component in ["kube-apiserver", "etcd"] {
+    for component in ["kube-apiserver"] {
         let before = support::cluster_processes(&sick);
         let (pid, _) = before[component];
         nix::sys::signal::kill(
@@ -478,24 +479,70 @@ async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_ar
         .await;
         assert!(view["last_error"].is_null(), "{view}");
         // The objects survived (they live in etcd): the cluster's nodes through its apiserver.
-        let kubeconfig = sick.join("kubeconfig.yaml");
-        let nodes = support::eventually(DEADLINE, "nodes listed after the heal", || async {
-            let client = scale_cluster_agent::kwok::population::client(&kubeconfig)
-                .await
-                .ok()?;
-            let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
-            api.list(&Default::default())
-                .await
-                .ok()
-                .map(|l| l.items.len())
-        })
-        .await;
-        assert_eq!(nodes, 2, "both fake nodes are still there");
+        assert_eq!(
+            node_count(&sick).await,
+            2,
+            "both fake nodes are still there"
+        );
     }
     assert_eq!(
         support::cluster_processes(&healthy),
         healthy_before,
         "the other cluster's processes were never touched"
+    );
+
+    // The one shared etcd of both clusters: killed, it is restarted by the heal of one of them
+    // (once), both are active again and their objects are still there.
+    let etcd_dir = home.data_dir().join("etcd").join("");
+    let shared_etcd = || -> Vec<(u32, u64)> {
+        support::processes_mentioning(&etcd_dir)
+            .into_iter()
+            .filter(|pid| support::program_name(*pid).as_deref() == Some("etcd"))
+            .filter_map(support::process_identity)
+            .collect()
+    };
+    let before = shared_etcd();
+    assert_eq!(before.len(), 1, "{before:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before[0].0 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    support::eventually(DEADLINE, "the shared etcd restarted", || async {
+        let now = shared_etcd();
+        (now.len() == 1 && now[0] != before[0]).then_some(())
+    })
+    .await;
+    support::eventually(DEADLINE, "a heal naming the shared etcd", || async {
+        for name in &names {
+            let view = cluster_view(&api, name).await?;
+            if view["last_heal"]
+                .as_str()
+                .is_some_and(|h| h.contains("etcd process gone"))
+            {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    for (name, dir) in names.iter().zip([&sick, &healthy]) {
+        support::eventually(DEADLINE, &format!("{name} active again"), || async {
+            cluster_view(&api, name)
+                .await
+                .filter(|v| v["phase"] == "active")
+        })
+        .await;
+        assert_eq!(
+            node_count(dir).await,
+            2,
+            "{name}: both fake nodes are there"
+        );
+    }
+    assert_eq!(
+        support::cluster_processes(&healthy),
+        healthy_before,
+        "an etcd restart restarts no other component"
     );
     let metrics = get_text(&api, "/metrics").await;
     for component in ["kube-apiserver", "etcd"] {
@@ -507,6 +554,22 @@ async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_ar
         );
     }
     wait_active_in_rancher(&sim, &ids[0]).await;
+}
+
+/// The number of nodes the cluster in `dir` lists through its apiserver, once it answers.
+async fn node_count(dir: &std::path::Path) -> usize {
+    let kubeconfig = dir.join("kubeconfig.yaml");
+    support::eventually(DEADLINE, "nodes listed", || async {
+        let client = scale_cluster_agent::kwok::population::client(&kubeconfig)
+            .await
+            .ok()?;
+        let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+        api.list(&Default::default())
+            .await
+            .ok()
+            .map(|l| l.items.len())
+    })
+    .await
 }
 
 /// The cattle-cluster-agent Deployment that rancher-sim applied through the main tunnel is

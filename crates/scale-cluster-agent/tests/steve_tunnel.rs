@@ -276,7 +276,8 @@ async fn steve_serves_the_clusters_real_objects_through_the_tunnel_with_the_user
     settings.data_dir = dir.path().join("data");
     settings.kwok_workdir = dir.path().join("kwok");
     settings.ports = PortRange::new(25700, 10, 2).unwrap();
-    let _kwok = KwokGuard(settings.kwok_workdir.clone());
+    // The KWOK components and the shared etcd (in the data dir): all under `dir`.
+    let _kwok = KwokGuard(dir.path().to_path_buf());
     let binary = steve_host_binary().await;
     let manager = ClusterManager::new(
         &settings.kwok(),
@@ -545,7 +546,8 @@ async fn the_agent_supervises_a_private_tokenless_host_and_writes_stv_aggregatio
     settings.data_dir = dir.path().join("data");
     settings.kwok_workdir = dir.path().join("kwok");
     settings.ports = PortRange::new(25800, 10, 2).unwrap();
-    let _kwok = KwokGuard(settings.kwok_workdir.clone());
+    // The KWOK components and the shared etcd (in the data dir): all under `dir`.
+    let _kwok = KwokGuard(dir.path().to_path_buf());
     tokio::task::spawn_blocking(support::toolchain)
         .await
         .unwrap();

@@ -26,6 +26,16 @@ impl Drop for Server {
     }
 }
 
+/// Kills whatever still runs from the test's directory (KWOK components, the shared etcd in the
+/// data dir) however the test ends.
+struct DirGuard(std::path::PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        support::kill_processes_mentioning(&self.0);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -41,6 +51,7 @@ async fn upstream_server_reaches_the_kwok_apiserver_through_our_tunnel_and_nothi
     settings.data_dir = dir.path().join("data");
     settings.kwok_workdir = dir.path().join("kwok");
     settings.ports = PortRange::new(22800, 10, 2).unwrap();
+    let _guard = DirGuard(dir.path().to_path_buf());
     let manager = ClusterManager::new(
         &settings.kwok(),
         support::toolchain(),

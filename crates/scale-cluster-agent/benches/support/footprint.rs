@@ -36,6 +36,21 @@ impl Footprint {
         self.memory.add(&other.memory);
         self.mcpu += other.mcpu;
     }
+
+    /// This footprint's share of one of `n` users (a shared process divided by N).
+    #[allow(dead_code)] // Not every bench including this module shares a process this way.
+    pub fn divided(&self, n: usize) -> Footprint {
+        let n = n.max(1) as u64;
+        Footprint {
+            memory: Memory {
+                rss_kib: self.memory.rss_kib / n,
+                pss_kib: self.memory.pss_kib / n,
+                pss_anon_kib: self.memory.pss_anon_kib / n,
+                pss_file_kib: self.memory.pss_file_kib / n,
+            },
+            mcpu: self.mcpu / n as f64,
+        }
+    }
 }
 
 pub fn memory_of(pid: u32) -> anyhow::Result<Memory> {

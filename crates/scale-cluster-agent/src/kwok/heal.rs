@@ -19,7 +19,7 @@ use crate::store::ports::PortBlock;
 /// The component whose `/readyz` is probed; the others are judged by their process only.
 pub const APISERVER: &str = "kube-apiserver";
 /// The store the apiserver needs: while it is gone the apiserver's unreadiness is its fault.
-const ETCD: &str = "etcd";
+pub const ETCD: &str = "etcd";
 
 /// One component as observed now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

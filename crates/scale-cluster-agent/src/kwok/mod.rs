@@ -10,6 +10,7 @@ pub mod manager;
 pub mod names;
 pub mod population;
 pub mod profile;
+pub mod shared_etcd;
 pub mod status;
 
 pub use heal::{

@@ -65,6 +65,12 @@ impl ComponentProfile {
         self == ComponentProfile::Full
     }
 
+    /// Whether clusters of this profile keep their objects in the agent's shared etcd (`lean`)
+    /// rather than in an etcd of their own (`full`, kwokctl's default).
+    pub fn uses_shared_etcd(self) -> bool {
+        self == ComponentProfile::Lean
+    }
+
     /// Extra `kwokctl create cluster` flags.
     pub fn create_flags(self) -> Vec<String> {
         match self {
@@ -73,9 +79,14 @@ impl ComponentProfile {
         }
     }
 
-    /// The per-cluster `KwokctlConfiguration` document: binaries, bind address, etcd peer port and
-    /// this profile's component patches.
-    pub fn kwokctl_config(self, toolchain: &Toolchain, ports: &PortBlock) -> String {
+    /// The per-cluster `KwokctlConfiguration` document: binaries, bind address, etcd peer port,
+    /// this profile's component patches and, for a cluster in the shared etcd, where that is.
+    pub fn kwokctl_config(
+        self,
+        toolchain: &Toolchain,
+        ports: &PortBlock,
+        shared_etcd: Option<&SharedEtcdPlacement>,
+    ) -> String {
         let mut doc = format!(
             "apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
@@ -98,8 +109,30 @@ options:
             etcd = yaml_path(&toolchain.etcd),
             kubectl = yaml_path(&toolchain.kubectl),
         );
-        if self == ComponentProfile::Lean {
+        if let Some(shared) = shared_etcd {
+            // kwokctl writes `--etcd-prefix` from this option (its default is `/registry`).
+            doc.push_str(&format!("  etcdPrefix: {}\n", yaml_str(&shared.prefix)));
+        }
+        if self == ComponentProfile::Lean || shared_etcd.is_some() {
             doc.push_str("componentsPatches:\n");
+        }
+        if let Some(shared) = shared_etcd {
+            // kwokctl points the apiserver at its own etcd: replace that (an added flag would
+            // leave both). No compactor in the apiserver: the shared etcd compacts the whole
+            // keyspace itself (`kwok::shared_etcd`), once for all clusters.
+            doc.push_str(&format!(
+                "- name: kube-apiserver
+  extraArgs:
+  - key: etcd-servers
+    value: {}
+    override: true
+  - key: etcd-compaction-interval
+    value: \"0\"
+",
+                yaml_str(&shared.client_url)
+            ));
+        }
+        if self == ComponentProfile::Lean {
             for patch in LEAN_PATCHES {
                 doc.push_str(&format!("- name: {}\n", patch.component));
                 if !patch.args.is_empty() || !patch.overrides.is_empty() {
@@ -127,6 +160,15 @@ options:
         }
         doc
     }
+}
+
+/// Where a cluster in the shared etcd keeps its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedEtcdPlacement {
+    /// The shared etcd's client URL (`http://127.0.0.1:<port>`).
+    pub client_url: String,
+    /// The apiserver's `--etcd-prefix` ([`crate::kwok::shared_etcd::etcd_prefix`]).
+    pub prefix: String,
 }
 
 /// Quotes a path as a YAML string.
@@ -272,7 +314,7 @@ mod tests {
     #[test]
     fn configs_are_valid_yaml_with_local_binaries_and_loopback() {
         for profile in [ComponentProfile::Full, ComponentProfile::Lean] {
-            let text = profile.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000));
+            let text = profile.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000), None);
             let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
             assert_eq!(doc["options"]["bindAddress"], "127.0.0.1");
             assert_eq!(doc["options"]["etcdPeerPort"], 9002);
@@ -289,8 +331,11 @@ mod tests {
 
     #[test]
     fn lean_restricts_the_controller_manager() {
-        let text =
-            ComponentProfile::Lean.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000));
+        let text = ComponentProfile::Lean.kwokctl_config(
+            &toolchain(),
+            &PortBlock::starting_at(9000),
+            None,
+        );
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let patches = doc["componentsPatches"].as_sequence().unwrap();
         let kcm = patches
@@ -313,11 +358,43 @@ mod tests {
             assert!(controllers.split(',').any(|c| c == needed), "{controllers}");
         }
         assert!(ComponentProfile::Full
-            .kwokctl_config(&toolchain(), &PortBlock::starting_at(9000))
+            .kwokctl_config(&toolchain(), &PortBlock::starting_at(9000), None)
             .find("componentsPatches")
             .is_none());
         assert!(!ComponentProfile::Lean
             .components()
             .contains(&"kube-scheduler"));
+    }
+
+    #[test]
+    fn a_shared_etcd_cluster_points_its_apiserver_at_its_prefix() {
+        let shared = SharedEtcdPlacement {
+            client_url: "http://127.0.0.1:7999".into(),
+            prefix: "/clusters/a".into(),
+        };
+        let text = ComponentProfile::Lean.kwokctl_config(
+            &toolchain(),
+            &PortBlock::starting_at(9000),
+            Some(&shared),
+        );
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(doc["options"]["etcdPrefix"], "/clusters/a");
+        let args: Vec<&serde_yaml::Value> = doc["componentsPatches"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "kube-apiserver")
+            .flat_map(|p| p["extraArgs"].as_sequence().unwrap())
+            .collect();
+        let servers = args.iter().find(|a| a["key"] == "etcd-servers").unwrap();
+        assert_eq!(servers["value"], "http://127.0.0.1:7999");
+        assert_eq!(servers["override"], true, "replaces kwokctl's own etcd");
+        let compaction = args
+            .iter()
+            .find(|a| a["key"] == "etcd-compaction-interval")
+            .unwrap();
+        assert_eq!(compaction["value"], "0");
+        // Lean's own patches are still there.
+        assert!(args.iter().any(|a| a["key"] == "watch-cache"));
     }
 }

@@ -62,10 +62,11 @@ pub async fn processes_in_async(cluster_dir: &Path) -> Vec<u32> {
 /// [`component_processes`] on the blocking pool.
 pub async fn component_processes_async(
     cluster_dir: &Path,
-    components: &'static [&'static str],
+    components: &[&'static str],
 ) -> Vec<ComponentProcess> {
     let dir: PathBuf = cluster_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || component_processes(&dir, components))
+    let names = components.to_vec();
+    tokio::task::spawn_blocking(move || component_processes(&dir, &names))
         .await
         .unwrap_or_else(|_| {
             components
@@ -111,7 +112,7 @@ fn inside_prefix(cluster_dir: &Path) -> String {
     format!("{}/", cluster_dir.to_string_lossy().trim_end_matches('/'))
 }
 
-fn cmdline(pid: u32) -> Option<Vec<String>> {
+pub(crate) fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(
         raw.split(|b| *b == 0)

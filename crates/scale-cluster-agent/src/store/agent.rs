@@ -696,6 +696,7 @@ mod tests {
                     name: "b",
                     component_profile: "lean",
                     population: "{}",
+                    etcd: crate::store::EtcdKind::Own,
                 },
                 range,
                 |_| true,

@@ -80,6 +80,9 @@ const MIGRATIONS: &[&str] = &[
     scenarios::MIGRATION,
     // The event log and the agent's resource samples (`events`).
     events::MIGRATION,
+    // Where a cluster's data lives, `own` (its own etcd, run by kwokctl) or `shared`
+    // (a prefix in the agent's one shared etcd). Rows from before lived in their own etcd.
+    "ALTER TABLE clusters ADD COLUMN etcd TEXT NOT NULL DEFAULT 'own';",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +159,40 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// Where a cluster's apiserver keeps its objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EtcdKind {
+    /// Its own etcd process, started and stopped with the cluster by kwokctl.
+    #[default]
+    Own,
+    /// Under its own prefix in the agent's shared etcd.
+    Shared,
+}
+
+impl EtcdKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtcdKind::Own => "own",
+            EtcdKind::Shared => "shared",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "own" => Some(EtcdKind::Own),
+            "shared" => Some(EtcdKind::Shared),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EtcdKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One cluster's row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterRecord {
@@ -164,6 +201,8 @@ pub struct ClusterRecord {
     pub component_profile: String,
     /// The population profile as JSON (owned by `kwok::population`).
     pub population: String,
+    /// Where its objects live (recorded at create: heal and status follow it, not the profile).
+    pub etcd: EtcdKind,
     pub phase: Phase,
     /// The process working on a transitional phase; `None` in settled phases.
     pub owner: Option<Owner>,
@@ -212,6 +251,7 @@ pub struct NewCluster<'a> {
     pub name: &'a str,
     pub component_profile: &'a str,
     pub population: &'a str,
+    pub etcd: EtcdKind,
 }
 
 /// Handle to the database; cheap to clone, safe to share between tasks.
@@ -292,6 +332,7 @@ impl Store {
         let name = new.name.to_string();
         let profile = new.component_profile.to_string();
         let population = new.population.to_string();
+        let etcd = new.etcd;
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let exists: bool = tx.query_row(
@@ -321,8 +362,8 @@ impl Store {
             let owner = Owner::current();
             tx.execute(
                 "INSERT INTO clusters (name, first_port, component_profile, population, phase, owner_pid,
-                    owner_start_time, last_error, created_at, updated_at)
-                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8)",
+                    owner_start_time, last_error, created_at, updated_at, etcd)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8, ?9)",
                 params![
                     name,
                     block.first(),
@@ -331,7 +372,8 @@ impl Store {
                     Phase::Creating.as_str(),
                     owner.pid,
                     owner.start_time,
-                    now
+                    now,
+                    etcd.as_str()
                 ],
             )?;
             let record = get_row(&tx, &name)?.ok_or_else(|| StoreError::NotFound(name.clone()))?;
@@ -449,7 +491,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 const SELECT_ROW: &str =
     "SELECT name, first_port, component_profile, population, phase, owner_pid, last_error, \
-                          created_at, updated_at, owner_start_time FROM clusters";
+                          created_at, updated_at, owner_start_time, etcd FROM clusters";
 
 struct RawRow {
     name: String,
@@ -462,6 +504,7 @@ struct RawRow {
     last_error: Option<String>,
     created_at: u64,
     updated_at: u64,
+    etcd: String,
 }
 
 impl RawRow {
@@ -470,7 +513,12 @@ impl RawRow {
             name: self.name.clone(),
             reason: format!("unknown phase {:?}", self.phase),
         })?;
+        let etcd = EtcdKind::parse(&self.etcd).ok_or_else(|| StoreError::Corrupt {
+            name: self.name.clone(),
+            reason: format!("unknown etcd kind {:?}", self.etcd),
+        })?;
         Ok(ClusterRecord {
+            etcd,
             ports: PortBlock::starting_at(self.first_port),
             name: self.name,
             component_profile: self.component_profile,
@@ -499,6 +547,7 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
         owner_start_time: r.get(9)?,
+        etcd: r.get(10)?,
     })
 }
 
@@ -525,6 +574,7 @@ mod tests {
             name,
             component_profile: "lean",
             population: "{}",
+            etcd: EtcdKind::Own,
         }
     }
 
@@ -621,6 +671,11 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let old = store.get("old").await.unwrap().unwrap();
         assert_eq!(
+            old.etcd,
+            EtcdKind::Own,
+            "clusters from before kept their own etcd"
+        );
+        assert_eq!(
             old.owner,
             Some(Owner {
                 pid: 4242,
@@ -668,5 +723,36 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 40);
+    }
+
+    #[tokio::test]
+    async fn records_where_each_cluster_keeps_its_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let range = PortRange::new(20000, 10, 3).unwrap();
+        {
+            let store = Store::open(&path).unwrap();
+            let shared = NewCluster {
+                etcd: EtcdKind::Shared,
+                ..new("s")
+            };
+            assert_eq!(
+                store.reserve(shared, range, all_free).await.unwrap().etcd,
+                EtcdKind::Shared
+            );
+            store.reserve(new("o"), range, all_free).await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let kinds: Vec<(String, EtcdKind)> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name, r.etcd))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("s".into(), EtcdKind::Shared), ("o".into(), EtcdKind::Own)]
+        );
     }
 }

@@ -106,6 +106,8 @@ impl Home {
 impl Drop for Home {
     fn drop(&mut self) {
         super::kill_processes_mentioning(&self.kwok_workdir().join("clusters").join(""));
+        // The shared etcd of `lean` clusters is a daemon in the data dir.
+        super::kill_processes_mentioning(&self.data_dir().join("etcd").join(""));
     }
 }
 
@@ -242,6 +244,9 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         super::kill_processes_mentioning(&self.kwok);
+        // The shared etcd of `lean` clusters: a daemon in the data dir, which every test using
+        // this puts next to the kwok work dir.
+        super::kill_processes_mentioning(&self.kwok.with_file_name("data").join("etcd").join(""));
     }
 }
 

@@ -1,25 +1,29 @@
-//! `delete`: remove a cluster everywhere (processes, directories, config, port reservation); also the
-//! teardown that a failed create and recovery share.
+//! `delete`: remove a cluster everywhere (processes, directories, config, its keys in the shared
+//! etcd, port reservation); also the teardown that a failed create and recovery share.
 
 use super::files::{remove_dir, remove_file};
 use super::processes::wait_ports_free;
 use super::{ClusterManager, KwokError};
-use crate::store::ports::PortBlock;
-use crate::store::Phase;
+use crate::kwok::shared_etcd::etcd_prefix;
+use crate::store::{ClusterRecord, EtcdKind, Phase};
 
 impl ClusterManager {
     /// Deletes a cluster everywhere; the row goes last, so its ports stay reserved until the
-    /// processes that held them are gone.
+    /// processes that held them are gone, and a crash before its keys are gone from the shared
+    /// etcd leaves a `deleting` row that [`Self::recover`] finishes.
     pub async fn delete(&self, name: &str) -> Result<(), KwokError> {
         let record = self.record(name).await?;
         self.store.set_phase(name, Phase::Deleting, None).await?;
-        self.tear_down(name, &record.ports).await?;
+        self.tear_down(&record).await?;
         self.store.remove(name).await?;
         Ok(())
     }
 
-    /// Kills every process of the cluster and removes its directory and config; does not touch the row.
-    pub(super) async fn tear_down(&self, name: &str, ports: &PortBlock) -> Result<(), KwokError> {
+    /// Kills every process of the cluster, removes its keys from the shared etcd (once its
+    /// apiserver is gone, so none is written back) and its directory and config; does not touch
+    /// the row.
+    pub(super) async fn tear_down(&self, record: &ClusterRecord) -> Result<(), KwokError> {
+        let (name, ports) = (record.name.as_str(), &record.ports);
         let dir = self.cluster_dir(name);
         self.health.forget_readyz_client(name);
         self.health.forget_unready(name);
@@ -35,6 +39,15 @@ impl ClusterManager {
         }
         self.kill_remaining(&dir).await;
         wait_ports_free(ports).await;
+        if record.etcd == EtcdKind::Shared {
+            self.shared_etcd.ensure_running().await?;
+            let deleted = self.shared_etcd.delete_prefix(&etcd_prefix(name)).await?;
+            tracing::debug!(
+                cluster = name,
+                keys = deleted,
+                "removed from the shared etcd"
+            );
+        }
         remove_dir(&dir).await?;
         remove_file(&self.config_path(name)).await?;
         Ok(())

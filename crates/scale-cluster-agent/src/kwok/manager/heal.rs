@@ -9,20 +9,18 @@ use super::files::remove_file;
 use super::processes::{kill_component, wait_port_free};
 use super::{require_phase, ClusterManager, KwokError};
 use crate::kwok::heal::{self, ClusterHealth, ComponentHealth, ComponentState, HealOutcome};
-use crate::kwok::profile::ComponentProfile;
 use crate::kwok::status;
-use crate::store::Phase;
+use crate::store::{EtcdKind, Phase};
 
 impl ClusterManager {
     /// Every component's state right now, from its pid file, `/proc` and (apiserver) `/readyz`.
     /// Cheap enough to run every few seconds per cluster: a few small file reads and, with a live
     /// apiserver, one `/readyz` request on a kept connection. An apiserver that fails `/readyz` is
-    /// reported `NotReady` with the time of the first failed check of that process.
+    /// reported `NotReady` with the time of the first failed check of that process. A cluster in
+    /// the shared etcd lists that etcd as its `etcd` component.
     pub async fn check_health(&self, name: &str) -> Result<ClusterHealth, KwokError> {
         let record = self.record(name).await?;
-        let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
-        let dir = self.cluster_dir(name);
-        let processes = status::component_processes_async(&dir, profile.components()).await;
+        let processes = self.component_processes(&record).await;
         let mut components = Vec::with_capacity(processes.len());
         for process in processes {
             let state = match process.pid.filter(|_| process.alive) {
@@ -62,6 +60,11 @@ impl ClusterManager {
     /// costs ~0.15 s CPU and ~0.15 s wall over spawning the component directly (measured: apiserver
     /// ready 2.8-3.6 s after a restart either way), and keeps one way of starting components.
     /// The previous log of a restarted component is kept as `<component>.previous.log`.
+    ///
+    /// A dead shared etcd is restarted by [`SharedEtcd::ensure_running`] instead (once, however
+    /// many clusters heal at the same time); the apiservers reconnect to it by themselves.
+    ///
+    /// [`SharedEtcd::ensure_running`]: crate::kwok::shared_etcd::SharedEtcd::ensure_running
     pub async fn heal(
         &self,
         name: &str,
@@ -80,7 +83,22 @@ impl ClusterManager {
         }
         tracing::warn!(cluster = name, problems = ?health.problems(), "restarting failed components");
         let dir = self.cluster_dir(name);
-        for restart in &restarted {
+        let is_shared_etcd =
+            |component: &str| record.etcd == EtcdKind::Shared && component == heal::ETCD;
+        let mut restarted = restarted;
+        if restarted.iter().any(|r| is_shared_etcd(&r.component)) {
+            let (_, started) = self.shared_etcd.ensure_running_and_tell().await?;
+            if !started {
+                // Another cluster's heal restarted it meanwhile: not this heal's restart.
+                restarted.retain(|r| !is_shared_etcd(&r.component));
+            }
+        }
+        let own: Vec<_> = restarted
+            .iter()
+            .filter(|r| !is_shared_etcd(&r.component))
+            .cloned()
+            .collect();
+        for restart in &own {
             // An apiserver that runs but does not serve must go before it can be started afresh.
             if let Some(ComponentState::NotReady { pid, .. }) = health
                 .components
@@ -106,7 +124,7 @@ impl ClusterManager {
         }
         // kwokctl truncates a component's log when it starts it: keep the dead process's last
         // words (an OOM kill, a panic) as `<component>.previous.log`.
-        for restart in &restarted {
+        for restart in &own {
             let log = self.log_path(name, &restart.component);
             let previous = self.log_path(name, &format!("{}.previous", restart.component));
             match tokio::fs::rename(&log, &previous).await {
@@ -120,7 +138,9 @@ impl ClusterManager {
             }
         }
         self.health.forget_unready(name);
-        self.kwokctl.start_cluster(name).await?;
+        if !own.is_empty() {
+            self.kwokctl.start_cluster(name).await?;
+        }
         self.wait_ready(name, record.ports.kube_apiserver).await?;
         let after = self.check_health(name).await?;
         for restart in &restarted {
@@ -131,7 +151,11 @@ impl ClusterManager {
                 return Err(KwokError::NotRestarted {
                     name: name.to_string(),
                     component: restart.component.clone(),
-                    log: self.log_path(name, &restart.component),
+                    log: if is_shared_etcd(&restart.component) {
+                        self.shared_etcd.log_path()
+                    } else {
+                        self.log_path(name, &restart.component)
+                    },
                 });
             }
         }

@@ -35,10 +35,11 @@ use super::kwokctl::{Kwokctl, KwokctlError};
 use super::names::InvalidName;
 use super::population::{PopulationError, PopulationProfile};
 use super::profile::ComponentProfile;
-use super::status::ComponentProcess;
+use super::shared_etcd::{SharedEtcd, SharedEtcdError};
+use super::status::{self, ComponentProcess};
 use crate::store::ports::PortBlock;
 use crate::store::ports::PortRange;
-use crate::store::{ClusterRecord, Phase, Store, StoreError};
+use crate::store::{ClusterRecord, EtcdKind, Phase, Store, StoreError};
 use crate::toolchain::Toolchain;
 
 pub use processes::port_is_free;
@@ -94,6 +95,14 @@ pub enum KwokError {
     Busy { name: String, phase: Phase },
     #[error("cluster {name:?} has no running {component} process of its own")]
     NoSuchProcess { name: String, component: String },
+    #[error(transparent)]
+    SharedEtcd(#[from] SharedEtcdError),
+    #[error("cannot detach cluster {name:?} from its kwokctl etcd in {path}: {reason}")]
+    DetachEtcd {
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{0}; rolling back also failed: {1}")]
     RollbackFailed(Box<KwokError>, Box<KwokError>),
 }
@@ -202,6 +211,10 @@ pub struct KwokSettings {
     pub config_dir: PathBuf,
     /// The port blocks clusters are given.
     pub ports: PortRange,
+    /// The shared etcd's directory (pid file, data, log).
+    pub shared_etcd_dir: PathBuf,
+    /// The shared etcd's client port (the next one is its peer port), outside the port blocks.
+    pub shared_etcd_port: u16,
 }
 
 #[derive(Clone)]
@@ -212,6 +225,7 @@ pub struct ClusterManager {
     config_dir: PathBuf,
     ports: PortRange,
     health: Arc<HealthMemory>,
+    shared_etcd: SharedEtcd,
 }
 
 impl ClusterManager {
@@ -220,6 +234,11 @@ impl ClusterManager {
             kwokctl: Kwokctl::new(&toolchain, &settings.workdir),
             config_dir: settings.config_dir.clone(),
             ports: settings.ports,
+            shared_etcd: SharedEtcd::new(
+                &toolchain.etcd,
+                &settings.shared_etcd_dir,
+                settings.shared_etcd_port,
+            ),
             toolchain,
             store,
             health: Arc::default(),
@@ -228,6 +247,11 @@ impl ClusterManager {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The shared etcd of the `lean` clusters (started on first use, adopted if it runs).
+    pub fn shared_etcd(&self) -> &SharedEtcd {
+        &self.shared_etcd
     }
 
     pub fn cluster_dir(&self, name: &str) -> PathBuf {
@@ -264,6 +288,43 @@ impl ClusterManager {
             .get(name)
             .await?
             .ok_or_else(|| StoreError::NotFound(name.to_string()).into())
+    }
+}
+
+/// The components kwokctl runs for a cluster: its profile's, without etcd if the cluster lives
+/// in the shared etcd.
+pub(super) fn kwokctl_components(record: &ClusterRecord) -> Vec<&'static str> {
+    let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
+    profile
+        .components()
+        .iter()
+        .copied()
+        .filter(|c| record.etcd == EtcdKind::Own || *c != super::heal::ETCD)
+        .collect()
+}
+
+impl ClusterManager {
+    /// Every process a cluster needs, observed now: kwokctl's components from their pid files,
+    /// and (first, as it starts first) the shared etcd for a cluster that lives in it.
+    pub(super) async fn component_processes(
+        &self,
+        record: &ClusterRecord,
+    ) -> Vec<ComponentProcess> {
+        let dir = self.cluster_dir(&record.name);
+        let mut processes =
+            status::component_processes_async(&dir, &kwokctl_components(record)).await;
+        if record.etcd == EtcdKind::Shared {
+            let pid = self.shared_etcd.running_pid().await;
+            processes.insert(
+                0,
+                ComponentProcess {
+                    name: super::heal::ETCD.to_string(),
+                    pid,
+                    alive: pid.is_some(),
+                },
+            );
+        }
+        processes
     }
 }
 
@@ -315,6 +376,8 @@ pub(super) mod test_support {
             workdir: dir.join("kwok"),
             config_dir: dir.join("data/kwokctl"),
             ports: PortRange::new(24900, 10, 10).unwrap_or(PortRange::DEFAULT),
+            shared_etcd_dir: dir.join("data/etcd"),
+            shared_etcd_port: 24898,
         };
         let missing = |n: &str| dir.join("missing").join(n);
         let toolchain = Toolchain {
@@ -336,6 +399,7 @@ pub(super) mod test_support {
             name,
             component_profile: "lean",
             population: "{}",
+            etcd: crate::store::EtcdKind::Own,
         };
         manager
             .store()

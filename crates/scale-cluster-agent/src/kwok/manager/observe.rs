@@ -8,7 +8,6 @@ use tokio::time::Instant;
 use super::processes::POLL;
 use super::{endpoint_of, stored_population, ClusterInfo, ClusterManager, Health, KwokError};
 use crate::kwok::heal;
-use crate::kwok::profile::ComponentProfile;
 use crate::kwok::status;
 use crate::store::{ClusterRecord, Phase};
 
@@ -54,8 +53,7 @@ impl ClusterManager {
 
     pub(super) async fn observe(&self, record: ClusterRecord) -> ClusterInfo {
         let dir = self.cluster_dir(&record.name);
-        let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
-        let components = status::component_processes_async(&dir, profile.components()).await;
+        let components = self.component_processes(&record).await;
         let apiserver_ready = components
             .iter()
             .any(|c| c.name == heal::APISERVER && c.alive)

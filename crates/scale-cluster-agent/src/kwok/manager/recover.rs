@@ -5,7 +5,8 @@ use crate::store::{Phase, StoreError};
 
 impl ClusterManager {
     /// Finishes what a crashed process left half-done: a `creating` cluster whose creator is gone is
-    /// rolled back, a `deleting` one is deleted. Returns the names it cleaned up.
+    /// rolled back, a `deleting` one is deleted (its keys in the shared etcd too: the row is only
+    /// removed once they are gone). Returns the names it cleaned up.
     pub async fn recover(&self) -> Result<Vec<String>, KwokError> {
         let mut cleaned = Vec::new();
         let records = self.store.list().await?;
@@ -30,7 +31,7 @@ impl ClusterManager {
         for (record, orphaned) in records.into_iter().zip(orphaned) {
             if orphaned {
                 tracing::warn!(cluster = %record.name, phase = %record.phase, "cleaning up after an interrupted operation");
-                self.tear_down(&record.name, &record.ports).await?;
+                self.tear_down(&record).await?;
                 self.store.remove(&record.name).await?;
                 cleaned.push(record.name);
             }

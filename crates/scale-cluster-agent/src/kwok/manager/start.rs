@@ -3,10 +3,11 @@
 use super::processes::port_is_free;
 use super::{require_phase, ClusterInfo, ClusterManager, KwokError};
 use crate::kwok::status;
-use crate::store::Phase;
+use crate::store::{EtcdKind, Phase};
 
 impl ClusterManager {
-    /// Starts a stopped cluster on its own ports and waits for `/readyz`; objects are kept in etcd.
+    /// Starts a stopped cluster on its own ports and waits for `/readyz`; objects are kept in etcd
+    /// (its own, or the shared one, which is started first if it does not run).
     pub async fn start(&self, name: &str) -> Result<ClusterInfo, KwokError> {
         let record = self.record(name).await?;
         require_phase(
@@ -23,6 +24,9 @@ impl ClusterManager {
                     port,
                 });
             }
+        }
+        if record.etcd == EtcdKind::Shared {
+            self.shared_etcd.ensure_running().await?;
         }
         self.kwokctl.start_cluster(name).await?;
         self.wait_ready(name, record.ports.kube_apiserver).await?;
