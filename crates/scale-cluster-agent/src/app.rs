@@ -78,6 +78,7 @@ impl RunningAgent {
             instance_id: agent_settings.instance_id.clone(),
             rancher_poll: agent_settings.rancher_poll,
             rancher_gone_after: agent_settings.rancher_gone_after,
+            shard: agent_settings.shard.clone(),
             ..AgentConfig::default()
         };
         config.tunnel.backoff.cap = agent_settings.reconnect_max;

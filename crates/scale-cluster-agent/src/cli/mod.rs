@@ -5,6 +5,7 @@ mod output;
 mod preflight;
 mod progress;
 pub mod serve;
+mod shard;
 mod toolchain;
 mod up;
 
@@ -46,6 +47,9 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Run the agent: register clusters with Rancher, hold their tunnels, serve the HTTP API.
     Serve(serve::ServeArgs),
+    /// Shard mode helpers: remove a gone shard's clusters from Rancher.
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
 }
 
 /// Entry point used by `main`.
@@ -80,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Preflight(args) => preflight::run(&settings, args).await,
         Command::Cluster(cmd) => cluster::run(&settings, cmd).await,
         Command::Serve(args) => serve::run(&settings, args).await,
+        Command::Shard(cmd) => shard::run(&settings, cmd).await,
     }
 }
 
