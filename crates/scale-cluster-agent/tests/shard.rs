@@ -76,6 +76,25 @@ async fn main_connects(sim: &RancherSim, id: &str) -> u64 {
         .unwrap_or_default()
 }
 
+/// `shard cleanup --shard <shard>`: whether it succeeded, and what it printed.
+fn cleanup(home: &Home, sim: &RancherSim, shard: &str, timeout: &str) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+        .args(["shard", "cleanup", "--shard", shard, "--timeout", timeout])
+        .env("SCA_DATA_DIR", home.data_dir())
+        .env("SCA_RANCHER_URL", &sim.url)
+        .env("SCA_RANCHER_TOKEN", &sim.token)
+        .env("SCA_RANCHER_CA_FILE", sim.state_dir.join("ca.crt"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running shard cleanup");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
 fn serve(home: &Home, sim: &RancherSim, shard: u32, count: usize) -> AgentGuard {
     let (shard, count) = (shard.to_string(), count.to_string());
     AgentGuard(home.serve(
@@ -149,23 +168,15 @@ async fn shards_converge_grow_shrink_resume_and_clean_up_only_their_own() {
     .await;
     assert_eq!(wait_shard(&sim, 0, 3).await, grown);
 
+    // Cleanup refuses a shard whose agent still runs (it would recreate the clusters).
+    let (ok, printed) = cleanup(&home0, &sim, "0", "4");
+    assert!(!ok && printed.contains("still connected"), "{printed}");
+    assert_eq!(wait_shard(&sim, 0, 3).await, grown, "nothing deleted");
+
     // Shard 1's replica is gone for good: its agent stops, cleanup removes its clusters only.
     drop(agent1);
-    let output = Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
-        .args(["shard", "cleanup", "--shard", "1", "--timeout", "120"])
-        .env("SCA_DATA_DIR", home1.data_dir())
-        .env("SCA_RANCHER_URL", &sim.url)
-        .env("SCA_RANCHER_TOKEN", &sim.token)
-        .env("SCA_RANCHER_CA_FILE", sim.state_dir.join("ca.crt"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running shard cleanup");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{printed}");
+    let (ok, printed) = cleanup(&home1, &sim, "1", "120");
+    assert!(ok, "{printed}");
     assert!(
         printed.contains("left alone: sim-1-00009"),
         "the foreign cluster is reported: {printed}"

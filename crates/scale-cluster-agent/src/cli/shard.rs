@@ -1,7 +1,8 @@
 //! `scale-cluster-agent shard cleanup`: removes from Rancher the clusters of shards whose agent is
 //! gone for good (a StatefulSet scaled down, a release uninstalled), without that agent or its
 //! database. It deletes only clusters named in the shard's series (`<prefix>-<shard>-NNNNN`) that
-//! carry the shard's instance label, then waits until Rancher no longer lists them.
+//! carry the shard's instance label, once none of them is connected any more (the agent is gone;
+//! otherwise it would recreate them), then waits until Rancher no longer lists them.
 
 use std::time::{Duration, Instant};
 
@@ -31,9 +32,15 @@ pub struct CleanupArgs {
     #[arg(long, requires = "shard")]
     pub owner: Option<String>,
 
-    /// Seconds to wait for Rancher to finish removing the clusters (0: do not wait).
+    /// Seconds to wait, in all, for the shard's agent to be gone (its clusters no longer
+    /// connected) and for Rancher to finish removing the clusters.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+
+    /// Delete even while the shard's clusters are still connected (an agent that still runs
+    /// recreates them).
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub shard: ShardArgs,
@@ -70,60 +77,103 @@ async fn cleanup(settings: &Settings, args: CleanupArgs) -> anyhow::Result<()> {
         .await
         .context("checking access to Rancher")?;
 
-    let clusters = rancher
-        .list_clusters()
-        .await
-        .context("listing Rancher's clusters")?;
-    let mut doomed = Vec::new();
-    for cluster in clusters {
-        match select.verdict(&prefix, &cluster) {
-            Verdict::Ignore => {}
-            Verdict::Foreign => eprintln!(
-                "left alone: {} ({}) is named like the shard's but owned by {:?}",
-                cluster.name,
-                cluster.id,
-                cluster.owner().unwrap_or("nobody")
-            ),
-            Verdict::Delete(owner) => {
-                if !cluster.removing {
-                    rancher
-                        .delete_owned_cluster(&cluster.id, &owner)
-                        .await
-                        .with_context(|| format!("deleting {} ({})", cluster.name, cluster.id))?;
-                }
-                println!("deleted {} ({})", cluster.name, cluster.id);
-                doomed.push(cluster.id);
-            }
-        }
-    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut doomed = classify(&rancher, &select, &prefix, true).await?;
     if doomed.is_empty() {
         println!("no clusters of {} in Rancher", select.describe(&prefix));
         return Ok(());
     }
-    if args.timeout == 0 {
-        return Ok(());
+    // A shard whose agent still runs would recreate what is deleted: wait until Rancher sees
+    // every tunnel of the shard gone (its Connected condition no longer True).
+    while !args.force {
+        let connected: Vec<String> = doomed
+            .iter()
+            .filter(|(c, _)| is_connected(c))
+            .map(|(c, _)| c.name.clone())
+            .collect();
+        if connected.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} is still connected to Rancher ({}): its agent still runs; stop it (scale the \
+                 StatefulSet down) first, or pass --force",
+                select.describe(&prefix),
+                connected.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        doomed = classify(&rancher, &select, &prefix, false).await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    for (cluster, owner) in &doomed {
+        if !cluster.removing {
+            rancher
+                .delete_owned_cluster(&cluster.id, owner)
+                .await
+                .with_context(|| format!("deleting {} ({})", cluster.name, cluster.id))?;
+        }
+        println!("deleted {} ({})", cluster.name, cluster.id);
+    }
+    let ids: Vec<&str> = doomed.iter().map(|(c, _)| c.id.as_str()).collect();
     loop {
         let listed = rancher
             .list_clusters()
             .await
             .context("listing Rancher's clusters")?;
-        let left = listed.iter().filter(|c| doomed.contains(&c.id)).count();
+        let left = listed
+            .iter()
+            .filter(|c| ids.contains(&c.id.as_str()))
+            .count();
         if left == 0 {
-            println!("{} clusters removed from Rancher", doomed.len());
+            println!("{} clusters removed from Rancher", ids.len());
             return Ok(());
         }
         if Instant::now() >= deadline {
             bail!(
                 "{left} of {} clusters still listed in Rancher after {}s (deletion requested; \
                  Rancher finishes it in the background)",
-                doomed.len(),
+                ids.len(),
                 args.timeout
             );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// The selected shards' clusters in Rancher with the owner to delete them as; clusters named
+/// like theirs but owned by someone else are reported (when `report`) and left out.
+async fn classify(
+    rancher: &RancherClient,
+    select: &Selection,
+    prefix: &str,
+    report: bool,
+) -> anyhow::Result<Vec<(RancherCluster, String)>> {
+    let clusters = rancher
+        .list_clusters()
+        .await
+        .context("listing Rancher's clusters")?;
+    let mut doomed = Vec::new();
+    for cluster in clusters {
+        match select.verdict(prefix, &cluster) {
+            Verdict::Ignore => {}
+            Verdict::Foreign if report => eprintln!(
+                "left alone: {} ({}) is named like the shard's but owned by {:?}",
+                cluster.name,
+                cluster.id,
+                cluster.owner().unwrap_or("nobody")
+            ),
+            Verdict::Foreign => {}
+            Verdict::Delete(owner) => doomed.push((cluster, owner)),
+        }
+    }
+    Ok(doomed)
+}
+
+/// Whether Rancher reaches the cluster through its agent's tunnel right now.
+fn is_connected(cluster: &RancherCluster) -> bool {
+    cluster
+        .condition("Connected")
+        .is_some_and(|c| c.status == "True")
 }
 
 enum Selection {
