@@ -241,7 +241,7 @@ mod tests {
             Err(ShardError::InvalidName { .. })
         ));
         assert!(matches!(
-            ShardSpec::new(&"x".repeat(50), 0, 1, ComponentProfile::Lean),
+            ShardSpec::new(&"x".repeat(51), 0, 1, ComponentProfile::Lean),
             Err(ShardError::InvalidName { .. })
         ));
         assert_eq!(
