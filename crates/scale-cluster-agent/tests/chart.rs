@@ -149,7 +149,8 @@ async fn chart_lints_renders_valid_objects_and_installs_into_a_kwok_cluster() {
     manager
         .create(CreateRequest {
             name: "chart-target".into(),
-            profile: ComponentProfile::Lean,
+            // Full: the lean profile's controller-manager runs no StatefulSet controller.
+            profile: ComponentProfile::Full,
             population: PopulationProfile {
                 nodes: 1,
                 ..PopulationProfile::default()
