@@ -96,13 +96,22 @@ impl Drop for Shard {
     }
 }
 
+/// Processes whose root directory is `root`. Compared by device and inode: in the container's
+/// mount namespace the link reads `/`.
 fn processes_rooted_at(root: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(want) = std::fs::metadata(root) else {
+        return Vec::new();
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == root))
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/root/"))
+                .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+        })
         .collect()
 }
 
@@ -305,23 +314,11 @@ async fn image_runs_the_rendered_statefulset_as_two_shards_against_rancher_sim()
         "the OCI archive is written"
     );
     // The image's own entrypoint and user, as a container runtime would use them.
-    let entrypoint: Vec<String> = serde_json::from_str(&buildah.run(&[
-        "inspect",
-        "--type",
-        "image",
-        "--format",
-        "{{json .OCIv1.Config.Entrypoint}}",
-        TAG,
-    ]))
-    .unwrap();
-    let user = buildah.run(&[
-        "inspect",
-        "--type",
-        "image",
-        "--format",
-        "{{.OCIv1.Config.User}}",
-        TAG,
-    ]);
+    let inspected: serde_json::Value =
+        serde_json::from_str(&buildah.run(&["inspect", "--type", "image", TAG])).unwrap();
+    let config = &inspected["OCIv1"]["config"];
+    let entrypoint: Vec<String> = serde_json::from_value(config["Entrypoint"].clone()).unwrap();
+    let user = config["User"].as_str().unwrap_or_default();
     assert_eq!(
         user,
         format!("{UID}:{UID}"),
@@ -401,18 +398,22 @@ async fn image_runs_the_rendered_statefulset_as_two_shards_against_rancher_sim()
     }
     shards[1].kill();
     start(&buildah, &objs, &entrypoint, &mut shards[1]);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
     for (id, before) in &connects {
-        support::eventually(
-            DEADLINE,
-            &format!("{id} reconnected by the restarted shard"),
-            || async {
-                let stats = sim.stats(id).await;
-                (stats["stats"]["mainConnects"].as_u64().unwrap_or(0) > *before
-                    && stats["stats"]["connected"] == true)
-                    .then_some(())
-            },
-        )
-        .await;
+        loop {
+            let stats = sim.stats(id).await;
+            if stats["stats"]["mainConnects"].as_u64().unwrap_or(0) > *before
+                && stats["stats"]["connected"] == true
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {id} to be reconnected by the restarted shard: {stats}\n{}",
+                shards[1].log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
     let logs = || {
         shards
