@@ -82,6 +82,9 @@ spec:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
+/// `--set-file` pairs: a value key and the file it is read from.
+type SetFiles<'a> = Vec<(&'a str, &'a Path)>;
+
 fn sets<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     BASE.iter().copied().chain(extra.iter().copied()).collect()
 }
@@ -179,7 +182,7 @@ async fn chart_lints_renders_valid_objects_and_installs_into_a_kwok_cluster() {
         "rancher.existingSecretKey=key",
         "rancher.token=",
     ];
-    let value_sets: Vec<(Vec<&str>, Vec<(&str, &Path)>)> = vec![
+    let value_sets: Vec<(Vec<&str>, SetFiles)> = vec![
         (sets(&[]), vec![]),
         (
             sets(&[

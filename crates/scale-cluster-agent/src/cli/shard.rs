@@ -85,25 +85,27 @@ async fn cleanup(settings: &Settings, args: CleanupArgs) -> anyhow::Result<()> {
     }
     // A shard whose agent still runs would recreate what is deleted: wait until Rancher sees
     // every tunnel of the shard gone (its Connected condition no longer True).
-    while !args.force {
-        let connected: Vec<String> = doomed
-            .iter()
-            .filter(|(c, _)| is_connected(c))
-            .map(|(c, _)| c.name.clone())
-            .collect();
-        if connected.is_empty() {
-            break;
+    if !args.force {
+        loop {
+            let connected: Vec<String> = doomed
+                .iter()
+                .filter(|(c, _)| is_connected(c))
+                .map(|(c, _)| c.name.clone())
+                .collect();
+            if connected.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} is still connected to Rancher ({}): its agent still runs; stop it (scale the \
+                     StatefulSet down) first, or pass --force",
+                    select.describe(&prefix),
+                    connected.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            doomed = classify(&rancher, &select, &prefix, false).await?;
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "{} is still connected to Rancher ({}): its agent still runs; stop it (scale the \
-                 StatefulSet down) first, or pass --force",
-                select.describe(&prefix),
-                connected.join(", ")
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        doomed = classify(&rancher, &select, &prefix, false).await?;
     }
     for (cluster, owner) in &doomed {
         if !cluster.removing {
