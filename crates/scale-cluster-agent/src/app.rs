@@ -81,6 +81,7 @@ impl RunningAgent {
             instance_id: agent_settings.instance_id.clone(),
             rancher_poll: agent_settings.rancher_poll,
             rancher_gone_after: agent_settings.rancher_gone_after,
+            shard: agent_settings.shard.clone(),
             ..AgentConfig::default()
         };
         config.tunnel.backoff.cap = agent_settings.reconnect_max;
@@ -174,14 +175,23 @@ async fn start_steve_host(
     settings: &Settings,
     agent_settings: &AgentSettings,
 ) -> anyhow::Result<SteveHost> {
-    let binary = toolchain::install_component(
-        &settings.toolchain_options(),
-        Component::SteveHost,
-        Progress::auto(),
-    )
-    .await
-    .context("providing the steve host (or run with --steve=false)")?
-    .path;
+    let opts = settings.toolchain_options();
+    // A usable binary is taken as found, without the install lock: a read-only cache (the
+    // container image) cannot hold the lock file, and there is nothing to install.
+    let found = toolchain::status(&opts)
+        .await
+        .into_iter()
+        .find(|s| s.component == Component::SteveHost && s.usable)
+        .and_then(|s| s.path);
+    let binary = match found {
+        Some(path) => path,
+        None => {
+            toolchain::install_component(&opts, Component::SteveHost, Progress::auto())
+                .await
+                .context("providing the steve host (or run with --steve=false)")?
+                .path
+        }
+    };
     Ok(SteveHost::start(SteveHostConfig {
         binary,
         run_dir: settings.data_dir.join("run"),

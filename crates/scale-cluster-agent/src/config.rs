@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::agent::desired::{shard_instance_id, ShardSpec};
 use crate::api::ApiToken as AgentApiToken;
 use crate::kwok::{ComponentProfile, KwokSettings};
 use crate::rancher::{ApiToken, RancherConfig, TlsMode};
@@ -272,6 +273,12 @@ pub struct AgentFile {
     pub instance_id: Option<String>,
     /// File holding the agent API's bearer token.
     pub api_token_file: Option<PathBuf>,
+    /// See `serve --desired-clusters`.
+    pub desired_clusters: Option<usize>,
+    /// See `serve --shard`.
+    pub shard: Option<u32>,
+    /// See `serve --cluster-prefix`.
+    pub cluster_prefix: Option<String>,
 }
 
 /// Resolved settings.
@@ -505,6 +512,8 @@ pub struct AgentSettings {
     pub instance_id: Option<String>,
     pub reconnect_max: std::time::Duration,
     pub steve: SteveSettings,
+    /// Shard mode (`serve --desired-clusters`); set by [`ShardArgs::apply`].
+    pub shard: Option<ShardSpec>,
 }
 
 /// Whether and how the agent serves Steve.
@@ -585,6 +594,7 @@ impl RancherArgs {
                     .or(settings.file.steve.idle_timeout)
                     .map_or(crate::steve::DEFAULT_IDLE_TIMEOUT, |d| d.0),
             },
+            shard: None,
         })
     }
 
@@ -635,6 +645,63 @@ impl RancherArgs {
         AgentApiToken::new(text.trim())
             .map(Some)
             .with_context(|| format!("invalid API token in {}", path.display()))
+    }
+}
+
+/// Default prefix of a shard's cluster names.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "sim";
+
+/// `serve`'s shard mode: converge to a count of clusters named `<prefix>-<shard>-NNNNN`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ShardArgs {
+    /// Shard mode: keep exactly N clusters named <prefix>-<shard>-00001… (creating the missing
+    /// ones, deleting the highest-numbered beyond N); needs --shard.
+    #[arg(long, env = "SCA_DESIRED_CLUSTERS")]
+    pub desired_clusters: Option<usize>,
+
+    /// This agent's shard index (a StatefulSet pod's ordinal); each shard owns its own names.
+    #[arg(long, env = "SCA_SHARD")]
+    pub shard: Option<u32>,
+
+    /// Prefix of a shard's cluster names; unique per Rancher [default: sim].
+    #[arg(long, env = "SCA_CLUSTER_PREFIX")]
+    pub cluster_prefix: Option<String>,
+}
+
+impl ShardArgs {
+    /// The prefix from the flag, the file or the default.
+    pub fn prefix(&self, settings: &Settings) -> String {
+        self.cluster_prefix
+            .clone()
+            .or_else(|| settings.file.agent.cluster_prefix.clone())
+            .unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_string())
+    }
+
+    /// Puts shard mode into `agent` when a desired count is set (flag, env or
+    /// `agent.desiredClusters`): the series, and unless one is set, the shard's stable instance
+    /// id ([`shard_instance_id`]).
+    pub fn apply(&self, settings: &Settings, agent: &mut AgentSettings) -> anyhow::Result<()> {
+        let file = &settings.file.agent;
+        let count = self.desired_clusters.or(file.desired_clusters);
+        let shard = self.shard.or(file.shard);
+        let (count, shard) = match (count, shard) {
+            (None, None) => return Ok(()),
+            (Some(count), Some(shard)) => (count, shard),
+            (Some(_), None) => bail!(
+                "--desired-clusters needs --shard (SCA_SHARD, agent.shard): 0 for a single agent, \
+                 the pod ordinal in a StatefulSet"
+            ),
+            (None, Some(_)) => bail!(
+                "--shard needs --desired-clusters (SCA_DESIRED_CLUSTERS, agent.desiredClusters)"
+            ),
+        };
+        let prefix = self.prefix(settings);
+        let spec = ShardSpec::new(&prefix, shard, count, agent.profile)?;
+        agent
+            .instance_id
+            .get_or_insert_with(|| shard_instance_id(&prefix, shard));
+        agent.shard = Some(spec);
+        Ok(())
     }
 }
 

@@ -19,9 +19,11 @@
 //!   apiserver only; steve: answers Rancher's `/ping`).
 //! - `rancher_watch`: one cluster list per poll: Rancher states, and deletions made in Rancher
 //!   (believed only once confirmed).
+//! - [`desired`]: shard mode, converging to a count of clusters named `<prefix>-<shard>-NNNNN`.
 //! - [`view`]: what the API shows ([`ClusterView`], [`Health`]).
 //! - `faults`: tunnel drops, process kills and cluster clients for scenarios.
 
+pub mod desired;
 mod faults;
 pub mod prepare;
 mod rancher_watch;
@@ -70,6 +72,9 @@ pub struct AgentConfig {
     /// Tunnel options shared by every cluster (keepalive, reconnect backoff). What the tunnels
     /// trust comes from the Rancher client ([`RancherClient::tunnel_tls`]).
     pub tunnel: tunnels::TunnelOptions,
+    /// Shard mode: the series of clusters to converge to ([`desired`]); `None` leaves the
+    /// clusters to the API.
+    pub shard: Option<desired::ShardSpec>,
 }
 
 impl Default for AgentConfig {
@@ -86,6 +91,7 @@ impl Default for AgentConfig {
                 cap: Duration::from_secs(120),
             },
             tunnel: tunnels::TunnelOptions::default(),
+            shard: None,
         }
     }
 }
@@ -223,6 +229,9 @@ impl Agent {
             move || loaded.tunnel_load(),
             agent.inner.shutdown.clone(),
         ));
+        if let Some(spec) = agent.inner.config.shard.clone() {
+            agent.inner.tasks.spawn(desired::run(agent.clone(), spec));
+        }
         let task = tokio::spawn(reconcile::run(agent.clone()));
         Ok((agent, task))
     }

@@ -7,6 +7,7 @@ mod progress;
 mod report;
 mod scenario;
 pub mod serve;
+mod shard;
 mod toolchain;
 mod up;
 
@@ -53,6 +54,9 @@ pub enum Command {
     Scenario(scenario::ScenarioCommand),
     /// Make a run report (HTML or Markdown, with plots) from what the agent recorded.
     Report(report::ReportArgs),
+    /// Shard mode helpers: remove a gone shard's clusters from Rancher.
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
 }
 
 /// Entry point used by `main`.
@@ -89,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&settings, args).await,
         Command::Scenario(cmd) => scenario::run(&settings, cmd).await,
         Command::Report(args) => report::run(&settings, args).await,
+        Command::Shard(cmd) => shard::run(&settings, cmd).await,
     }
 }
 

@@ -5,16 +5,19 @@
 use clap::Args;
 
 use crate::app::RunningAgent;
-use crate::config::{RancherArgs, Settings};
+use crate::config::{RancherArgs, Settings, ShardArgs};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub rancher: RancherArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
-    let agent_settings = args.rancher.resolve(settings)?;
+    let mut agent_settings = args.rancher.resolve(settings)?;
+    args.shard.apply(settings, &mut agent_settings)?;
     let running = RunningAgent::start(settings, &agent_settings).await?;
     eprintln!(
         "agent API on {} (Ctrl-C to stop; clusters keep running)",

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod agent_home;
+pub mod chart;
 pub mod go_build;
 pub mod rancher_sim;
 

@@ -234,6 +234,7 @@ impl RancherSim {
                 enabled: true,
                 idle_timeout: Duration::from_secs(600),
             },
+            shard: None,
         }
     }
 
