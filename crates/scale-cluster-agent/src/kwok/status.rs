@@ -62,21 +62,26 @@ pub async fn processes_in_async(cluster_dir: &Path) -> Vec<u32> {
 /// [`component_processes`] on the blocking pool.
 pub async fn component_processes_async(
     cluster_dir: &Path,
-    components: &'static [&'static str],
+    components: &[&'static str],
 ) -> Vec<ComponentProcess> {
     let dir: PathBuf = cluster_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || component_processes(&dir, components))
-        .await
-        .unwrap_or_else(|_| {
-            components
-                .iter()
-                .map(|name| ComponentProcess {
-                    name: (*name).to_string(),
-                    pid: None,
-                    alive: false,
-                })
-                .collect()
-        })
+    // Owned for the blocking task: the list may be computed per cluster (its kwok.yaml).
+    let components = components.to_vec();
+    tokio::task::spawn_blocking({
+        let components = components.clone();
+        move || component_processes(&dir, &components)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        components
+            .iter()
+            .map(|name| ComponentProcess {
+                name: (*name).to_string(),
+                pid: None,
+                alive: false,
+            })
+            .collect()
+    })
 }
 
 /// The pid file kwokctl writes for `component`.

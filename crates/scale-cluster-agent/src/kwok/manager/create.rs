@@ -86,9 +86,10 @@ impl ClusterManager {
                 name: &req.name,
                 config: &config,
                 ports,
-                profile_flags: req.profile.create_flags(),
+                profile_flags: self.create_flags(req.profile),
             })
             .await?;
+        self.attach_controllers(&req.name).await?;
         self.wait_ready(&req.name, ports.kube_apiserver).await?;
         let ready = started.elapsed();
         let client = population::client(&self.kubeconfig_path(&req.name)).await?;

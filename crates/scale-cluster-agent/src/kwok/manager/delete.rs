@@ -21,6 +21,7 @@ impl ClusterManager {
     /// Kills every process of the cluster and removes its directory and config; does not touch the row.
     pub(super) async fn tear_down(&self, name: &str, ports: &PortBlock) -> Result<(), KwokError> {
         let dir = self.cluster_dir(name);
+        self.detach_controllers(name).await;
         self.health.forget_readyz_client(name);
         self.health.forget_unready(name);
         // The data is about to be removed: no need for a graceful shutdown.

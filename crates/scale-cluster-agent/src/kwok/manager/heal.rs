@@ -22,7 +22,8 @@ impl ClusterManager {
         let record = self.record(name).await?;
         let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
         let dir = self.cluster_dir(name);
-        let processes = status::component_processes_async(&dir, profile.components()).await;
+        let expected = self.expected_components(name, profile).await;
+        let processes = status::component_processes_async(&dir, &expected).await;
         let mut components = Vec::with_capacity(processes.len());
         for process in processes {
             let state = match process.pid.filter(|_| process.alive) {

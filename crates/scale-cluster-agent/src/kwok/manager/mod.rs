@@ -10,6 +10,7 @@
 //! this file holds the manager, its types and where a cluster's files are. What a cluster runs is
 //! data ([`ComponentProfile`]); how kwokctl is invoked is `kwokctl.rs`.
 
+mod controllers;
 mod create;
 mod delete;
 mod ensure_running;
@@ -91,6 +92,8 @@ pub enum KwokError {
     },
     #[error("cluster {name:?} is {phase}; another operation owns it, so it cannot be adopted")]
     Busy { name: String, phase: Phase },
+    #[error(transparent)]
+    ControllerHost(#[from] crate::controllers::ControllerHostError),
     #[error("{0}; rolling back also failed: {1}")]
     RollbackFailed(Box<KwokError>, Box<KwokError>),
 }
@@ -209,6 +212,8 @@ pub struct ClusterManager {
     config_dir: PathBuf,
     ports: PortRange,
     health: Arc<HealthMemory>,
+    /// The agent's controller host, if it has one ([`ClusterManager::with_controller_host`]).
+    controller_host: Option<Arc<crate::controllers::ControllerHost>>,
 }
 
 impl ClusterManager {
@@ -220,6 +225,7 @@ impl ClusterManager {
             toolchain,
             store,
             health: Arc::default(),
+            controller_host: None,
         }
     }
 

@@ -55,7 +55,8 @@ impl ClusterManager {
     pub(super) async fn observe(&self, record: ClusterRecord) -> ClusterInfo {
         let dir = self.cluster_dir(&record.name);
         let profile: ComponentProfile = record.component_profile.parse().unwrap_or_default();
-        let components = status::component_processes_async(&dir, profile.components()).await;
+        let expected = self.expected_components(&record.name, profile).await;
+        let components = status::component_processes_async(&dir, &expected).await;
         let apiserver_ready = components
             .iter()
             .any(|c| c.name == heal::APISERVER && c.alive)
