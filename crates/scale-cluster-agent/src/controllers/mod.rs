@@ -53,8 +53,9 @@ fn components_in(text: &str) -> Option<Vec<String>> {
         name: String,
     }
     for doc in serde_yaml::Deserializer::from_str(text) {
+        // A syntax error ends the stream: serde_yaml's iterator would yield it forever.
         let Ok(doc) = <Doc as serde::Deserialize>::deserialize(doc) else {
-            continue;
+            return None;
         };
         if doc.kind.as_deref() == Some("KwokctlConfiguration") {
             return doc
