@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 
 	"k8s.io/client-go/kubernetes"
@@ -15,12 +16,14 @@ import (
 	"sigs.k8s.io/kwok/pkg/client/clientset/versioned"
 	"sigs.k8s.io/kwok/pkg/config"
 	"sigs.k8s.io/kwok/pkg/kwok/controllers"
+	kwoklog "sigs.k8s.io/kwok/pkg/log"
 	"sigs.k8s.io/kwok/pkg/utils/client"
 	utilsslices "sigs.k8s.io/kwok/pkg/utils/slices"
 )
 
 // kwokSettings are the kwok-controller flags kwokctl gives a cluster's kwok-controller.
 type kwokSettings struct {
+	cluster    string // tags the cluster's log lines
 	kubeconfig string // --kubeconfig
 	configPath string // --config (the cluster's kwok.yaml: its stages and KwokConfiguration)
 }
@@ -29,6 +32,12 @@ type kwokSettings struct {
 // ends, wired from the configuration and stages as sigs.k8s.io/kwok/pkg/kwok/cmd's runE wires
 // them, without its HTTP server (logs/exec/port-forward of fake pods, which nothing here uses).
 func runKwok(ctx context.Context, s kwokSettings) error {
+	// kwok logs every lease renewal and pod patch at info: noise at hundreds of clusters.
+	level := kwoklog.LevelWarn
+	if verboseLogs {
+		level = kwoklog.LevelInfo
+	}
+	ctx = kwoklog.NewContext(ctx, kwoklog.NewLogger(os.Stderr, level).With("cluster", s.cluster))
 	objs, err := config.Load(ctx, s.configPath)
 	if err != nil {
 		return fmt.Errorf("loading %s: %w", s.configPath, err)
@@ -54,10 +63,15 @@ func runKwok(ctx context.Context, s kwokSettings) error {
 		return fmt.Errorf("%s holds no stages", s.configPath)
 	}
 
-	id, err := controllers.Identity()
+	// kwok-controller takes a new identity (hostname_uuid) per process; a lease held by an
+	// identity that is gone is not taken over while nothing changes it, so after a host restart
+	// the nodes' leases would stop being renewed. One identity per cluster and machine lets the
+	// restarted host renew the leases its predecessor held.
+	hostname, err := os.Hostname()
 	if err != nil {
-		return err
+		return fmt.Errorf("hostname: %w", err)
 	}
+	id := hostname + "_controller-host_" + s.cluster
 	clientset, err := client.NewClientset("", s.kubeconfig)
 	if err != nil {
 		return err

@@ -47,6 +47,9 @@ import (
 // plus a hash of these sources, which `--version` reports and the toolchain checks.
 var version = "dev"
 
+// verboseLogs is --verbose: the controllers' informational messages are logged too.
+var verboseLogs bool
+
 func main() {
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	socket := flag.String("socket", "", "unix socket to serve the control API on (its directory should be private to this user)")
@@ -62,6 +65,7 @@ func main() {
 		return
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	verboseLogs = *verbose
 	setUpLogging(*verbose)
 	// kcm's command does this before running: it watches deprecated APIs on purpose.
 	restclient.SetDefaultWarningHandler(restclient.NoWarnings{})
@@ -78,14 +82,16 @@ func main() {
 func setUpLogging(verbose bool) {
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)
-	_ = fs.Set("logtostderr", "true")
 	if verbose {
+		_ = fs.Set("logtostderr", "true")
 		_ = fs.Set("v", "2")
-	} else {
-		_ = fs.Set("v", "0")
-		// Info lines still go out at v=0 (every controller's start, every cache sync).
-		klog.SetOutputBySeverity("INFO", io.Discard)
+		return
 	}
+	// Warnings and errors go to stderr; info lines (every controller's start and cache sync,
+	// per cluster) go to klog's "file" output, which is discarded.
+	_ = fs.Set("logtostderr", "false")
+	_ = fs.Set("stderrthreshold", "WARNING")
+	klog.SetOutput(io.Discard)
 }
 
 func splitList(s string) []string {
@@ -150,6 +156,7 @@ func clusterParts(clustersDir string, controllers []string) []part {
 		{name: "kwok-controller", run: func(ctx context.Context, name string) error {
 			dir := filepath.Join(clustersDir, name)
 			return runKwok(ctx, kwokSettings{
+				cluster:    name,
 				kubeconfig: filepath.Join(dir, "kubeconfig.yaml"),
 				configPath: filepath.Join(dir, "kwok.yaml"),
 			})
