@@ -19,6 +19,11 @@ use scale_cluster_agent::cli::Cli;
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::toolchain::{self, Progress, Toolchain};
 
+/// Processes of one `lean` cluster created by an agent: etcd and kube-apiserver, its
+/// kube-controller-manager's and kwok-controller's controllers running in the agent's one
+/// controller host instead.
+pub const LEAN_AGENT_PROCESSES: usize = 2;
+
 /// Settings as the CLI would resolve them from the environment.
 pub fn settings() -> Settings {
     let cli = Cli::try_parse_from(["scale-cluster-agent", "toolchain", "status"])
