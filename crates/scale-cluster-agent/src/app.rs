@@ -1,13 +1,14 @@
 //! The application wiring shared by `serve`, `up` and the tests: [`RunningAgent`] takes the data
 //! directory (lock file, private dirs), provisions the toolchain, opens the store, builds the KWOK
-//! manager and the Rancher client, starts the steve host (unless Steve is off), the agent and its
-//! HTTP API, writes the discovery file, and on [`RunningAgent::stop`] shuts all of it down,
-//! awaiting its tasks and the steve host. It is the one place that
+//! manager and the Rancher client, starts the steve host (unless Steve is off) and the controller
+//! host (unless it is off), the agent and its HTTP API, writes the discovery file, and on
+//! [`RunningAgent::stop`] shuts all of it down, awaiting its tasks and the hosts. It is the one place that
 //! knows every layer; the CLI commands around it only parse, print and wait for a signal.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use fs4::fs_std::FileExt;
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, AgentConfig};
 use crate::api;
 use crate::config::{AgentSettings, Settings};
+use crate::controllers::{ControllerHost, ControllerHostConfig};
 use crate::kwok::ClusterManager;
 use crate::rancher::RancherClient;
 use crate::scenario::{Limits, Runner};
@@ -46,6 +48,8 @@ pub struct RunningAgent {
     reconcile: JoinHandle<()>,
     /// The steve host serving Steve behind the steve tunnels; `None` with Steve off.
     steve: Option<SteveHost>,
+    /// The controller host running the lean clusters' controllers; `None` when it is off.
+    controllers: Option<Arc<ControllerHost>>,
     /// Held for the agent's lifetime: a second agent on the same data directory would run a second
     /// reconcile loop over the same clusters.
     _lock: File,
@@ -67,7 +71,14 @@ impl RunningAgent {
         let toolchain = provision_toolchain(&settings.toolchain_options()).await?;
         let state_db = settings.state_db();
         let store = blocking(move || Ok(Store::open(&state_db)?)).await?;
-        let manager = ClusterManager::new(&settings.kwok(), toolchain, store);
+        let mut manager = ClusterManager::new(&settings.kwok(), toolchain, store);
+        let controllers = if agent_settings.controller_host {
+            let host = Arc::new(start_controller_host(settings).await?);
+            manager = manager.with_controller_host(host.clone());
+            Some(host)
+        } else {
+            None
+        };
         let rancher = RancherClient::new(agent_settings.rancher.clone())
             .await
             .context("setting up the Rancher client")?;
@@ -124,6 +135,7 @@ impl RunningAgent {
             stop_server,
             reconcile,
             steve,
+            controllers,
             _lock: lock,
         };
         // The token goes into the private discovery file so the CLI of the same user can call
@@ -164,6 +176,11 @@ impl RunningAgent {
         if let Some(steve) = &self.steve {
             steve.shutdown().await;
         }
+        // After the reconcile loop: nothing registers clusters any more. The clusters keep
+        // running (as they do when the agent stops); a new agent registers them again.
+        if let Some(controllers) = &self.controllers {
+            controllers.shutdown().await;
+        }
         self.server.await.context("API server task")??;
         removed
     }
@@ -198,6 +215,28 @@ async fn start_steve_host(
         clusters_dir: crate::steve::clusters_dir(&settings.kwok()),
         idle_timeout: agent_settings.steve.idle_timeout,
         log_file: settings.data_dir.join("logs").join("steve-host.log"),
+        backoff: remotedialer::Backoff::default(),
+    })
+    .await?)
+}
+
+/// The controller host binary (built on first use) started under the agent's supervision, its
+/// socket in `<data-dir>/run` and its log in `<data-dir>/logs`.
+async fn start_controller_host(settings: &Settings) -> anyhow::Result<ControllerHost> {
+    let binary = toolchain::install_component(
+        &settings.toolchain_options(),
+        Component::ControllerHost,
+        Progress::auto(),
+    )
+    .await
+    .context("providing the controller host (or run with --controller-host=false)")?
+    .path;
+    Ok(ControllerHost::start(ControllerHostConfig {
+        binary,
+        run_dir: settings.data_dir.join("run"),
+        clusters_dir: crate::steve::clusters_dir(&settings.kwok()),
+        controllers: crate::controllers::LEAN_CONTROLLERS.to_string(),
+        log_file: settings.data_dir.join("logs").join("controller-host.log"),
         backoff: remotedialer::Backoff::default(),
     })
     .await?)

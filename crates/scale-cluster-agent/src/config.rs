@@ -105,6 +105,10 @@ pub struct ToolchainArgs {
     #[arg(long, env = "SCA_STEVE_HOST_BINARY", global = true)]
     pub steve_host_binary: Option<PathBuf>,
 
+    /// controller-host binary (the agent's clusters' controllers) to use instead of PATH/cache.
+    #[arg(long, env = "SCA_CONTROLLER_HOST_BINARY", global = true)]
+    pub controller_host_binary: Option<PathBuf>,
+
     /// Mirror serving the official release paths (see `toolchain install --help` for the layout);
     /// setting it makes `install` download rather than build.
     #[arg(long, env = "SCA_DOWNLOAD_BASE_URL", global = true)]
@@ -362,6 +366,7 @@ impl Settings {
             (Component::Kubectl, &args.kubectl_binary),
             (Component::Etcd, &args.etcd_binary),
             (Component::SteveHost, &args.steve_host_binary),
+            (Component::ControllerHost, &args.controller_host_binary),
         ]
         .into_iter()
         .filter_map(|(c, p)| p.clone().map(|p| (c, p)))
@@ -496,6 +501,12 @@ pub struct RancherArgs {
     /// How long a cluster's Steve server lives without requests (90s, 10m, 1h) [default: 10m].
     #[arg(long, env = "SCA_STEVE_IDLE_TIMEOUT")]
     pub steve_idle_timeout: Option<DurationText>,
+
+    /// Run the kube-controller-manager and kwok controllers of the `lean` clusters the agent
+    /// creates in one controller host process instead of two processes per cluster;
+    /// `--controller-host=false` keeps kwokctl's processes [default: true].
+    #[arg(long, env = "SCA_CONTROLLER_HOST", num_args = 0..=1, default_missing_value = "true")]
+    pub controller_host: Option<bool>,
 }
 
 /// Resolved agent options.
@@ -514,6 +525,8 @@ pub struct AgentSettings {
     pub steve: SteveSettings,
     /// Shard mode (`serve --desired-clusters`); set by [`ShardArgs::apply`].
     pub shard: Option<ShardSpec>,
+    /// Whether `lean` clusters the agent creates run their controllers in the controller host.
+    pub controller_host: bool,
 }
 
 /// Whether and how the agent serves Steve.
@@ -595,6 +608,7 @@ impl RancherArgs {
                     .map_or(crate::steve::DEFAULT_IDLE_TIMEOUT, |d| d.0),
             },
             shard: None,
+            controller_host: self.controller_host.unwrap_or(true),
         })
     }
 

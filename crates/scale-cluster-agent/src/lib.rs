@@ -23,6 +23,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod controllers;
 pub mod kwok;
 pub mod observe;
 pub mod preflight;

@@ -119,8 +119,11 @@ async fn stop_start_and_scale_through_the_agent_act_on_the_real_cluster_and_surv
     let dir = home.kwok_workdir().join("clusters").join(name);
     let kubeconfig = dir.join("kubeconfig.yaml");
     let running = support::cluster_processes(&dir);
-    // kube-apiserver, kube-controller-manager, kwok-controller: lean's etcd is the shared one.
-    assert_eq!(running.len(), 3, "a lean cluster: {running:?}");
+    assert_eq!(
+        running.len(),
+        support::LEAN_AGENT_PROCESSES,
+        "a lean cluster: {running:?}"
+    );
     support::eventually(DEADLINE, "both tunnels open in rancher-sim", || async {
         (sessions(&sim, &id).await == (1, 1)).then_some(())
     })
@@ -221,7 +224,10 @@ async fn stop_start_and_scale_through_the_agent_act_on_the_real_cluster_and_surv
     let mut agent = AgentGuard(home.serve(&sim, &sim.token.clone(), &[]));
     let api = home.api_url(&mut agent.0).await;
     wait_all_active(&api, &[name.to_string()]).await;
-    assert_eq!(support::cluster_processes(&dir).len(), 3);
+    assert_eq!(
+        support::cluster_processes(&dir).len(),
+        support::LEAN_AGENT_PROCESSES
+    );
     support::eventually(DEADLINE, "both tunnels open after the restart", || async {
         (sessions(&sim, &id).await == (1, 1)).then_some(())
     })

@@ -177,8 +177,8 @@ async fn agent_killed_at_random_points_converges_without_duplicates_orphans_or_h
     );
     assert_eq!(
         home.kwok_processes().len(),
-        3 * wanted.len(),
-        "three lean processes per wanted cluster (etcd is the shared one), nothing leaked"
+        support::LEAN_AGENT_PROCESSES * wanted.len(),
+        "a lean cluster's processes per wanted cluster, nothing leaked"
     );
 
     // Delete everything: nothing may be left but the foreign cluster, untouched.

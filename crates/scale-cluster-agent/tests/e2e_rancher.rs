@@ -154,7 +154,7 @@ async fn bulk_created_clusters_go_active_and_rancher_sees_only_their_own_nodes()
         .exists());
     assert_eq!(
         home.kwok_processes().len(),
-        3 * 4,
+        3 * support::LEAN_AGENT_PROCESSES,
         "three lean clusters of four processes remain"
     );
 
@@ -225,7 +225,7 @@ async fn agent_killed_mid_bulk_create_recovers_without_duplicates_or_leaks() {
     );
     assert_eq!(
         home.kwok_processes().len(),
-        4 * 4,
+        4 * support::LEAN_AGENT_PROCESSES,
         "no leaked control-plane processes"
     );
 }
@@ -338,7 +338,7 @@ async fn deletes_are_never_lost_whatever_phase_the_cluster_is_in() {
     assert_eq!(clusters(&api).await.len(), 1);
     assert_eq!(
         home.kwok_processes().len(),
-        4,
+        support::LEAN_AGENT_PROCESSES,
         "one lean cluster's processes"
     );
 }
@@ -447,8 +447,11 @@ async fn a_killed_apiserver_or_etcd_of_an_active_cluster_is_healed_and_others_ar
     let clusters_dir = home.kwok_workdir().join("clusters");
     let (sick, healthy) = (clusters_dir.join(&names[0]), clusters_dir.join(&names[1]));
     let healthy_before = support::cluster_processes(&healthy);
-    // kube-apiserver, kube-controller-manager, kwok-controller: lean's etcd is the shared one.
-    assert_eq!(healthy_before.len(), 3, "{healthy_before:?}");
+    assert_eq!(
+        healthy_before.len(),
+        support::LEAN_AGENT_PROCESSES,
+        "{healthy_before:?}"
+    );
 
     for component in ["kube-apiserver"] {
         let before = support::cluster_processes(&sick);

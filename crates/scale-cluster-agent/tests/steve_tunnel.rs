@@ -603,18 +603,24 @@ async fn the_agent_supervises_a_private_tokenless_host_and_writes_stv_aggregatio
         std::fs::metadata(&run_dir).unwrap().permissions().mode() & 0o777,
         0o700
     );
-    let pids = support::processes_mentioning(&run_dir);
-    assert_eq!(pids.len(), 1, "one steve host: {pids:?}");
-    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
-    let environ = String::from_utf8_lossy(&environ);
-    assert!(
-        !environ.contains(sim.token.as_str()),
-        "the host got the API token"
-    );
-    assert!(
-        !environ.contains(token),
-        "the host got the registration token"
-    );
+    // The controller host shares the run directory and gets no token either.
+    for host in ["steve-host", "controller-host"] {
+        let pids: Vec<u32> = support::processes_mentioning(&run_dir)
+            .into_iter()
+            .filter(|pid| support::program_name(*pid).as_deref() == Some(host))
+            .collect();
+        assert_eq!(pids.len(), 1, "one {host}: {pids:?}");
+        let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            !environ.contains(sim.token.as_str()),
+            "{host} got the API token"
+        );
+        assert!(
+            !environ.contains(token),
+            "{host} got the registration token"
+        );
+    }
     let (status, body) = unix_get(&run_dir.join("steve-host.sock"), "/v1/nodes", "stv-agent").await;
     assert_eq!(status, 200, "{body}");
     let nodes: Value = serde_json::from_str(&body).unwrap();
@@ -623,7 +629,7 @@ async fn the_agent_supervises_a_private_tokenless_host_and_writes_stv_aggregatio
     running.stop().await.expect("stop");
     assert!(
         support::processes_mentioning(&run_dir).is_empty(),
-        "stop ended the steve host"
+        "stop ended the steve host and the controller host"
     );
 }
 

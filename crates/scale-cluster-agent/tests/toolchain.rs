@@ -96,6 +96,7 @@ fn fake_binary(component: Component, version: &str) -> Vec<u8> {
         Component::Kwok => format!("kwok version {version} go1.26.8 (linux/amd64)"),
         Component::Kwokctl => format!("kwokctl version {version} go1.26.8 (linux/amd64)"),
         Component::SteveHost => format!("steve-host version {version}"),
+        Component::ControllerHost => format!("controller-host version {version}"),
     };
     format!("#!/bin/sh\necho '{line}'\n").into_bytes()
 }
@@ -242,14 +243,16 @@ async fn download_installs_every_component_and_second_install_is_a_no_op() {
     assert_eq!(mirror.total_hits(), first_round);
     assert_eq!(toolchain::locate(&opts).await.unwrap(), tc);
     let status = toolchain::status(&opts).await;
-    // The steve host has no release to download: status reports it missing.
+    // The hosts have no release to download: status reports them missing.
     assert!(status
         .iter()
         .filter(|s| Component::ALL.contains(&s.component))
         .all(|s| s.usable && s.source == Source::Cache));
-    assert!(status
-        .iter()
-        .any(|s| s.component == Component::SteveHost && s.source == Source::Missing));
+    for host in [Component::SteveHost, Component::ControllerHost] {
+        assert!(status
+            .iter()
+            .any(|s| s.component == host && s.source == Source::Missing));
+    }
 }
 
 #[tokio::test]

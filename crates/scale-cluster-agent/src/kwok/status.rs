@@ -65,19 +65,23 @@ pub async fn component_processes_async(
     components: &[&'static str],
 ) -> Vec<ComponentProcess> {
     let dir: PathBuf = cluster_dir.to_path_buf();
-    let names = components.to_vec();
-    tokio::task::spawn_blocking(move || component_processes(&dir, &names))
-        .await
-        .unwrap_or_else(|_| {
-            components
-                .iter()
-                .map(|name| ComponentProcess {
-                    name: (*name).to_string(),
-                    pid: None,
-                    alive: false,
-                })
-                .collect()
-        })
+    // Owned for the blocking task: the list may be computed per cluster (its kwok.yaml).
+    let components = components.to_vec();
+    tokio::task::spawn_blocking({
+        let components = components.clone();
+        move || component_processes(&dir, &components)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        components
+            .iter()
+            .map(|name| ComponentProcess {
+                name: (*name).to_string(),
+                pid: None,
+                alive: false,
+            })
+            .collect()
+    })
 }
 
 /// The pid file kwokctl writes for `component`.

@@ -1,7 +1,7 @@
 //! Building components from the pinned Go modules with the local `go`. The module files under
-//! `tools/` and the steve host's sources (`hosts/steve-host`) are embedded in this binary and
-//! written to a temporary module directory, so an installed agent builds the same pins outside the
-//! repository.
+//! `tools/` and the hosts' sources (`hosts/steve-host`, `hosts/controller-host`) are embedded in
+//! this binary and written to a temporary module directory, so an installed agent builds the same
+//! pins outside the repository.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,7 +11,7 @@ use super::progress::Progress;
 use super::version::verify;
 use super::{Component, ToolchainError, ToolchainOptions, KUBE_VERSION};
 
-/// One Go module: a wrapper pinning a Go project (`tools/<name>/`), or the steve host's own.
+/// One Go module: a wrapper pinning a Go project (`tools/<name>/`), or a host's own.
 struct GoModule {
     name: &'static str,
     /// `(file name, contents)`, written into the module directory.
@@ -89,22 +89,67 @@ pub const STEVE_VERSION: &str = "v0.9.18";
 /// The steve host's version: [`STEVE_VERSION`] plus 16 hex digits of an FNV-1a hash of its
 /// embedded sources, computed at compile time. Any change to the sources is a new version, hence
 /// a new cache entry and a rebuild, never a stale binary.
-pub const STEVE_HOST_VERSION: &str = match std::str::from_utf8(&steve_host_version_bytes()) {
+pub const STEVE_HOST_VERSION: &str = match std::str::from_utf8(&host_version_bytes::<
+    STEVE_HOST_VERSION_LEN,
+>(&STEVE_HOST_MODULE, STEVE_VERSION))
+{
     Ok(version) => version,
     Err(_) => panic!("the steve host version is ASCII"),
 };
 
 const STEVE_HOST_VERSION_LEN: usize = STEVE_VERSION.len() + 1 + 16;
 
-const fn steve_host_version_bytes() -> [u8; STEVE_HOST_VERSION_LEN] {
+/// The controller host's whole module (its tests aside), as for the steve host.
+const CONTROLLER_HOST_MODULE: GoModule = GoModule {
+    name: "controller-host",
+    files: &[
+        (
+            "go.mod",
+            include_str!("../../../../hosts/controller-host/go.mod"),
+        ),
+        (
+            "go.sum",
+            include_str!("../../../../hosts/controller-host/go.sum"),
+        ),
+        (
+            "main.go",
+            include_str!("../../../../hosts/controller-host/main.go"),
+        ),
+        (
+            "clusters.go",
+            include_str!("../../../../hosts/controller-host/clusters.go"),
+        ),
+        (
+            "kcm.go",
+            include_str!("../../../../hosts/controller-host/kcm.go"),
+        ),
+        (
+            "kwok.go",
+            include_str!("../../../../hosts/controller-host/kwok.go"),
+        ),
+    ],
+};
+
+/// The controller host's version: the Kubernetes pin ([`KUBE_VERSION`], whose kube-controller-manager
+/// it embeds) plus the hash of its embedded sources, as for [`STEVE_HOST_VERSION`].
+pub const CONTROLLER_HOST_VERSION: &str =
+    match std::str::from_utf8(&host_version_bytes::<CONTROLLER_HOST_VERSION_LEN>(
+        &CONTROLLER_HOST_MODULE,
+        KUBE_VERSION,
+    )) {
+        Ok(version) => version,
+        Err(_) => panic!("the controller host version is ASCII"),
+    };
+
+const CONTROLLER_HOST_VERSION_LEN: usize = KUBE_VERSION.len() + 1 + 16;
+
+/// `<pin>-<16 hex digits>`: `N` must be `pin.len() + 17`.
+const fn host_version_bytes<const N: usize>(module: &GoModule, pin: &str) -> [u8; N] {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut f = 0;
-    while f < STEVE_HOST_MODULE.files.len() {
+    while f < module.files.len() {
         // Name and contents, each followed by a 0 byte, so moving text between files changes it.
-        let parts = [
-            STEVE_HOST_MODULE.files[f].0.as_bytes(),
-            STEVE_HOST_MODULE.files[f].1.as_bytes(),
-        ];
+        let parts = [module.files[f].0.as_bytes(), module.files[f].1.as_bytes()];
         let mut p = 0;
         while p < parts.len() {
             let mut i = 0;
@@ -118,8 +163,8 @@ const fn steve_host_version_bytes() -> [u8; STEVE_HOST_VERSION_LEN] {
         }
         f += 1;
     }
-    let mut out = [0u8; STEVE_HOST_VERSION_LEN];
-    let prefix = STEVE_VERSION.as_bytes();
+    let mut out = [0u8; N];
+    let prefix = pin.as_bytes();
     let mut i = 0;
     while i < prefix.len() {
         out[i] = prefix[i];
@@ -148,18 +193,24 @@ fn recipe(component: Component) -> (&'static GoModule, &'static str) {
         Component::Kubectl => (&K8S_MODULE, "k8s.io/kubernetes/cmd/kubectl"),
         Component::Etcd => (&ETCD_MODULE, "go.etcd.io/etcd/server/v3"),
         Component::SteveHost => (&STEVE_HOST_MODULE, "."),
+        Component::ControllerHost => (&CONTROLLER_HOST_MODULE, "."),
     }
 }
 
 /// `-ldflags` for `component`: stripped, plus (for Kubernetes) the version stamps of
 /// `hack/lib/version.sh`, so `--version` and `/version` report the pin instead of `v0.0.0-master`,
-/// and (for the steve host) its own version. The build date is fixed so rebuilds are reproducible.
+/// and (for the hosts) their own version. The build date is fixed so rebuilds are reproducible.
 pub(crate) fn ldflags(component: Component) -> String {
     let mut ld = String::from("-s -w");
-    if component == Component::SteveHost {
-        ld.push_str(&format!(" -X main.version={STEVE_HOST_VERSION}"));
+    match component {
+        Component::SteveHost => ld.push_str(&format!(" -X main.version={STEVE_HOST_VERSION}")),
+        Component::ControllerHost => {
+            ld.push_str(&format!(" -X main.version={CONTROLLER_HOST_VERSION}"))
+        }
+        _ => {}
     }
-    if recipe(component).0.name == K8S_MODULE.name {
+    // The controller host embeds kube-controller-manager: its version stamps are the same.
+    if recipe(component).0.name == K8S_MODULE.name || component == Component::ControllerHost {
         let (major, minor) = kube_major_minor();
         for pkg in [
             "k8s.io/component-base/version",
@@ -397,7 +448,36 @@ mod tests {
     /// its hash, hence its version, would not change with it).
     #[test]
     fn every_steve_host_source_is_embedded() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hosts/steve-host");
+        assert_every_source_embedded("steve-host", &STEVE_HOST_MODULE);
+    }
+
+    #[test]
+    fn every_controller_host_source_is_embedded() {
+        assert_every_source_embedded("controller-host", &CONTROLLER_HOST_MODULE);
+    }
+
+    #[test]
+    fn the_controller_host_version_is_the_kube_pin_and_a_source_hash() {
+        let hash = CONTROLLER_HOST_VERSION
+            .strip_prefix(&format!("{KUBE_VERSION}-"))
+            .unwrap();
+        assert_eq!(hash.len(), 16);
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{hash}");
+        let ld = ldflags(Component::ControllerHost);
+        assert!(ld.contains(&format!(" -X main.version={CONTROLLER_HOST_VERSION}")));
+        assert!(ld.contains(&format!(
+            "k8s.io/component-base/version.gitVersion={KUBE_VERSION}"
+        )));
+        assert_eq!(
+            Component::ControllerHost.pinned_version(),
+            CONTROLLER_HOST_VERSION
+        );
+    }
+
+    fn assert_every_source_embedded(host: &str, module: &GoModule) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../hosts")
+            .join(host);
         let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -406,11 +486,7 @@ mod tests {
             })
             .collect();
         on_disk.sort();
-        let mut embedded: Vec<String> = STEVE_HOST_MODULE
-            .files
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let mut embedded: Vec<String> = module.files.iter().map(|(n, _)| n.to_string()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded);
     }

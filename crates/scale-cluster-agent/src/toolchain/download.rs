@@ -51,7 +51,7 @@ fn arch() -> &'static str {
     }
 }
 
-/// `None` for the steve host, which has no release: it is only ever built.
+/// `None` for the hosts, which have no release: they are only ever built.
 pub(crate) fn artifact(component: Component, base_url: Option<&str>) -> Option<Artifact> {
     let version = component.pinned_version();
     let bin = component.binary_name();
@@ -93,7 +93,7 @@ pub(crate) fn artifact(component: Component, base_url: Option<&str>) -> Option<A
                 member: Some(format!("{stem}/etcd")),
             }
         }
-        Component::SteveHost => return None,
+        Component::SteveHost | Component::ControllerHost => return None,
     })
 }
 

@@ -21,9 +21,9 @@ pub struct Installed {
 /// Makes every component available (explicit, `PATH`, cache, else build or download) and returns
 /// the cluster toolchain's paths. A second run finds everything and only reports.
 ///
-/// The steve host is provisioned too, when it can be: it is only ever built, so with
-/// `--toolchain-source download`, or without `go` in automatic mode, it is skipped with a line
-/// saying so (KWOK clusters do not need it; an agent serving Steve then says what is missing).
+/// The hosts (steve, controller) are provisioned too, when they can be: they are only ever built,
+/// so with `--toolchain-source download`, or without `go` in automatic mode, they are skipped with
+/// a line saying so (KWOK clusters do not need them; an agent then says what is missing).
 pub async fn install(
     opts: &ToolchainOptions,
     progress: Progress,
@@ -40,17 +40,25 @@ pub async fn install(
             hint: "not provisioned".to_string(),
         })
     })?;
-    match provision(opts, Component::SteveHost, progress).await {
-        Ok(_) => {}
-        Err(err @ (ToolchainError::BuildOnly { .. } | ToolchainError::NoGo { .. }))
-            if opts.source != SourcePreference::Build =>
-        {
-            progress.line(&format!(
-                "{}: skipped ({err}); an agent serving Steve needs it (or runs with --steve=false)",
-                Component::SteveHost
-            ));
+    for (host, needed_by) in [
+        (
+            Component::SteveHost,
+            "an agent serving Steve needs it (or runs with --steve=false)",
+        ),
+        (
+            Component::ControllerHost,
+            "an agent hosting its clusters' controllers needs it (or runs with --controller-host=false)",
+        ),
+    ] {
+        match provision(opts, host, progress).await {
+            Ok(_) => {}
+            Err(err @ (ToolchainError::BuildOnly { .. } | ToolchainError::NoGo { .. }))
+                if opts.source != SourcePreference::Build =>
+            {
+                progress.line(&format!("{host}: skipped ({err}); {needed_by}"));
+            }
+            Err(err) => return Err(err),
         }
-        Err(err) => return Err(err),
     }
     Ok(toolchain)
 }

@@ -1,6 +1,7 @@
 //! Toolchain provisioning: finds, builds (from the pinned Go modules under `tools/`) or downloads the
-//! KWOK and Kubernetes binaries every simulated cluster runs, and builds the agent's steve host
-//! (`hosts/steve-host`, embedded), caching them per version outside the work tree
+//! KWOK and Kubernetes binaries every simulated cluster runs, and builds the agent's hosts
+//! (`hosts/steve-host`, `hosts/controller-host`, embedded), caching them per version outside the
+//! work tree
 //! (`~/.cache/scale-cluster-agent/<component>/<version>/`).
 //!
 //! Resolution order for each component (see [`locate`] and [`install`]):
@@ -11,9 +12,9 @@
 //! 5. ([`install`] only) a download of the official release binary, checked against its SHA-256.
 //!
 //! Every binary found is verified by running it (`--version`) and matching the pinned version.
-//! The steve host has no upstream release: its version is the Steve pin plus a hash of its
-//! embedded sources ([`STEVE_HOST_VERSION`]), so changed sources are a new cache entry, and it is
-//! only ever built.
+//! The hosts have no upstream release: a host's version is its pin (Steve's, Kubernetes') plus a
+//! hash of its embedded sources ([`STEVE_HOST_VERSION`], [`CONTROLLER_HOST_VERSION`]), so changed
+//! sources are a new cache entry, and they are only ever built.
 
 mod build;
 mod download;
@@ -28,7 +29,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use build::STEVE_HOST_VERSION;
+pub use build::{CONTROLLER_HOST_VERSION, STEVE_HOST_VERSION};
 pub use download::{MIRROR_LAYOUT, OFFICIAL_GITHUB, OFFICIAL_KUBE};
 pub use install::{install, install_component, Installed};
 pub use locate::{locate, status, ComponentStatus};
@@ -55,6 +56,9 @@ pub enum Component {
     /// The agent's steve host (`hosts/steve-host`), which serves Rancher's Steve API for the
     /// simulated clusters; not part of a cluster's [`Toolchain`].
     SteveHost,
+    /// The agent's controller host (`hosts/controller-host`), which runs kube-controller-manager's
+    /// and kwok's controllers for the simulated clusters; not part of a cluster's [`Toolchain`].
+    ControllerHost,
 }
 
 impl Component {
@@ -71,7 +75,7 @@ impl Component {
 
     /// Every component: the cluster binaries and the steve host. `install` provisions and
     /// `status` reports all of them.
-    pub const EVERY: [Component; 8] = [
+    pub const EVERY: [Component; 9] = [
         Component::Kwokctl,
         Component::Kwok,
         Component::KubeApiserver,
@@ -80,6 +84,7 @@ impl Component {
         Component::Kubectl,
         Component::Etcd,
         Component::SteveHost,
+        Component::ControllerHost,
     ];
 
     /// File name of the binary (also the cache sub-directory).
@@ -93,6 +98,7 @@ impl Component {
             Component::Kubectl => "kubectl",
             Component::Etcd => "etcd",
             Component::SteveHost => "steve-host",
+            Component::ControllerHost => "controller-host",
         }
     }
 
@@ -102,6 +108,7 @@ impl Component {
             Component::Kwokctl | Component::Kwok => KWOK_VERSION,
             Component::Etcd => ETCD_VERSION,
             Component::SteveHost => STEVE_HOST_VERSION,
+            Component::ControllerHost => CONTROLLER_HOST_VERSION,
             _ => KUBE_VERSION,
         }
     }
@@ -145,7 +152,7 @@ impl Toolchain {
             Component::KubeScheduler => &self.kube_scheduler,
             Component::Kubectl => &self.kubectl,
             Component::Etcd => &self.etcd,
-            Component::SteveHost => return None,
+            Component::SteveHost | Component::ControllerHost => return None,
         })
     }
 

@@ -42,6 +42,7 @@ pub fn parse_version(component: Component, output: &str) -> Option<String> {
         Component::Kwok => "kwok version ",
         Component::Kwokctl => "kwokctl version ",
         Component::SteveHost => "steve-host version ",
+        Component::ControllerHost => "controller-host version ",
     };
     let version = output
         .lines()

@@ -20,6 +20,11 @@ use scale_cluster_agent::cli::Cli;
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::toolchain::{self, Progress, Toolchain};
 
+/// Processes of one `lean` cluster created by an agent: its kube-apiserver alone. Its objects live
+/// in the one shared etcd, and its kube-controller-manager's and kwok-controller's controllers run
+/// in the agent's one controller host.
+pub const LEAN_AGENT_PROCESSES: usize = 1;
+
 /// Settings as the CLI would resolve them from the environment.
 pub fn settings() -> Settings {
     let cli = Cli::try_parse_from(["scale-cluster-agent", "toolchain", "status"])

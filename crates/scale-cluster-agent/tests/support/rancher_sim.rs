@@ -218,7 +218,8 @@ impl RancherSim {
     }
 
     /// Settings for an in-process agent ([`RunningAgent`](scale_cluster_agent::app::RunningAgent))
-    /// against this sim: lean clusters one at a time, fast Rancher polls, Steve on.
+    /// against this sim: lean clusters one at a time, fast Rancher polls, Steve and the controller
+    /// host on.
     pub fn agent_settings(&self) -> scale_cluster_agent::config::AgentSettings {
         scale_cluster_agent::config::AgentSettings {
             rancher: self.config(),
@@ -235,6 +236,7 @@ impl RancherSim {
                 idle_timeout: Duration::from_secs(600),
             },
             shard: None,
+            controller_host: true,
         }
     }
 

@@ -126,9 +126,10 @@ impl ClusterManager {
                 name: &req.name,
                 config: &config,
                 ports,
-                profile_flags: req.profile.create_flags(),
+                profile_flags: self.create_flags(req.profile),
             })
             .await?;
+        self.attach_controllers(&req.name).await?;
         self.wait_ready(&req.name, ports.kube_apiserver).await?;
         let ready = started.elapsed();
         // The cluster already serves from the shared etcd: this is clean-up, not bring-up.

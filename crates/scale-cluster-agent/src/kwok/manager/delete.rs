@@ -25,6 +25,7 @@ impl ClusterManager {
     pub(super) async fn tear_down(&self, record: &ClusterRecord) -> Result<(), KwokError> {
         let (name, ports) = (record.name.as_str(), &record.ports);
         let dir = self.cluster_dir(name);
+        self.detach_controllers(name).await;
         self.health.forget_readyz_client(name);
         self.health.forget_unready(name);
         // The data is about to be removed: no need for a graceful shutdown.

@@ -17,6 +17,8 @@ impl ClusterManager {
             Phase::Running => {
                 let info = self.get(name).await?;
                 if info.health == Health::Ready {
+                    // After an agent restart: the (new) controller host learns of the cluster.
+                    self.attach_controllers(name).await?;
                     return Ok(info);
                 }
                 // Processes died (host reboot, OOM kill): stop what is left, then start again.

@@ -10,6 +10,7 @@
 //! this file holds the manager, its types and where a cluster's files are. What a cluster runs is
 //! data ([`ComponentProfile`]); how kwokctl is invoked is `kwokctl.rs`.
 
+mod controllers;
 mod create;
 mod delete;
 mod ensure_running;
@@ -103,6 +104,8 @@ pub enum KwokError {
         path: PathBuf,
         reason: String,
     },
+    #[error(transparent)]
+    ControllerHost(#[from] crate::controllers::ControllerHostError),
     #[error("{0}; rolling back also failed: {1}")]
     RollbackFailed(Box<KwokError>, Box<KwokError>),
 }
@@ -226,6 +229,8 @@ pub struct ClusterManager {
     ports: PortRange,
     health: Arc<HealthMemory>,
     shared_etcd: SharedEtcd,
+    /// The agent's controller host, if it has one ([`ClusterManager::with_controller_host`]).
+    controller_host: Option<Arc<crate::controllers::ControllerHost>>,
 }
 
 impl ClusterManager {
@@ -242,6 +247,7 @@ impl ClusterManager {
             toolchain,
             store,
             health: Arc::default(),
+            controller_host: None,
         }
     }
 
@@ -304,15 +310,16 @@ pub(super) fn kwokctl_components(record: &ClusterRecord) -> Vec<&'static str> {
 }
 
 impl ClusterManager {
-    /// Every process a cluster needs, observed now: kwokctl's components from their pid files,
+    /// Every process a cluster needs, observed now: kwokctl's components (those its `kwok.yaml`
+    /// lists: not kcm and kwok-controller when the controller host runs them) from their pid files,
     /// and (first, as it starts first) the shared etcd for a cluster that lives in it.
     pub(super) async fn component_processes(
         &self,
         record: &ClusterRecord,
     ) -> Vec<ComponentProcess> {
         let dir = self.cluster_dir(&record.name);
-        let mut processes =
-            status::component_processes_async(&dir, &kwokctl_components(record)).await;
+        let expected = self.expected_components(record).await;
+        let mut processes = status::component_processes_async(&dir, &expected).await;
         if record.etcd == EtcdKind::Shared {
             let pid = self.shared_etcd.running_pid().await;
             processes.insert(

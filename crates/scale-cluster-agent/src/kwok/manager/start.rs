@@ -29,6 +29,7 @@ impl ClusterManager {
             self.shared_etcd.ensure_running().await?;
         }
         self.kwokctl.start_cluster(name).await?;
+        self.attach_controllers(name).await?;
         self.wait_ready(name, record.ports.kube_apiserver).await?;
         self.store.set_phase(name, Phase::Running, None).await?;
         self.get(name).await

@@ -21,6 +21,7 @@ impl ClusterManager {
             "running",
         )?;
         let dir = self.cluster_dir(name);
+        self.detach_controllers(name).await;
         self.terminate_processes(&dir).await;
         self.kwokctl.stop_cluster(name).await?;
         self.kill_remaining(&dir).await;
