@@ -69,6 +69,20 @@ pub async fn install_component(
     component: Component,
     progress: Progress,
 ) -> Result<Installed, ToolchainError> {
+    // A usable binary is taken without the lock: the lock file is written, and a read-only
+    // cache (the container image's) must still serve the binaries it holds.
+    if let Ok(Some(found)) = lookup(opts, component).await.found {
+        progress.line(&format!(
+            "{component} {}: {} ({})",
+            component.pinned_version(),
+            found.path.display(),
+            found.source
+        ));
+        return Ok(Installed {
+            path: found.path,
+            source: found.source,
+        });
+    }
     let _lock = lock(opts, progress).await?;
     provision(opts, component, progress).await
 }
