@@ -236,7 +236,8 @@ impl RancherSim {
                 idle_timeout: Duration::from_secs(600),
             },
             shard: None,
-            controller_host: true,
+            // The agent's default; tests/controller_host.rs runs the host itself.
+            controller_host: false,
         }
     }
 
