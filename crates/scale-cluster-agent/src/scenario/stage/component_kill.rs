@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{is_up, millis, p50_max, StageContext, StageError, OBSERVE};
+use super::{millis, p50_max, Only, StageContext, StageError, OBSERVE};
 use crate::scenario::spec::ComponentKill;
 
 /// Healing a killed apiserver means restarting it and waiting for `/readyz`.
@@ -17,14 +17,7 @@ pub async fn run(
     context: &mut StageContext<'_>,
     kill: &ComponentKill,
 ) -> Result<serde_json::Value, StageError> {
-    let up: Vec<String> = context
-        .clusters()
-        .await?
-        .into_iter()
-        .filter(is_up)
-        .map(|c| c.name)
-        .collect();
-    let picked = context.pick(kill.clusters, &up);
+    let picked = context.pick_clusters(kill.clusters, Only::Up).await?;
     let component = kill.component.as_str();
     let mut killed: HashMap<String, (u32, Instant)> = HashMap::new();
     for name in &picked {

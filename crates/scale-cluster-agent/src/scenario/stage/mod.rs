@@ -74,6 +74,22 @@ impl StageContext<'_> {
         Ok(clusters.into_iter().map(|(_, c)| c).collect())
     }
 
+    /// A seeded random pick of `share` of the scenario's clusters (those up, with [`Only::Up`]).
+    pub async fn pick_clusters(
+        &mut self,
+        share: Share,
+        only: Only,
+    ) -> Result<Vec<String>, StageError> {
+        let names: Vec<String> = self
+            .clusters()
+            .await?
+            .into_iter()
+            .filter(|c| only == Only::Any || is_up(c))
+            .map(|c| c.name)
+            .collect();
+        Ok(self.pick(share, &names))
+    }
+
     /// A seeded random pick of `share` of `from`, in name order.
     pub fn pick(&mut self, share: Share, from: &[String]) -> Vec<String> {
         let count = share.of(from.len() as u32) as usize;
@@ -97,6 +113,14 @@ impl StageContext<'_> {
             Ok(())
         }
     }
+}
+
+/// Which clusters a stage picks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    Any,
+    /// Up as Rancher sees it ([`is_up`]): faults are injected only into healthy clusters.
+    Up,
 }
 
 /// Whether a cluster is fully up as Rancher sees it: active, both tunnels connected, and

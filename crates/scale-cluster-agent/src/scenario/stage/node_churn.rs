@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::Api;
 use tokio::time::Instant;
 
-use super::{millis, p50_max, StageContext, StageError};
+use super::{millis, p50_max, Only, StageContext, StageError};
 use crate::kwok::population::{FIELD_MANAGER, MANAGED_LABEL};
 use crate::scenario::spec::NodeChurn;
 
@@ -25,13 +25,7 @@ pub async fn run(
     context: &mut StageContext<'_>,
     churn: &NodeChurn,
 ) -> Result<serde_json::Value, StageError> {
-    let names: Vec<String> = context
-        .clusters()
-        .await?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    let picked = context.pick(churn.clusters, &names);
+    let picked = context.pick_clusters(churn.clusters, Only::Any).await?;
     let mut clients = Vec::with_capacity(picked.len());
     for name in &picked {
         clients.push((name.clone(), context.agent.cluster_client(name).await?));

@@ -9,7 +9,7 @@ use kube::Api;
 use rand::seq::IndexedRandom;
 use tokio::time::Instant;
 
-use super::{millis, StageContext, StageError};
+use super::{millis, Only, StageContext, StageError};
 use crate::kwok::population::MANAGED_LABEL;
 use crate::scenario::spec::PodChurn;
 
@@ -17,13 +17,7 @@ pub async fn run(
     context: &mut StageContext<'_>,
     churn: &PodChurn,
 ) -> Result<serde_json::Value, StageError> {
-    let names: Vec<String> = context
-        .clusters()
-        .await?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    let picked = context.pick(churn.clusters, &names);
+    let picked = context.pick_clusters(churn.clusters, Only::Any).await?;
     // Per cluster: a client and its pods (namespace, name), listed once: churned pods keep their
     // names.
     let mut targets = Vec::new();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{millis, StageContext, StageError, OBSERVE};
+use super::{millis, Only, StageContext, StageError, OBSERVE};
 use crate::scenario::spec::ScaleNodes;
 
 /// Applying a scale creates or deletes Node objects (and their pods) in a real apiserver.
@@ -16,13 +16,7 @@ pub async fn run(
     scale: &ScaleNodes,
 ) -> Result<serde_json::Value, StageError> {
     let started = Instant::now();
-    let names: Vec<String> = context
-        .clusters()
-        .await?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    let picked = context.pick(scale.clusters, &names);
+    let picked = context.pick_clusters(scale.clusters, Only::Any).await?;
     for name in &picked {
         context.check_stop()?;
         context.agent.scale(name, i64::from(scale.to)).await?;

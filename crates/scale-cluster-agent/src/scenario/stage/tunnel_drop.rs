@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{is_up, millis, p50_max, StageContext, StageError};
+use super::{millis, p50_max, Only, StageContext, StageError};
 use crate::scenario::spec::TunnelDrop;
 
 /// How long the stage watches for reconnects before it reports the clusters still down (a
@@ -22,14 +22,7 @@ pub async fn run(
     context: &mut StageContext<'_>,
     drop: &TunnelDrop,
 ) -> Result<serde_json::Value, StageError> {
-    let up: Vec<String> = context
-        .clusters()
-        .await?
-        .into_iter()
-        .filter(is_up)
-        .map(|c| c.name)
-        .collect();
-    let picked = context.pick(drop.clusters, &up);
+    let picked = context.pick_clusters(drop.clusters, Only::Up).await?;
     let started = Instant::now();
     let step = if picked.len() > 1 {
         drop.spread.0 / (picked.len() as u32 - 1)
