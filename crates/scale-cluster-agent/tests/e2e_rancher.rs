@@ -300,10 +300,11 @@ async fn deletes_are_never_lost_whatever_phase_the_cluster_is_in() {
             (view["phase"] == phase).then_some(())
         })
         .await;
-        delete(&api, name).await;
+        // The answer itself: a cluster caught early has little to undo and may be gone before
+        // another request could read it.
         assert_eq!(
-            cluster_view(&api, name).await.map(|v| v["phase"].clone()),
-            Some(json!("deleting")),
+            delete(&api, name).await["phase"],
+            json!("deleting"),
             "a requested delete shows at once"
         );
         wait_gone_everywhere(&home, &sim, &api, name).await;

@@ -298,8 +298,11 @@ impl Agent {
     pub async fn delete(&self, name: &str) -> Result<ClusterView, AgentError> {
         self.check_running()?;
         self.inner.store.request_deletion(name, None).await?;
+        // Read before the worker is told: a cluster with little to undo can be gone a moment
+        // later, and the caller must still see the `deleting` it asked for.
+        let view = self.get(name).await;
         self.cancel_worker(name);
-        self.get(name).await
+        view
     }
 
     /// Ends the current step of a cluster's worker, which then reads the cluster again (and

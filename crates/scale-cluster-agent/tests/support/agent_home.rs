@@ -254,18 +254,17 @@ pub async fn create(api: &str, name: &str) {
     post_created(api, "/clusters", json!({ "name": name })).await;
 }
 
-pub async fn delete(api: &str, name: &str) {
+/// Requests a cluster's deletion and returns the cluster as the answer showed it.
+pub async fn delete(api: &str, name: &str) -> Value {
     let resp = http()
         .delete(format!("{api}/clusters/{name}"))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.status(),
-        202,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 202, "{body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// Waits until `name` is gone from the agent, its KWOK directory and processes are gone, and no
