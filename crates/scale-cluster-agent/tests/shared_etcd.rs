@@ -17,6 +17,7 @@ use kube::Api;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use scale_cluster_agent::config::Settings;
+use scale_cluster_agent::kwok::shared_etcd::SharedEtcd;
 use scale_cluster_agent::kwok::{
     ClusterManager, ComponentProfile, ComponentState, CreateRequest, Health, PopulationProfile,
     RestartReason,
@@ -358,4 +359,45 @@ async fn a_busy_shared_etcd_port_fails_a_lean_create_clearly_and_records_nothing
     assert!(manager.store().get("no-etcd").await.unwrap().is_none());
     assert!(!manager.cluster_dir("no-etcd").exists());
     assert!(support::processes_mentioning(dir.path()).is_empty());
+}
+
+/// A caller cancelled anywhere in the shared etcd's start (a delete abandoning the bring-up that
+/// started it) leaves no etcd, or one the next call adopts: never one that holds the port
+/// without a pid file, which failed every later start ("port in use by another process").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cancelled_at_any_point_leaves_an_etcd_the_next_call_adopts() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_dir = dir.path().join("etcd");
+    let etcd = SharedEtcd::new(&support::toolchain().etcd, &etcd_dir, 26396);
+    let _cleanup = KillOnDrop(etcd_dir.clone());
+    // From before the spawn to the health wait: each cut lands at another point of the start.
+    for cut_after_ms in [0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89] {
+        let cut =
+            tokio::time::timeout(Duration::from_millis(cut_after_ms), etcd.ensure_running()).await;
+        let pid = etcd
+            .ensure_running()
+            .await
+            .unwrap_or_else(|e| panic!("after a cut at {cut_after_ms} ms ({cut:?}): {e}"));
+        assert!(etcd.healthy().await);
+        let running: Vec<u32> = support::processes_mentioning(&etcd_dir.join(""))
+            .into_iter()
+            .filter(|p| support::program_name(*p).as_deref() == Some("etcd"))
+            .collect();
+        assert_eq!(running, [pid], "one etcd, the adopted one");
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        support::eventually(DEADLINE, "the killed etcd to free its port", || async {
+            std::net::TcpListener::bind(("127.0.0.1", 26396))
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+}
+
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        support::kill_processes_mentioning(&self.0);
+    }
 }

@@ -156,11 +156,22 @@ impl SharedEtcd {
     /// [`Self::ensure_running`], also telling whether this call started it (false: it ran, or
     /// another caller, e.g. another cluster's heal, started it meanwhile).
     pub async fn ensure_running_and_tell(&self) -> Result<(u32, bool), SharedEtcdError> {
-        let _one_start = self.inner.start.lock().await;
-        if let Some(pid) = self.running_pid().await {
-            return Ok((pid, false));
-        }
-        self.start().await.map(|pid| (pid, true))
+        // In a task of its own, which a cancelled caller (a delete abandoning a bring-up) does
+        // not cut short: a start stopped between the spawn and the pid file would leave an etcd
+        // nobody adopts, holding the port every later start needs.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _one_start = this.inner.start.lock().await;
+            if let Some(pid) = this.running_pid().await {
+                return Ok((pid, false));
+            }
+            this.start().await.map(|pid| (pid, true))
+        })
+        .await
+        .map_err(|e| SharedEtcdError::Io {
+            path: self.inner.dir.clone(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     async fn start(&self) -> Result<u32, SharedEtcdError> {

@@ -105,6 +105,16 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
+        // A failed test's agent log goes with it: the temporary home is removed below.
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(300).collect();
+            eprintln!("--- last {} lines of the agent's log ---", tail.len());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         super::kill_processes_mentioning(&self.kwok_workdir().join("clusters").join(""));
         // The shared etcd of `lean` clusters is a daemon in the data dir.
         super::kill_processes_mentioning(&self.data_dir().join("etcd").join(""));
