@@ -503,8 +503,8 @@ pub struct RancherArgs {
     pub steve_idle_timeout: Option<DurationText>,
 
     /// Run the kube-controller-manager and kwok controllers of the `lean` clusters the agent
-    /// creates in one controller host process instead of two processes per cluster (opt-in until
-    /// its end-to-end deletion tests pass in CI; kwokctl's processes otherwise) [default: false].
+    /// creates in one controller host process instead of two processes per cluster; `false`
+    /// keeps kwokctl's processes [default: true].
     #[arg(long, env = "SCA_CONTROLLER_HOST", num_args = 0..=1, default_missing_value = "true")]
     pub controller_host: Option<bool>,
 }
@@ -608,7 +608,7 @@ impl RancherArgs {
                     .map_or(crate::steve::DEFAULT_IDLE_TIMEOUT, |d| d.0),
             },
             shard: None,
-            controller_host: self.controller_host.unwrap_or(false),
+            controller_host: self.controller_host.unwrap_or(true),
         })
     }
 

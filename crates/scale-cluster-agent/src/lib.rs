@@ -7,6 +7,8 @@
 //! - [`rancher`]: the Rancher management-API client (imported clusters, registration tokens).
 //! - [`agent`]: the per-cluster lifecycle (reconcile loop) and the two tunnels per cluster.
 //! - [`steve`]: Rancher's Steve API behind the steve tunnels (the supervised steve host, the proxy).
+//! - [`controllers`]: the controller host running every `lean` cluster's kcm and kwok controllers.
+//! - [`supervisor`]: the one supervision of both hosts (restart with backoff, private, tokenless).
 //! - [`scenario`]: scale-test scenario files (stages of ramps, holds, churn and faults).
 //! - [`api`]: the agent's HTTP API (axum server, discovery file, typed client for the CLI).
 //! - [`process`]: process identity (pid + start time) and the one liveness rule.
@@ -34,4 +36,5 @@ pub mod scenario;
 pub mod secrets;
 pub mod steve;
 pub mod store;
+pub mod supervisor;
 pub mod toolchain;

@@ -552,9 +552,7 @@ async fn the_agent_supervises_a_private_tokenless_host_and_writes_stv_aggregatio
         .await
         .unwrap();
     steve_host_binary().await;
-    let mut agent = sim.agent_settings();
-    // The controller host (opt-in) is supervised the same way: checked below too.
-    agent.controller_host = true;
+    let agent = sim.agent_settings();
     let running = RunningAgent::start(&settings, &agent)
         .await
         .expect("agent starts");

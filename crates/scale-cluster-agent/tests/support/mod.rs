@@ -20,10 +20,9 @@ use scale_cluster_agent::cli::Cli;
 use scale_cluster_agent::config::Settings;
 use scale_cluster_agent::toolchain::{self, Progress, Toolchain};
 
-/// Processes of one `lean` cluster created by a `serve` agent: kube-apiserver,
-/// kube-controller-manager and kwok-controller. Its objects live in the one shared etcd; the
-/// controller host is opt-in (`--controller-host`), and the tests that use it say so.
-pub const LEAN_AGENT_PROCESSES: usize = 3;
+/// Processes of one `lean` cluster created by a `serve` agent: its kube-apiserver alone. Its
+/// objects live in the one shared etcd, and its controllers run in the agent's controller host.
+pub const LEAN_AGENT_PROCESSES: usize = 1;
 
 /// Settings as the CLI would resolve them from the environment.
 pub fn settings() -> Settings {

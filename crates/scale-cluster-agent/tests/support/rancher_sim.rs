@@ -236,8 +236,7 @@ impl RancherSim {
                 idle_timeout: Duration::from_secs(600),
             },
             shard: None,
-            // The agent's default; tests/controller_host.rs runs the host itself.
-            controller_host: false,
+            controller_host: true,
         }
     }
 
