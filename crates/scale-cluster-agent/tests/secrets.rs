@@ -278,14 +278,29 @@ async fn no_secret_in_logs_files_or_child_environments_at_trace_level() {
 
     // The components' environment and arguments, while they run.
     let mut pids = support::processes_mentioning(&kwok.join("clusters").join(""));
-    assert!(
-        pids.len() >= 6,
+    assert_eq!(
+        pids.len(),
+        2 * support::LEAN_AGENT_PROCESSES,
         "two clusters' components are running: {pids:?}"
     );
     // The shared etcd of `lean` clusters, a daemon the agent starts itself.
     let shared_etcd = support::processes_mentioning(&home.path().join("data/etcd/"));
     assert_eq!(shared_etcd.len(), 1, "{shared_etcd:?}");
     pids.extend(shared_etcd);
+    // Every other child of the agent: its hosts (Steve, the clusters' controllers) and whatever
+    // runs at this moment.
+    let children: Vec<u32> = support::children_of(agent.child.id())
+        .into_iter()
+        .filter(|pid| !pids.contains(pid))
+        .collect();
+    let names: Vec<String> = children
+        .iter()
+        .filter_map(|pid| support::program_name(*pid))
+        .collect();
+    for host in ["steve-host", "controller-host"] {
+        assert!(names.iter().any(|n| n == host), "{host} runs: {names:?}");
+    }
+    pids.extend(children);
     let mut haystacks = Vec::new();
     for pid in &pids {
         for file in ["environ", "cmdline"] {

@@ -148,6 +148,28 @@ pub fn process_identity(pid: u32) -> Option<(u32, u64)> {
     Some((pid, start))
 }
 
+/// Live processes whose parent is `parent` (field 4 of `/proc/<pid>/stat`).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+                    let state = fields.next()?;
+                    let ppid = fields.next()?.parse::<u32>().ok()?;
+                    (state != "Z").then_some(ppid)
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// The program a process runs (base name of `argv[0]`).
 pub fn program_name(pid: u32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
