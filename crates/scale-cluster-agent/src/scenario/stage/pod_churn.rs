@@ -71,6 +71,9 @@ pub async fn run(
     }))
 }
 
+/// How long a churned pod's old object may take to go before its re-creation counts as an error.
+const RECREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Deletes a pod at once (no grace: no kubelet would confirm) and creates it again from what it
 /// was.
 async fn restart(client: &kube::Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
@@ -89,13 +92,15 @@ async fn restart(client: &kube::Client, namespace: &str, name: &str) -> Result<(
         spec: old.spec,
         status: None,
     };
-    // The old object may take a moment to go; a conflict means it is still there.
-    let mut attempts = 0;
+    // The old object goes when kwok, playing the kubelet, deletes it: its `pod-delete` stage waits
+    // 1 s plus jitter, more when the controllers are busy. A conflict means it is still there.
+    let deadline = tokio::time::Instant::now() + RECREATE_WAIT;
     loop {
         match pods.create(&PostParams::default(), &again).await {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 20 => {
-                attempts += 1;
+            Err(kube::Error::Api(status))
+                if status.code == 409 && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(error) => return Err(error),
