@@ -59,23 +59,29 @@ pub enum HostSetupError {
     SocketPathTooLong { label: &'static str, path: PathBuf },
 }
 
-/// `<run_dir>/<file>`, refused if too long for a unix socket.
-pub fn socket_path(
+/// Prepares a host's private (0700) directories, the run directory and the log's, and returns
+/// its socket path `<run_dir>/<socket_file>`, refused if too long for a unix socket.
+pub async fn prepare(
     label: &'static str,
     run_dir: &Path,
-    file: &str,
+    socket_file: &str,
+    log_file: &Path,
 ) -> Result<PathBuf, HostSetupError> {
-    let path = run_dir.join(file);
-    if path.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(HostSetupError::SocketPathTooLong { label, path });
+    let socket = run_dir.join(socket_file);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(HostSetupError::SocketPathTooLong {
+            label,
+            path: socket,
+        });
     }
-    Ok(path)
-}
-
-/// Creates (or tightens) the host's private directories: its socket's and its log's.
-pub async fn prepare_private_dirs(dirs: Vec<PathBuf>) -> Result<(), HostSetupError> {
+    let dirs: Vec<PathBuf> = [Some(run_dir), log_file.parent()]
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .collect();
     tokio::task::spawn_blocking(move || {
-        for dir in dirs.iter().filter(|d| !d.as_os_str().is_empty()) {
+        for dir in &dirs {
             crate::secrets::ensure_private_dir(dir).map_err(|source| HostSetupError::Io {
                 path: dir.clone(),
                 source,
@@ -85,9 +91,10 @@ pub async fn prepare_private_dirs(dirs: Vec<PathBuf>) -> Result<(), HostSetupErr
     })
     .await
     .map_err(|e| HostSetupError::Io {
-        path: PathBuf::new(),
+        path: run_dir.to_path_buf(),
         source: std::io::Error::other(e),
-    })?
+    })??;
+    Ok(socket)
 }
 
 /// A supervised host: its pid while it runs, and the supervisor task.

@@ -76,13 +76,11 @@ impl ControllerHost {
     /// once.
     pub async fn start(config: ControllerHostConfig) -> Result<Self, ControllerHostError> {
         let label = "controller host";
-        let socket = supervisor::socket_path(label, &config.run_dir, "controller-host.sock")?;
-        let log_dir = config.log_file.parent().map(Path::to_path_buf);
-        supervisor::prepare_private_dirs(
-            [Some(config.run_dir.clone()), log_dir]
-                .into_iter()
-                .flatten()
-                .collect(),
+        let socket = supervisor::prepare(
+            label,
+            &config.run_dir,
+            "controller-host.sock",
+            &config.log_file,
         )
         .await?;
         let spec = HostSpec {

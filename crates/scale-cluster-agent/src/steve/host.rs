@@ -46,13 +46,11 @@ impl SteveHost {
     /// Prepares the private run directory and starts the supervisor, which spawns the host at
     /// once. Requests can be forwarded as soon as the socket exists; until then they get a 503.
     pub async fn start(config: SteveHostConfig) -> Result<Self, SteveHostError> {
-        let socket = supervisor::socket_path("steve host", &config.run_dir, "steve-host.sock")?;
-        let log_dir = config.log_file.parent().map(Path::to_path_buf);
-        supervisor::prepare_private_dirs(
-            [Some(config.run_dir.clone()), log_dir]
-                .into_iter()
-                .flatten()
-                .collect(),
+        let socket = supervisor::prepare(
+            "steve host",
+            &config.run_dir,
+            "steve-host.sock",
+            &config.log_file,
         )
         .await?;
         let spec = HostSpec {
