@@ -80,19 +80,30 @@ where
 /// the product's own process lookup, so a broken lookup cannot make a leak test pass.
 pub fn processes_mentioning(path: &std::path::Path) -> Vec<u32> {
     let needle = path.to_string_lossy().into_owned();
+    live_processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&needle)
+        })
+        .collect()
+}
+
+/// Every live (non-zombie) process with its parent, from `/proc/<pid>/stat` (fields 3 and 4).
+fn live_processes() -> Vec<(u32, u32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie && String::from_utf8_lossy(&cmdline).contains(&needle)
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?;
+            let ppid = fields.next()?.parse::<u32>().ok()?;
+            (state != "Z").then_some((pid, ppid))
         })
         .collect()
 }
@@ -148,25 +159,12 @@ pub fn process_identity(pid: u32) -> Option<(u32, u64)> {
     Some((pid, start))
 }
 
-/// Live processes whose parent is `parent` (field 4 of `/proc/<pid>/stat`).
+/// Live processes whose parent is `parent`.
 pub fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-                    let state = fields.next()?;
-                    let ppid = fields.next()?.parse::<u32>().ok()?;
-                    (state != "Z").then_some(ppid)
-                })
-                == Some(parent)
-        })
+    live_processes()
+        .into_iter()
+        .filter(|(_, ppid)| *ppid == parent)
+        .map(|(pid, _)| pid)
         .collect()
 }
 
