@@ -22,10 +22,13 @@
 //! - [`desired`]: shard mode, converging to a count of clusters named `<prefix>-<shard>-NNNNN`.
 //! - [`view`]: what the API shows ([`ClusterView`], [`Health`]).
 //! - `faults`: tunnel drops, process kills and cluster clients for scenarios.
+//! - [`pressure`]: whether the machine can take more (CPU pressure, memory): the heal's grace and
+//!   the hold on new bring-ups.
 
 pub mod desired;
 mod faults;
 pub mod prepare;
+pub mod pressure;
 mod rancher_watch;
 mod reconcile;
 pub mod tunnels;
@@ -162,6 +165,11 @@ struct Inner {
     last_heals: Mutex<HashMap<String, (String, u64)>>,
     /// Components restarted by heals since start, by component name.
     heals: Mutex<BTreeMap<String, u64>>,
+    /// What the agent holds back for a cluster now and why: a bring-up waiting for the machine,
+    /// or a restart deferred while the CPU is saturated. Observed status, so not stored.
+    held: Mutex<HashMap<String, String>>,
+    /// The machine as last read ([`pressure`]).
+    machine: tokio::sync::watch::Receiver<pressure::MachineReading>,
     /// Names with a worker task, so each cluster has at most one, and how to reach it.
     workers: Mutex<HashMap<String, reconcile::WorkerHandle>>,
     /// Every task the agent spawned (workers, the Rancher watcher): shutdown waits for them.
@@ -201,6 +209,8 @@ impl Agent {
             .record_run_settings(run_settings(&config, &instance_id, rancher.url()))
             .await?;
         let observer = crate::observe::Observer::start(store.clone()).await?;
+        let shutdown = CancellationToken::new();
+        let (machine, watch_machine) = pressure::watch_machine(shutdown.clone()).await;
         let agent = Agent {
             inner: Arc::new(Inner {
                 store: manager.store().clone(),
@@ -215,11 +225,14 @@ impl Agent {
                 rancher_states: Mutex::new(HashMap::new()),
                 last_heals: Mutex::new(HashMap::new()),
                 heals: Mutex::new(BTreeMap::new()),
+                held: Mutex::new(HashMap::new()),
+                machine,
                 workers: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
         };
+        agent.inner.tasks.spawn(watch_machine);
         agent.inner.tasks.spawn(rancher_watch::run(agent.clone()));
         let (sampled, loaded) = (agent.clone(), agent.clone());
         agent.inner.tasks.spawn(crate::observe::sample_loop(
@@ -401,8 +414,42 @@ impl Agent {
         heals.iter().map(|(c, n)| (c.clone(), *n)).collect()
     }
 
+    /// Shows why the agent holds something of a cluster back (`None`: nothing held).
+    fn set_held(&self, name: &str, reason: Option<String>) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(reason) => held.insert(name.to_string(), reason),
+            None => held.remove(name),
+        };
+    }
+
+    /// What is held back of a cluster now, if anything.
+    fn held(&self, name: &str) -> Option<String> {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// How many clusters have something held back now.
+    fn held_count(&self) -> usize {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// The machine as last read.
+    pub fn machine(&self) -> pressure::MachineReading {
+        *self.inner.machine.borrow()
+    }
+
     /// Drops what the agent remembers of a cluster that is gone.
     fn forget(&self, name: &str) {
+        self.set_held(name, None);
         self.inner
             .rancher_states
             .lock()
@@ -483,6 +530,8 @@ impl Agent {
             active: in_phase(AgentPhase::Active),
             failed: in_phase(AgentPhase::Failed),
             tunnels_connected: self.tunnels_connected(),
+            held: self.held_count(),
+            cpu_pressure: self.machine().cpu_pressure,
         })
     }
 
@@ -536,6 +585,13 @@ impl Agent {
             .get(&record.name)
             .cloned()
             .unzip();
+        let held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.name)
+            .cloned();
         let phase = view::shown_phase(
             record.phase,
             record.deletion_requested(),
@@ -557,6 +613,7 @@ impl Agent {
             last_error: record.last_error,
             last_heal,
             last_heal_at,
+            held,
             attempts: record.attempts,
             created_at: record.created_at,
             active_at: record.active_at,

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::prepare::{self, tunnel_params};
+use super::pressure;
 use super::tunnels::{TunnelError, TunnelSpec};
 use super::Agent;
 use crate::kwok::{ComponentProfile, CreateRequest, Endpoint, Health, KwokError};
@@ -40,9 +41,6 @@ const ACTIVE_POLL: Duration = Duration::from_secs(2);
 /// How often an active cluster's processes are checked (a few small /proc reads and one
 /// `/readyz`): an OOM-killed apiserver or etcd is noticed within this.
 const HEAL_CHECK: Duration = Duration::from_secs(5);
-/// How long a running apiserver may fail `/readyz` before it is restarted: long enough for a
-/// restarted etcd to come back under it.
-const UNREADY_GRACE: Duration = Duration::from_secs(20);
 
 /// Why bringing a cluster up, or keeping it up, failed.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +250,7 @@ async fn work(
             }
         } else {
             let permit = tokio::select! {
-                permit = inner.permits.acquire() => permit,
+                permit = admitted(agent, &record) => permit,
                 _ = cancel.cancelled() => continue,
                 _ = interruption(&mut interrupted) => continue,
             };
@@ -290,6 +288,41 @@ async fn work(
                 }
                 return;
             }
+        }
+    }
+}
+
+/// A bring-up permit, once the machine can take the cluster: a cluster never provisioned
+/// (`pending`) waits while [`pressure`] holds new bring-ups, with the reason shown on it; others
+/// (restarts after a failure, stopped clusters started again) go at once. Checked again once the
+/// permit is held, since the machine may have filled up while the worker queued for it.
+async fn admitted<'a>(
+    agent: &'a Agent,
+    record: &AgentRecord,
+) -> Result<tokio::sync::SemaphorePermit<'a>, tokio::sync::AcquireError> {
+    let mut machine = agent.inner.machine.clone();
+    loop {
+        if record.phase == AgentPhase::Pending {
+            loop {
+                let hurt = agent.inner.manager.unready_apiservers(pressure::HURT_AFTER);
+                let Some(reason) = machine.borrow_and_update().bring_up_hold(hurt) else {
+                    break;
+                };
+                if agent.held(&record.name).as_deref() != Some(reason.as_str()) {
+                    tracing::info!(cluster = %record.name, %reason, "bring-up held");
+                }
+                agent.set_held(&record.name, Some(format!("bring-up held: {reason}")));
+                if machine.changed().await.is_err() {
+                    // The agent is shutting down: its cancellation ends this wait.
+                    std::future::pending::<()>().await;
+                }
+            }
+            agent.set_held(&record.name, None);
+        }
+        let permit = agent.inner.permits.acquire().await?;
+        let hurt = agent.inner.manager.unready_apiservers(pressure::HURT_AFTER);
+        if record.phase != AgentPhase::Pending || agent.machine().bring_up_hold(hurt).is_none() {
+            return Ok(permit);
         }
     }
 }
@@ -473,7 +506,8 @@ async fn connect(
 
 /// Watches an active cluster until one of its tunnels is given up (Rancher refused it for good),
 /// which sends the cluster back through bring-up, and heals it: a component whose process is
-/// gone, or an apiserver not ready for [`UNREADY_GRACE`], is restarted while the cluster shows
+/// gone, or an apiserver not ready for [`pressure::UNREADY_GRACE`] (longer while the CPU is
+/// saturated), is restarted while the cluster shows
 /// `provisioning` with the reason, then it is `active` again. Whether the cluster still exists in
 /// Rancher is the Rancher watcher's business, with one list for all clusters.
 async fn watch(agent: &Agent, record: &AgentRecord) -> Result<(), StepError> {
@@ -559,10 +593,23 @@ async fn stop_advance(agent: &Agent, name: &str, phase: AgentPhase) -> Result<()
 /// a full bring-up (which restarts every component) after a backoff.
 async fn heal(agent: &Agent, name: &str) -> Result<(), StepError> {
     let manager = &agent.inner.manager;
-    let needed = manager
-        .check_health(name)
-        .await?
-        .restarts_needed(UNREADY_GRACE);
+    let machine = agent.machine();
+    let grace = machine.unready_grace();
+    let health = manager.check_health(name).await?;
+    let needed = health.restarts_needed(grace);
+    let deferred = health.restarts_needed(pressure::UNREADY_GRACE);
+    agent.set_held(
+        name,
+        (needed.is_empty() && !deferred.is_empty()).then(|| {
+            format!(
+                "restart held while the CPU is saturated (pressure {:.0}%): {}; restarted after \
+                 {}s not ready if the CPU stays saturated",
+                machine.cpu_pressure.unwrap_or_default(),
+                health.problems().join("; "),
+                grace.as_secs()
+            )
+        }),
+    );
     if needed.is_empty() {
         return Ok(());
     }
@@ -579,7 +626,7 @@ async fn heal(agent: &Agent, name: &str) -> Result<(), StepError> {
         Some(format!("healing: {reason}")),
     )
     .await?;
-    let outcome = manager.heal(name, UNREADY_GRACE).await?;
+    let outcome = manager.heal(name, grace).await?;
     agent.record_heal(name, &outcome);
     advance(agent, name, AgentPhase::Active).await
 }

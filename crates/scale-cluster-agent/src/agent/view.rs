@@ -41,6 +41,10 @@ pub struct ClusterView {
         with = "rfc3339::option"
     )]
     pub last_heal_at: Option<u64>,
+    /// What the agent holds back for this cluster now, and why: a bring-up waiting while the
+    /// machine is full, or a restart deferred while the CPU is saturated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     pub attempts: u32,
     #[serde(with = "rfc3339")]
     pub created_at: u64,
@@ -50,7 +54,7 @@ pub struct ClusterView {
 }
 
 /// Health of the agent process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Health {
     /// `ok`, or `shutting-down`.
     pub status: String,
@@ -60,6 +64,13 @@ pub struct Health {
     pub active: usize,
     pub failed: usize,
     pub tunnels_connected: usize,
+    /// Clusters with something held back now ([`ClusterView::held`]).
+    #[serde(default)]
+    pub held: usize,
+    /// The machine's CPU pressure (`some avg10` of `/proc/pressure/cpu`, percent), if the kernel
+    /// reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pressure: Option<f64>,
 }
 
 /// Unix seconds as RFC 3339 UTC (`2026-12-01T15:23:40Z`) on the wire.
@@ -158,6 +169,7 @@ mod tests {
             last_error: None,
             last_heal: Some("restarted etcd".into()),
             last_heal_at: Some(1_796_138_680),
+            held: None,
             attempts: 0,
             created_at: 1_796_138_620,
             active_at: None,

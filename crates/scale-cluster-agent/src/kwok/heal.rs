@@ -231,6 +231,16 @@ impl HealthMemory {
         }
     }
 
+    /// How many apiservers have failed every `/readyz` check for `at_least` or longer.
+    pub(super) fn unready_count(&self, at_least: Duration) -> usize {
+        self.unready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|u| u.since.elapsed() >= at_least)
+            .count()
+    }
+
     /// Forgets a cluster's unreadiness (its apiserver is gone, restarted or the cluster deleted).
     pub(super) fn forget_unready(&self, cluster: &str) {
         self.unready

@@ -1,9 +1,11 @@
-//! Reading the host: `/proc/sys`, `/proc/self/limits`, `/proc/net/tcp{,6}` and `statvfs`.
+//! Reading the host: `/proc/sys`, `/proc/self/limits`, `/proc/net/tcp{,6}`, `/proc/meminfo`,
+//! the CPUs this process may use and `statvfs`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::{Readings, Rlimit};
+use crate::agent::pressure::meminfo_bytes;
 
 pub(super) const PROC_SYS: &str = "/proc/sys";
 
@@ -12,6 +14,7 @@ impl Readings {
     pub fn read(workdir: &Path) -> Readings {
         let limits = std::fs::read_to_string("/proc/self/limits").ok();
         let limit = |name: &str| limits.as_deref().and_then(|l| parse_limit(l, name));
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
         Readings {
             inotify_max_user_instances: sysctl_u64("fs.inotify.max_user_instances"),
             inotify_max_user_watches: sysctl_u64("fs.inotify.max_user_watches"),
@@ -32,6 +35,15 @@ impl Readings {
             listening_ports: listening_ports(),
             disk_available: available_space(workdir),
             is_root: effective_uid() == Some(0),
+            cpus: std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u64),
+            memory_total: meminfo
+                .as_deref()
+                .and_then(|m| meminfo_bytes(m, "MemTotal")),
+            memory_available: meminfo
+                .as_deref()
+                .and_then(|m| meminfo_bytes(m, "MemAvailable")),
         }
     }
 }

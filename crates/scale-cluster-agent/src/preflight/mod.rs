@@ -39,6 +39,19 @@ const FILE_MAX_BASE: u64 = 65536;
 /// etcd preallocates two 61 MiB WAL files (kwok-notes §3), plus db, PKI and logs.
 const DISK_PER_CLUSTER: u64 = (122 + 64) * MIB;
 const DISK_BASE: u64 = 1024 * MIB;
+/// PSS of one `lean` cluster with the shared etcd and the controller host, shared processes
+/// divided by N, measured at N = 50 with rancher-sim's watches and probes (docs/benchmarks.md,
+/// "Density"). `full` clusters cost more.
+const MEMORY_PER_CLUSTER: u64 = 117 * MIB;
+/// Kept free for the agent, its hosts and the page cache: the agent holds new bring-ups below
+/// 1 GiB available.
+const MEMORY_BASE: u64 = 2048 * MIB;
+/// Idle CPU of the same cluster, in millicores (same run: 20.5). Real Rancher's watches cost
+/// ~25% more (rancher-observed.md).
+const CPU_PER_CLUSTER_MILLI: u64 = 21;
+/// Share of the CPUs idle clusters may take: the rest is for bring-ups, heals and Rancher's bursts;
+/// past it the machine saturates and the agent holds new bring-ups.
+const CPU_USABLE_PERCENT: u64 = 80;
 const MIB: u64 = 1024 * 1024;
 /// Largest `kernel.pid_max` on 64-bit Linux.
 const PID_MAX_LIMIT: u64 = 4_194_304;
@@ -74,6 +87,11 @@ pub struct Readings {
     pub disk_available: Option<u64>,
     /// Whether this process can write `/proc/sys`.
     pub is_root: bool,
+    /// CPUs this process may use (affinity and cgroup quota applied).
+    pub cpus: Option<u64>,
+    /// `MemTotal` and `MemAvailable` of `/proc/meminfo`, in bytes.
+    pub memory_total: Option<u64>,
+    pub memory_available: Option<u64>,
 }
 
 /// What preflight sizes for.
@@ -186,7 +204,74 @@ pub fn evaluate(readings: &Readings, plan: &Plan) -> Vec<Check> {
         ephemeral_overlap(readings, plan),
         ports_in_use(readings, plan),
         disk(readings.disk_available, DISK_BASE + DISK_PER_CLUSTER * n),
+        memory(readings, n),
+        cpu(readings.cpus, n),
     ]
+}
+
+/// How many clusters fit in `capacity` beyond `base` at `per_cluster` each.
+fn clusters_fitting(capacity: u64, base: u64, per_cluster: u64) -> u64 {
+    capacity.saturating_sub(base) / per_cluster
+}
+
+fn memory(readings: &Readings, n: u64) -> Check {
+    const NAME: &str = "memory";
+    let need = MEMORY_BASE + MEMORY_PER_CLUSTER * n;
+    let need_text = format!(
+        "{} MiB available ({} MiB per lean cluster)",
+        need / MIB,
+        MEMORY_PER_CLUSTER / MIB
+    );
+    let (Some(total), Some(available)) = (readings.memory_total, readings.memory_available) else {
+        return Check::unreadable(NAME, "/proc/meminfo", need_text);
+    };
+    let measured = format!("{} of {} MiB available", available / MIB, total / MIB);
+    if available >= need {
+        return Check::ok(NAME, measured, need_text);
+    }
+    let fits = clusters_fitting(available, MEMORY_BASE, MEMORY_PER_CLUSTER);
+    Check {
+        // Memory others hold may be freed; more than the machine has cannot be.
+        status: if total >= need {
+            Status::Warn
+        } else {
+            Status::Fail
+        },
+        fix: vec![format!(
+            "about {fits} clusters fit in the memory available now: run fewer per machine, free \
+             memory, or shard across machines (docs/scale-out.md)"
+        )],
+        ..Check::ok(NAME, measured, need_text)
+    }
+}
+
+fn cpu(cpus: Option<u64>, n: u64) -> Check {
+    const NAME: &str = "CPU (idle clusters)";
+    let need = CPU_PER_CLUSTER_MILLI * n;
+    let need_text = format!(
+        "{need} mCPU at most {CPU_USABLE_PERCENT}% of the CPUs ({CPU_PER_CLUSTER_MILLI} mCPU per \
+         lean cluster)"
+    );
+    let Some(cpus) = cpus else {
+        return Check::unreadable(NAME, "the CPUs this process may use", need_text);
+    };
+    let usable = cpus * 1000 * CPU_USABLE_PERCENT / 100;
+    let measured = format!("{cpus} CPUs");
+    if need <= usable {
+        return Check::ok(NAME, measured, need_text);
+    }
+    let fits = clusters_fitting(usable, 0, CPU_PER_CLUSTER_MILLI);
+    Check {
+        // Not a failure: past it the agent holds new bring-ups and tells why, but the clusters
+        // beyond about `fits` are unlikely to become active.
+        status: Status::Warn,
+        fix: vec![format!(
+            "about {fits} clusters fit in {cpus} CPUs idle: beyond that the CPU saturates, \
+             apiservers turn slow and the agent holds new bring-ups; run fewer per machine or \
+             shard across machines (docs/scale-out.md)"
+        )],
+        ..Check::ok(NAME, measured, need_text)
+    }
 }
 
 /// Worst status among `checks`.
@@ -446,7 +531,47 @@ mod tests {
             listening_ports: Some(BTreeSet::from([22, 6443])),
             disk_available: Some(100 * 1024 * MIB),
             is_root: false,
+            cpus: Some(8),
+            memory_total: Some(64 * 1024 * MIB),
+            memory_available: Some(60 * 1024 * MIB),
         }
+    }
+
+    #[test]
+    fn memory_and_cpu_say_how_many_clusters_fit() {
+        let small = Readings {
+            cpus: Some(2),
+            memory_total: Some(24 * 1024 * MIB),
+            memory_available: Some(20 * 1024 * MIB),
+            ..good()
+        };
+        let checks = evaluate(&small, &plan(50));
+        assert_eq!(check(&checks, "memory").status, Status::Ok);
+        assert_eq!(check(&checks, "CPU (idle clusters)").status, Status::Ok);
+
+        let checks = evaluate(&small, &plan(150));
+        let memory = check(&checks, "memory");
+        assert_eq!(memory.status, Status::Ok, "{memory:?}");
+        let cpu = check(&checks, "CPU (idle clusters)");
+        assert_eq!(cpu.status, Status::Warn);
+        assert!(
+            cpu.fix[0].starts_with("about 76 clusters fit in 2 CPUs"),
+            "{cpu:?}"
+        );
+
+        let checks = evaluate(&small, &plan(180));
+        let memory = check(&checks, "memory");
+        assert_eq!(
+            memory.status,
+            Status::Warn,
+            "others hold memory: {memory:?}"
+        );
+        assert!(
+            memory.fix[0].starts_with("about 157 clusters fit"),
+            "{memory:?}"
+        );
+        let checks = evaluate(&small, &plan(300));
+        assert_eq!(check(&checks, "memory").status, Status::Fail);
     }
 
     fn plan(clusters: u32) -> Plan {
@@ -463,7 +588,7 @@ mod tests {
     #[test]
     fn a_roomy_host_passes() {
         let checks = evaluate(&good(), &plan(50));
-        assert_eq!(checks.len(), 10);
+        assert_eq!(checks.len(), 12);
         assert!(checks.iter().all(|c| c.status == Status::Ok), "{checks:#?}");
         assert!(checks.iter().all(|c| c.fix.is_empty()));
         assert_eq!(worst(&checks), Status::Ok);

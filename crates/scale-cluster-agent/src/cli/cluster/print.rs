@@ -62,8 +62,9 @@ pub(super) fn agent_clusters(clusters: &[Cluster], output: Output) -> anyhow::Re
                 c.attempts.to_string(),
             ]);
         }
-        // The whole error in wide output; the default keeps one screen line per cluster.
-        row.push(match (&c.last_error, wide) {
+        // What is held back now says more than an old error; the whole text in wide output, the
+        // default keeps one screen line per cluster.
+        row.push(match (c.held.as_ref().or(c.last_error.as_ref()), wide) {
             (Some(err), true) => err.clone(),
             (Some(err), false) => shorten(err, 60),
             (None, _) => String::new(),
@@ -111,6 +112,9 @@ pub(super) fn agent_details(c: &Cluster) -> std::io::Result<()> {
             Some(at) => outln!("last heal:     {} ({heal})", time_and_age(at))?,
             None => outln!("last heal:     {heal}")?,
         }
+    }
+    if let Some(held) = &c.held {
+        outln!("held:          {held}")?;
     }
     if let Some(err) = &c.last_error {
         outln!("last error:    {err}")?;

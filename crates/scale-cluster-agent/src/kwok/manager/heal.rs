@@ -49,6 +49,12 @@ impl ClusterManager {
         })
     }
 
+    /// How many running apiservers (of clusters whose health is checked) have failed `/readyz`
+    /// on every check for `at_least` or longer.
+    pub fn unready_apiservers(&self, at_least: Duration) -> usize {
+        self.health.unready_count(at_least)
+    }
+
     /// Repairs a running cluster: restarts every component whose process is gone and an apiserver
     /// that has failed `/readyz` for `unready_grace` or longer, then waits until `/readyz` is ready
     /// again. Healthy components are not touched, and the data survives (it is in etcd, whose data

@@ -27,6 +27,9 @@ impl ClusterManager {
         self.kill_remaining(&dir).await;
         wait_ports_free(&record.ports).await;
         self.store.set_phase(name, Phase::Stopped, None).await?;
+        // A stopped cluster's health is no longer checked: an unreadiness seen before the stop
+        // would otherwise count as a running apiserver hurt by the load forever.
+        self.health.forget_unready(name);
         self.get(name).await
     }
 
