@@ -53,7 +53,7 @@ fn real_readings_are_available_on_linux() {
 #[test]
 fn cli_exits_non_zero_when_a_check_fails() {
     let tmp = tempfile::tempdir().unwrap();
-    // No disk holds 186 MiB of etcd for each of a million clusters.
+    // No disk holds 16 MiB of etcd data and logs for each of a million clusters.
     let out = Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
         .args(["preflight", "--clusters", "1000000"])
         .env("SCA_KWOK_WORKDIR", tmp.path())

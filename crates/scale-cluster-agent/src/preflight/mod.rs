@@ -36,9 +36,14 @@ const NOFILE_BASE: u64 = 4096;
 /// System-wide open files per cluster (five processes with their sockets, WAL and logs).
 const FILE_MAX_PER_CLUSTER: u64 = 2048;
 const FILE_MAX_BASE: u64 = 65536;
-/// etcd preallocates two 61 MiB WAL files (kwok-notes §3), plus db, PKI and logs.
-const DISK_PER_CLUSTER: u64 = (122 + 64) * MIB;
-const DISK_BASE: u64 = 1024 * MIB;
+/// A `lean` cluster's objects in the shared etcd (its db grew 3.4 MiB per cluster just after
+/// create, measured with 5 clusters; doubled for history kept between compactions) plus its PKI,
+/// kubeconfig and logs. A `full` cluster's own etcd preallocates two 61 MiB WAL files
+/// (kwok-notes §3): 186 MiB each.
+const DISK_PER_CLUSTER: u64 = 16 * MIB;
+/// The agent's state and logs, and the shared etcd's WAL: up to five 64 MiB segments kept plus
+/// the one being preallocated.
+const DISK_BASE: u64 = (1024 + 384) * MIB;
 /// PSS of one `lean` cluster with the shared etcd and the controller host, shared processes
 /// divided by N, measured at N = 50 with rancher-sim's watches and probes (docs/benchmarks.md,
 /// "Density"). `full` clusters cost more.
@@ -249,8 +254,8 @@ fn cpu(cpus: Option<u64>, n: u64) -> Check {
     const NAME: &str = "CPU (idle clusters)";
     let need = CPU_PER_CLUSTER_MILLI * n;
     let need_text = format!(
-        "{need} mCPU at most {CPU_USABLE_PERCENT}% of the CPUs ({CPU_PER_CLUSTER_MILLI} mCPU per \
-         lean cluster)"
+        "{need} mCPU idle ({CPU_PER_CLUSTER_MILLI} per lean cluster) in {CPU_USABLE_PERCENT}% of \
+         the CPUs"
     );
     let Some(cpus) = cpus else {
         return Check::unreadable(NAME, "the CPUs this process may use", need_text);
@@ -489,7 +494,11 @@ fn ports_in_use(readings: &Readings, plan: &Plan) -> Check {
 
 fn disk(available: Option<u64>, need: u64) -> Check {
     const NAME: &str = "disk for etcd";
-    let need_text = format!("{} MiB available", need / MIB);
+    let need_text = format!(
+        "{} MiB available ({} MiB per lean cluster; full: 186)",
+        need / MIB,
+        DISK_PER_CLUSTER / MIB
+    );
     let Some(available) = available else {
         return Check::unreadable(NAME, "free space of the kwok work directory", need_text);
     };
@@ -775,7 +784,13 @@ mod tests {
         );
         let c = check(&evaluate(&r, &plan(50)), "disk for etcd").clone();
         assert_eq!(c.status, Status::Fail);
-        assert_eq!(c.need, format!("{} MiB available", 1024 + 50 * 186));
+        assert_eq!(
+            c.need,
+            format!(
+                "{} MiB available (16 MiB per lean cluster; full: 186)",
+                1408 + 50 * 16
+            )
+        );
     }
 
     #[test]
