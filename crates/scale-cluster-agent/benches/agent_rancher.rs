@@ -75,11 +75,11 @@ async fn rancher_requests(http: &reqwest::Client, api: &str) -> anyhow::Result<f
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Runtime::new()?.block_on(run(args))
+    tokio::runtime::Runtime::new()?.block_on(rancher_run::until_interrupted(run(args)))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = rancher_run::Scratch::new()?;
     let sim = rancher_run::start_sim(dir.path(), &[]).await?;
     let (agent, api) = rancher_run::start_agent(
         dir.path(),

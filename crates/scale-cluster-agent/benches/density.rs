@@ -73,11 +73,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Runtime::new()?.block_on(run(args))
+    tokio::runtime::Runtime::new()?.block_on(rancher_run::until_interrupted(run(args)))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = rancher_run::Scratch::new()?;
     let sim_args: Vec<String> = [
         "--watch-set".to_string(),
         "rancher".to_string(),

@@ -23,6 +23,46 @@ impl Drop for Killed {
     }
 }
 
+/// A benchmark's scratch directory. Dropping it, also when the benchmark fails or is
+/// interrupted ([`until_interrupted`]), kills every process whose command line points into it
+/// (the KWOK clusters' apiservers and the shared etcd outlive a killed agent by design) and then
+/// removes it.
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> anyhow::Result<Scratch> {
+        Ok(Scratch(tempfile::tempdir()?))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for pid in scale_cluster_agent::kwok::status::processes_in(self.0.path()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs `bench` until it ends or the process gets SIGINT (Ctrl-C) or SIGTERM; an interrupted
+/// bench is dropped, so its guards stop what it started.
+pub async fn until_interrupted(
+    bench: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = bench => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted (SIGINT); everything it started is stopped"),
+        _ = terminate.recv() => bail!("terminated (SIGTERM); everything it started is stopped"),
+    }
+}
+
 /// rancher-sim running in `<dir>/sim`.
 pub struct Sim {
     // Held for its Drop, which ends rancher-sim; only some benchmarks read its pid.
