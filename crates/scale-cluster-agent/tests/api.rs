@@ -335,10 +335,18 @@ async fn health_and_metrics_of_an_empty_agent() {
         36,
         "a UUID made on first start: {health}"
     );
+    // The machine's CPU pressure is whatever it is now; the kernel's own reading bounds it.
+    let mut health = health;
+    let pressure = health
+        .as_object_mut()
+        .and_then(|h| h.remove("cpu_pressure"))
+        .and_then(|p| p.as_f64())
+        .expect("cpu_pressure: this machine has PSI");
+    assert!((0.0..=100.0).contains(&pressure), "{pressure}");
     assert_eq!(
         health,
         json!({"status": "ok", "instance_id": instance_id, "clusters": 0, "active": 0, "failed": 0,
-               "tunnels_connected": 0})
+               "tunnels_connected": 0, "held": 0})
     );
     let typed = env.client.health().await.expect("client health");
     assert_eq!(typed.status, "ok");
