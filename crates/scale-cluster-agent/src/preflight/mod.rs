@@ -41,9 +41,9 @@ const FILE_MAX_BASE: u64 = 65536;
 /// kubeconfig and logs. A `full` cluster's own etcd preallocates two 61 MiB WAL files
 /// (kwok-notes §3): 186 MiB each.
 const DISK_PER_CLUSTER: u64 = 16 * MIB;
-/// The agent's state and logs, and the shared etcd's WAL: up to five 64 MiB segments kept plus
-/// the one being preallocated.
-const DISK_BASE: u64 = (1024 + 384) * MIB;
+/// The agent's state and logs, and the shared etcd's WAL (two 64 MiB segments kept, `--max-wals
+/// 2`, plus the one being preallocated) and raft snapshots.
+const DISK_BASE: u64 = (1024 + 256) * MIB;
 /// PSS of one `lean` cluster with the shared etcd and the controller host, shared processes
 /// divided by N, measured at N = 50 with rancher-sim's watches and probes (docs/benchmarks.md,
 /// "Density"). `full` clusters cost more.
@@ -788,7 +788,7 @@ mod tests {
             c.need,
             format!(
                 "{} MiB available (16 MiB per lean cluster; full: 186)",
-                1408 + 50 * 16
+                1280 + 50 * 16
             )
         );
     }
