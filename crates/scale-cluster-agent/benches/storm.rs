@@ -6,7 +6,7 @@
 //! that as a share of N (1.0: all in one second, what clients without jitter would do).
 //!
 //! ```text
-//! cargo bench -p scale-cluster-agent --bench storm -- [--clusters 20] [--reference-spread 10]
+//! cargo bench --profile dev -p scale-cluster-agent --bench storm -- [--clusters 20] [--reference-spread 10]
 //! ```
 //!
 //! Ports 29500-29900. Needs the toolchain installed and enough inotify instances
@@ -101,7 +101,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
 
     // Every cluster's main connect times as rancher-sim recorded them (unix ms).
-    let clusters: Vec<Value> = http.get(format!("{api}/clusters")).send().await?.json().await?;
+    let clusters: Vec<Value> = http
+        .get(format!("{api}/clusters"))
+        .send()
+        .await?
+        .json()
+        .await?;
     let mut connects: Vec<Vec<i64>> = Vec::new();
     for cluster in &clusters {
         let id = cluster["rancher_cluster_id"]
@@ -123,10 +128,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let stages = run["stages"].as_array().context("stages")?;
-    let drops: Vec<&Value> = stages.iter().filter(|s| s["kind"] == "tunnelDrop").collect();
+    let drops: Vec<&Value> = stages
+        .iter()
+        .filter(|s| s["kind"] == "tunnelDrop")
+        .collect();
 
     println!(
-        "Command: `cargo bench -p scale-cluster-agent --bench storm -- --clusters {n} --reference-spread {}`\n",
+        "Command: `cargo bench --profile dev -p scale-cluster-agent --bench storm -- --clusters {n} --reference-spread {}`\n",
         args.reference_spread
     );
     println!(
