@@ -17,6 +17,7 @@ mod go_build;
 #[path = "support/rancher_run.rs"]
 mod rancher_run;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -66,8 +67,39 @@ fn max_in_one_second(sorted: &[i64]) -> usize {
     most
 }
 
+/// SIGKILLs every process whose command line names `dir` (the KWOK components outlive the agent
+/// by design), however the benchmark ends.
+struct KwokGuard(PathBuf);
+
+impl Drop for KwokGuard {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    // Declared after `dir`, so dropped before it: the processes go before their directory.
+    let _kwok = KwokGuard(dir.path().to_path_buf());
     let sim = rancher_run::start_sim(dir.path(), &[]).await?;
     // The agent's two ports lie just below the first port block.
     let (agent, api) = rancher_run::start_agent(
@@ -79,6 +111,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let http = reqwest::Client::builder().no_proxy().build()?;
+    let result = measure(&args, &http, &api, &sim.url, &sim.dir).await;
+
+    // Leave nothing running: the clusters go through the agent (Rancher and KWOK), then it stops
+    // (and the guard kills whatever a failed run left).
+    let down = "name: storm-bench-down\nclusters: {prefix: storm}\nstages:\n  - ramp: {to: 0}\n";
+    if run_scenario(&http, &api, down, Duration::from_secs(300))
+        .await
+        .is_ok()
+    {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline
+            && !rancher_run::phases(&http, &api)
+                .await
+                .map(|p| p.is_empty())
+                .unwrap_or(true)
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    drop(agent);
+    result
+}
+
+/// Runs the storm scenario and prints the table.
+async fn measure(
+    args: &Args,
+    http: &reqwest::Client,
+    api: &str,
+    sim_url: &str,
+    sim_dir: &Path,
+) -> anyhow::Result<()> {
+    // rancher-sim serves HTTPS with its own CA.
+    let ca = std::fs::read(sim_dir.join("ca.crt"))?;
+    let sim_http = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .build()?;
     let n = args.clusters;
     let spec = format!(
         "name: storm-bench\nseed: 1\nclusters: {{prefix: storm}}\nstages:\n\
@@ -94,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     eprintln!("running the storm scenario on {n} clusters");
     let started = Instant::now();
-    let run = run_scenario(&http, &api, &spec, Duration::from_secs(40 * 60)).await?;
+    let run = run_scenario(http, api, &spec, Duration::from_secs(40 * 60)).await?;
     if run["state"] != "succeeded" {
         bail!("the scenario did not succeed: {run:#}");
     }
@@ -112,8 +181,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let id = cluster["rancher_cluster_id"]
             .as_str()
             .context("a cluster without its Rancher id")?;
-        let stats: Value = http
-            .get(format!("{}/sim/clusters/{id}/stats", sim.url))
+        let stats: Value = sim_http
+            .get(format!("{sim_url}/sim/clusters/{id}/stats"))
             .send()
             .await?
             .json()
@@ -172,14 +241,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    // Leave nothing running: the clusters go through the agent (Rancher and KWOK), then it stops.
-    let down = "name: storm-bench-down\nclusters: {prefix: storm}\nstages:\n  - ramp: {to: 0}\n";
-    run_scenario(&http, &api, down, Duration::from_secs(300)).await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !rancher_run::phases(&http, &api).await?.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    drop(agent);
     Ok(())
 }
 
