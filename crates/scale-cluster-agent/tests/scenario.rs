@@ -401,11 +401,9 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
         .expect("agent stops");
 }
 
-/// `/metrics` after the run agrees with the run's JSON record: one succeeded run, each stage
-/// counted under its kind with about the time the record shows, and the fault recovery and storm
-/// figures equal to the stages' summaries.
-async fn check_metrics_against_the_run(env: &Env, run: &serde_json::Value) {
-    let text = reqwest::Client::builder()
+/// The agent's `/metrics` (the test agent has no API token).
+async fn scrape(env: &Env) -> String {
+    reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("http client")
@@ -415,7 +413,14 @@ async fn check_metrics_against_the_run(env: &Env, run: &serde_json::Value) {
         .expect("scrape")
         .text()
         .await
-        .expect("metrics body");
+        .expect("metrics body")
+}
+
+/// `/metrics` after the run agrees with the run's JSON record: one succeeded run, each stage
+/// counted under its kind with about the time the record shows, and the fault recovery and storm
+/// figures equal to the stages' summaries.
+async fn check_metrics_against_the_run(env: &Env, run: &serde_json::Value) {
+    let text = scrape(env).await;
     let get = |series: &str| value(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
     assert_eq!(get("sca_scenario_runs_total{outcome=\"succeeded\"}"), 1.0);
     for outcome in ["failed", "stopped", "interrupted"] {
@@ -613,6 +618,14 @@ async fn runs_stop_on_request_and_an_agent_stop_leaves_an_interrupted_record() {
         .expect("run")
         .expect("recorded");
     assert_eq!(run.state, RunState::Stopped);
+    // Both stopped runs are counted on /metrics, and nothing runs now.
+    let text = scrape(&env).await;
+    assert_eq!(
+        value(&text, "sca_scenario_runs_total{outcome=\"stopped\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "sca_scenario_running"), Some(0.0), "{text}");
 
     // A run in progress when the agent stops is recorded as interrupted.
     let (ok, stdout, stderr) = env.cli(&["scenario", "run", &file, "--no-wait"]).await;
