@@ -6,7 +6,7 @@
 //! that as a share of N (1.0: all in one second, what clients without jitter would do).
 //!
 //! ```text
-//! cargo bench --profile dev -p scale-cluster-agent --bench storm -- [--clusters 20] [--reference-spread 10]
+//! cargo bench -p scale-cluster-agent --bench storm -- [--clusters 20] [--reference-spread 10]
 //! ```
 //!
 //! Ports 29500-29900. Needs the toolchain installed and enough inotify instances
@@ -203,7 +203,7 @@ async fn measure(
         .collect();
 
     println!(
-        "Command: `cargo bench --profile dev -p scale-cluster-agent --bench storm -- --clusters {n} --reference-spread {}`\n",
+        "Command: `cargo bench -p scale-cluster-agent --bench storm -- --clusters {n} --reference-spread {}`\n",
         args.reference_spread
     );
     println!(
