@@ -130,31 +130,16 @@ impl Env {
     }
 }
 
-const SCENARIO: &str = "\
-name: smoke
-seed: 42
-clusters: {prefix: sc, population: {nodes: 3}}
-stages:
-  - ramp: {to: 3, rate: 2/s}
-  - waitActive: {timeout: 8m}
-  # Room for the test to start watching the clusters' nodes.
-  - hold: 5s
-  - tunnelDrop: {clusters: 100%, spread: 0s}
-  - waitActive: {timeout: 3m}
-  - nodeChurn: {clusters: 3, nodes: 1, every: 2s, for: 3s}
-  - podChurn: {clusters: 1, rate: 4/s, for: 2s}
-  - scaleNodes: {clusters: 1, to: 4}
-  - componentKill: {component: kube-apiserver, clusters: 1}
-  - waitActive: {timeout: 3m}
-";
+/// The shipped example, run as it is: what CI runs is what users copy.
+const SMOKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/smoke.yaml");
 
-/// Run after the checks of the first: shrinks the fleet.
-const SHRINK: &str = "\
-name: shrink
-clusters: {prefix: sc, population: {nodes: 3}}
-stages:
-  - ramp: {to: 2}
-";
+/// The value of the series written exactly as `series` (name and labels) in a scrape.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
 
 /// Every Ready status a watch saw per (cluster, node), in order.
 type ReadySeen = Arc<Mutex<HashMap<(String, String), Vec<String>>>>;
@@ -216,12 +201,15 @@ fn apiserver_pid(kwok_workdir: &std::path::Path, name: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
     let env = Env::start(28500, 6).await;
-    let file = env.write("smoke.yaml", SCENARIO);
+    let file = SMOKE.to_string();
+    let spec: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(SMOKE).expect("scenarios/smoke.yaml"))
+            .expect("smoke.yaml is YAML");
     let json = env.dir.path().join("run.json");
 
     let dry = env.cli(&["scenario", "run", &file, "--dry-run"]).await;
     assert!(dry.0, "{dry:?}");
-    assert!(dry.1.contains("create 3 clusters at 2/s"), "{}", dry.1);
+    assert!(dry.1.contains("create 3 clusters at 1/s"), "{}", dry.1);
     assert!(
         env.agent().agent.list().await.expect("list").is_empty(),
         "a dry run creates nothing"
@@ -231,7 +219,7 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
     let args = ["scenario", "run", &file, "--json", &json_arg];
     let cli = env.cli(&args);
     let observe = async {
-        let names = ["sc-00001", "sc-00002", "sc-00003"];
+        let names = ["smoke-00001", "smoke-00002", "smoke-00003"];
         // Once all three are active, watch their nodes and note pods and apiserver pids.
         support::eventually(DEADLINE, "three clusters active", || async {
             let list = env.agent().agent.list().await.ok()?;
@@ -251,7 +239,10 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
         let mut ids = HashMap::new();
         for name in names {
             let client = env.client(name).await;
-            watches.push(watch_nodes(name.to_string(), client.clone(), seen.clone()));
+            // The file shrinks to two before its node churn; the third cluster's apiserver goes.
+            if name != "smoke-00003" {
+                watches.push(watch_nodes(name.to_string(), client.clone(), seen.clone()));
+            }
             uids.insert(name, pod_uids(&client).await);
             pids.insert(name, apiserver_pid(&env.settings.kwok_workdir, name));
             let id = env.rancher_id(name).await;
@@ -277,13 +268,21 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
         watch.abort();
     }
 
-    // The record: every stage ran and succeeded, with the file's seed.
+    // The record: every stage of the file ran and succeeded, with the file's seed.
     let run: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("run JSON written")).expect("JSON");
     assert_eq!(run["state"], "succeeded", "{run:#}");
-    assert_eq!(run["seed"], 42);
+    assert_eq!(run["seed"].as_u64(), spec["seed"].as_u64(), "{run:#}");
     let stages = run["stages"].as_array().expect("stages");
-    assert_eq!(stages.len(), 10, "{run:#}");
+    let file_stages = spec["stages"].as_sequence().expect("stages in the file");
+    assert_eq!(stages.len(), file_stages.len(), "{run:#}");
+    // Each stage kind appears in the file; its checks below find it by kind.
+    let stage = |kind: &str| {
+        stages
+            .iter()
+            .find(|s| s["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} stage in scenarios/smoke.yaml"))
+    };
     assert!(
         stages.iter().all(|s| s["outcome"] == "succeeded"),
         "{run:#}"
@@ -292,10 +291,10 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
 
     // tunnelDrop: rancher-sim saw each cluster's main tunnel drop and connect again, and the
     // stage's reconnect spread matches rancher-sim's own connect times.
-    let drop = &stages[3]["summary"];
+    let drop = &stage("tunnelDrop")["summary"];
     assert_eq!(drop["dropped"], 3, "{drop}");
     assert_eq!(drop["reconnected"], 3, "{drop}");
-    for name in ["sc-00001", "sc-00002"] {
+    for name in ["smoke-00001", "smoke-00002"] {
         let stats = env.sim.stats(&ids[name]).await;
         let (before, times) = &connects_before[name];
         assert!(
@@ -317,7 +316,7 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
 
     // nodeChurn: in each cluster's own apiserver, one node went NotReady and then Ready again.
     let seen = seen.lock().unwrap().clone();
-    for name in ["sc-00001", "sc-00002", "sc-00003"] {
+    for name in ["smoke-00001", "smoke-00002"] {
         let flapped = seen.iter().any(|((cluster, _), statuses)| {
             cluster == name
                 && statuses
@@ -331,14 +330,14 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
     }
 
     // podChurn: in the churned cluster, pods were really deleted and created again.
-    let churned = stages[6]["summary"]["clusters"][0]
+    let pod_churn = stage("podChurn");
+    let churned = pod_churn["summary"]["clusters"][0]
         .as_str()
         .expect("churned cluster")
         .to_string();
     assert!(
-        stages[6]["summary"]["recreated"].as_u64().unwrap() > 0,
-        "{}",
-        stages[6]
+        pod_churn["summary"]["recreated"].as_u64().unwrap() > 0,
+        "{pod_churn}"
     );
     let uids_after = pod_uids(&env.client(&churned).await).await;
     let before = &uids_before[churned.as_str()];
@@ -353,7 +352,7 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
     );
 
     // scaleNodes: the picked cluster has 4 nodes in its own apiserver.
-    let scaled = stages[7]["summary"]["scaled"][0]
+    let scaled = stage("scaleNodes")["summary"]["scaled"][0]
         .as_str()
         .expect("scaled cluster")
         .to_string();
@@ -367,7 +366,7 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
     assert_eq!(count, 4, "{scaled}");
 
     // componentKill: the killed cluster's apiserver is a new process.
-    let killed = stages[8]["summary"]["killed"][0]["cluster"]
+    let killed = stage("componentKill")["summary"]["killed"][0]["cluster"]
         .as_str()
         .expect("killed cluster")
         .to_string();
@@ -375,21 +374,24 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
     assert!(after.is_some(), "{killed}: apiserver healed");
     assert_ne!(after, pids_before[killed.as_str()], "{killed}");
 
-    // A second run shrinks the fleet: the highest-numbered cluster goes, in Rancher and in KWOK.
-    let shrink = env.write("shrink.yaml", SHRINK);
-    let (ok, stdout, stderr) = env.cli(&["scenario", "run", &shrink]).await;
-    assert!(ok, "shrink run failed:\n{stdout}\n{stderr}");
-    let gone = ids["sc-00003"].clone();
-    support::eventually(DEADLINE, "sc-00003 deleted", || async {
-        let in_agent = env.agent().agent.get("sc-00003").await.is_ok();
+    // The ramp down: the highest-numbered cluster went, in Rancher and in KWOK.
+    let gone = ids["smoke-00003"].clone();
+    support::eventually(DEADLINE, "smoke-00003 deleted", || async {
+        let in_agent = env.agent().agent.get("smoke-00003").await.is_ok();
         let in_rancher = env.sim.cluster(&gone).await.is_some();
         (!in_agent && !in_rancher).then_some(())
     })
     .await;
     assert!(support::processes_mentioning(
-        &env.settings.kwok_workdir.join("clusters").join("sc-00003")
+        &env.settings
+            .kwok_workdir
+            .join("clusters")
+            .join("smoke-00003")
     )
     .is_empty());
+
+    check_metrics_against_the_run(&env, &run).await;
+
     let mut env = env;
     env.running
         .take()
@@ -397,6 +399,151 @@ async fn a_scenario_ramps_injects_real_faults_and_records_what_it_saw() {
         .stop()
         .await
         .expect("agent stops");
+}
+
+/// The agent's `/metrics` (the test agent has no API token).
+async fn scrape(env: &Env) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(format!("{}/metrics", env.agent().url))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// `/metrics` after the run agrees with the run's JSON record: one succeeded run, each stage
+/// counted under its kind with about the time the record shows, and the fault recovery and storm
+/// figures equal to the stages' summaries.
+async fn check_metrics_against_the_run(env: &Env, run: &serde_json::Value) {
+    let text = scrape(env).await;
+    let get = |series: &str| value(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
+    assert_eq!(get("sca_scenario_runs_total{outcome=\"succeeded\"}"), 1.0);
+    for outcome in ["failed", "stopped", "interrupted"] {
+        assert_eq!(
+            get(&format!("sca_scenario_runs_total{{outcome=\"{outcome}\"}}")),
+            0.0
+        );
+    }
+    assert_eq!(get("sca_scenario_running"), 0.0);
+    assert!(
+        !text.contains("sca_scenario_current_stage{"),
+        "no stage in progress after the run: {text}"
+    );
+
+    let stages = run["stages"].as_array().expect("stages");
+    let mut by_kind: HashMap<&str, (f64, f64)> = HashMap::new();
+    for stage in stages {
+        let took = (stage["finishedAtMs"].as_i64().expect("finished")
+            - stage["startedAtMs"].as_i64().expect("started")) as f64
+            / 1000.0;
+        let entry = by_kind
+            .entry(stage["kind"].as_str().expect("kind"))
+            .or_default();
+        entry.0 += 1.0;
+        entry.1 += took;
+    }
+    for (kind, (count, seconds)) in &by_kind {
+        let labels = format!("kind=\"{kind}\"");
+        assert_eq!(
+            get(&format!(
+                "sca_scenario_stages_total{{{labels},outcome=\"succeeded\"}}"
+            )),
+            *count,
+            "{kind}"
+        );
+        assert_eq!(
+            get(&format!(
+                "sca_scenario_stage_duration_seconds_count{{{labels}}}"
+            )),
+            *count,
+            "{kind}"
+        );
+        // The runner times a stage between the store's two writes of its row.
+        let measured = get(&format!(
+            "sca_scenario_stage_duration_seconds_sum{{{labels}}}"
+        ));
+        assert!(
+            (measured - seconds).abs() <= 0.25 * count,
+            "{kind}: {measured} s on /metrics, {seconds} s in the record"
+        );
+    }
+
+    // Fault recovery: one observation per fault stage, equal to its summary's recoveredMs.
+    let id = run["id"].as_str().expect("run id");
+    let mut last = None;
+    for stage in stages {
+        let kind = stage["kind"].as_str().expect("kind");
+        if kind != "tunnelDrop" && kind != "componentKill" {
+            continue;
+        }
+        let recovered = stage["summary"]["recoveredMs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{kind} recovered: {stage}")) as f64
+            / 1000.0;
+        assert_eq!(
+            get(&format!(
+                "sca_scenario_fault_recovery_seconds_sum{{kind=\"{kind}\"}}"
+            )),
+            recovered,
+            "{kind}"
+        );
+        assert_eq!(
+            get(&format!(
+                "sca_scenario_fault_recovery_seconds_count{{kind=\"{kind}\"}}"
+            )),
+            1.0
+        );
+        last = Some((stage["index"].as_u64().expect("index"), kind, recovered));
+    }
+    let (index, kind, recovered) = last.expect("a fault stage in the file");
+    let labels = format!("run=\"{id}\",index=\"{index}\",kind=\"{kind}\"");
+    assert_eq!(
+        get(&format!(
+            "sca_scenario_last_fault_recovery_seconds{{{labels}}}"
+        )),
+        recovered
+    );
+
+    // The storm figures are the tunnelDrop stage's.
+    let drop = stages
+        .iter()
+        .find(|s| s["kind"] == "tunnelDrop")
+        .expect("tunnelDrop");
+    let summary = &drop["summary"];
+    let labels = format!(
+        "run=\"{id}\",index=\"{}\",kind=\"tunnelDrop\"",
+        drop["index"]
+    );
+    assert_eq!(
+        get(&format!("sca_scenario_tunnel_drop_clusters{{{labels}}}")),
+        summary["dropped"].as_f64().expect("dropped")
+    );
+    assert_eq!(
+        get(&format!(
+            "sca_scenario_tunnel_drop_reconnect_spread_seconds{{{labels}}}"
+        )),
+        summary["reconnectSpreadMs"].as_f64().expect("spread") / 1000.0
+    );
+    assert_eq!(
+        get(&format!(
+            "sca_scenario_tunnel_drop_reconnects_max_per_second{{{labels}}}"
+        )),
+        summary["reconnectsMaxIn1s"].as_f64().expect("max in 1 s")
+    );
+    // Recovery takes at least until the last cluster reconnected.
+    let recovered_ms = summary["recoveredMs"].as_u64().expect("recovered");
+    assert!(
+        recovered_ms
+            >= summary["reconnect"]["maxMs"]
+                .as_u64()
+                .expect("max reconnect"),
+        "{summary}"
+    );
 }
 
 /// A stop request ends a run after its current step, and a run cut short by the agent's own
@@ -471,6 +618,14 @@ async fn runs_stop_on_request_and_an_agent_stop_leaves_an_interrupted_record() {
         .expect("run")
         .expect("recorded");
     assert_eq!(run.state, RunState::Stopped);
+    // Both stopped runs are counted on /metrics, and nothing runs now.
+    let text = scrape(&env).await;
+    assert_eq!(
+        value(&text, "sca_scenario_runs_total{outcome=\"stopped\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "sca_scenario_running"), Some(0.0), "{text}");
 
     // A run in progress when the agent stops is recorded as interrupted.
     let (ok, stdout, stderr) = env.cli(&["scenario", "run", &file, "--no-wait"]).await;

@@ -84,6 +84,8 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct ApiState {
     agent: Agent,
     default_profile: ComponentProfile,
+    /// For the scenario families of `/metrics` (the `/scenarios` routes have their own state).
+    runner: Runner,
 }
 
 impl ApiState {
@@ -127,6 +129,7 @@ pub fn router(
         .with_state(ApiState {
             agent,
             default_profile,
+            runner: runner.clone(),
         })
         .merge(super::scenarios::router(runner))
         // Added last so it wraps every route and the fallbacks: nothing is answered to a request
@@ -414,6 +417,7 @@ async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
         .await
         .map_err(AgentError::from)?;
     observe::exposition::render(&mut text, &folded, &state.agent.tunnel_load(), usage);
+    observe::exposition::render_scenarios(&mut text, &state.runner.figures());
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
 }
 

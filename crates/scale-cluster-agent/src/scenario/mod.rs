@@ -5,7 +5,9 @@
 //! - [`plan`]: what each stage will do, with the numbers resolved, and its time floor.
 //! - [`run`]: the runner inside the agent (one run at a time, every stage recorded before it
 //!   acts); [`stage`]: one file per stage kind.
+//! - [`metrics`]: the runs' figures for `/metrics`, kept in memory by the runner.
 
+pub mod metrics;
 pub mod plan;
 pub mod run;
 pub mod spec;

@@ -10,11 +10,13 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::ScenarioMetrics;
 use super::plan::{plan, Plan};
 use super::spec::{Limits, Scenario, Stage};
 use super::stage::{self, StageContext, StageError};
 use crate::agent::Agent;
 use crate::kwok::ComponentProfile;
+use crate::observe::exposition::{ScenarioFigures, StageRef};
 use crate::store::now_ms;
 use crate::store::scenarios::{RunRecord, RunState};
 use crate::store::{Store, StoreError};
@@ -34,6 +36,7 @@ pub struct Runner {
     /// Cancelled when the agent shuts down: the run in progress ends `interrupted`.
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
+    metrics: ScenarioMetrics,
 }
 
 /// A started run: its id and its plan (with the seed it runs with).
@@ -62,8 +65,10 @@ impl Runner {
         default_profile: ComponentProfile,
         limits: Limits,
     ) -> Result<Self, StoreError> {
+        let metrics = ScenarioMetrics::default();
         for id in store.interrupt_runs().await? {
             tracing::warn!(run = %id, "scenario run interrupted by an agent restart");
+            metrics.run_ended(RunState::Interrupted);
         }
         Ok(Self {
             agent,
@@ -73,7 +78,13 @@ impl Runner {
             current: Arc::new(std::sync::Mutex::new(None)),
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            metrics,
         })
+    }
+
+    /// What `/metrics` shows of the runs: kept in memory, no database read.
+    pub fn figures(&self) -> ScenarioFigures {
+        self.metrics.snapshot()
     }
 
     /// What the machine can hold, for validating scenario files.
@@ -125,6 +136,7 @@ impl Runner {
             profile: self.default_profile,
             stop,
             shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
         };
         let current = self.current.clone();
         let finished_id = id.clone();
@@ -180,6 +192,7 @@ struct RunTask {
     profile: ComponentProfile,
     stop: CancellationToken,
     shutdown: CancellationToken,
+    metrics: ScenarioMetrics,
 }
 
 impl RunTask {
@@ -197,6 +210,8 @@ impl RunTask {
             Err(error) => (RunState::Failed, Some(error.to_string())),
         };
         tracing::info!(run = %self.id, state = state.as_str(), reason = reason.as_deref().unwrap_or(""), "scenario run ended");
+        // Counted before the record is closed: whoever sees the run ended sees it counted.
+        self.metrics.run_ended(state);
         if let Err(error) = self.store.end_run(&self.id, state, reason).await {
             tracing::error!(run = %self.id, %error, "cannot record the end of a scenario run");
         }
@@ -214,6 +229,8 @@ impl RunTask {
                     .begin_stage(&self.id, index, stage.kind())
                     .await
                     .map_err(|e| StageError::Record(e.to_string()))?;
+                self.metrics.stage_started(&self.id, index, stage.kind());
+                let started = std::time::Instant::now();
                 let mut context = StageContext {
                     agent: &self.agent,
                     scenario: &self.scenario,
@@ -233,6 +250,13 @@ impl RunTask {
                     ),
                 };
                 tracing::info!(run = %self.id, index, kind = stage.kind(), outcome = state.as_str(), %summary, "scenario stage ended");
+                let stage_ref = StageRef {
+                    run: self.id.clone(),
+                    index,
+                    kind: stage.kind(),
+                };
+                self.metrics
+                    .stage_ended(stage_ref, state, started.elapsed(), &summary);
                 self.store
                     .end_stage(&self.id, index, state, &summary)
                     .await

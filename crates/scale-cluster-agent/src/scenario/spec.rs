@@ -377,6 +377,19 @@ pub struct Limits {
 }
 
 impl Stage {
+    /// Every stage kind, as [`Stage::kind`] names them (so `/metrics` can show zeros for kinds
+    /// that have not run).
+    pub const KINDS: [&'static str; 8] = [
+        "ramp",
+        "waitActive",
+        "hold",
+        "nodeChurn",
+        "podChurn",
+        "tunnelDrop",
+        "scaleNodes",
+        "componentKill",
+    ];
+
     /// The key the stage is written with.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -546,6 +559,17 @@ stages:
   - componentKill: {component: kube-apiserver, clusters: 3}
   - ramp: {to: 100, rate: 5/s}
 ";
+
+    #[test]
+    fn kinds_lists_every_stage_kind() {
+        let s = Scenario::parse(STORM, LIMITS).unwrap();
+        let mut kinds: Vec<&str> = s.stages.iter().map(Stage::kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let mut all = Stage::KINDS.to_vec();
+        all.sort_unstable();
+        assert_eq!(kinds, all);
+    }
 
     #[test]
     fn the_issue_example_parses() {

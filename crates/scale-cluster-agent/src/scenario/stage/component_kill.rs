@@ -1,6 +1,7 @@
 //! `componentKill: {component, clusters}`: SIGKILLs one control-plane process of a seeded pick of
 //! the running clusters, then watches the agent's self-healing bring each back (every process
-//! running, apiserver ready) and records how long that took.
+//! running, apiserver ready) and records how long that took, and the recovery: from the first
+//! kill until every scenario cluster is up again as Rancher sees it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +20,7 @@ pub async fn run(
 ) -> Result<serde_json::Value, StageError> {
     let picked = context.pick_clusters(kill.clusters, Only::Up).await?;
     let component = kill.component.as_str();
+    let started = Instant::now();
     let mut killed: HashMap<String, (u32, Instant)> = HashMap::new();
     for name in &picked {
         context.check_stop()?;
@@ -50,6 +52,15 @@ pub async fn run(
         }
         context.sleep_until(Instant::now() + OBSERVE).await?;
     }
+    // After every kill healed: a list taken before the agent noticed a kill would show all up.
+    let recovered = if killed.is_empty() {
+        None
+    } else {
+        context
+            .all_up_by(deadline)
+            .await?
+            .map(|at| millis(at.duration_since(started)))
+    };
     let mut pids: Vec<_> = killed
         .iter()
         .map(|(name, (pid, _))| serde_json::json!({"cluster": name, "pid": pid}))
@@ -59,5 +70,6 @@ pub async fn run(
         "component": component,
         "killed": pids,
         "healed": p50_max(healed.into_values().collect()),
+        "recoveredMs": recovered,
     }))
 }

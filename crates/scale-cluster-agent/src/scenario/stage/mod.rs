@@ -106,6 +106,21 @@ impl StageContext<'_> {
         }
     }
 
+    /// Waits until every scenario cluster is up ([`is_up`]) and returns when that was seen, or
+    /// `None` at `deadline`: how fault stages measure recovery.
+    pub async fn all_up_by(&self, deadline: Instant) -> Result<Option<Instant>, StageError> {
+        loop {
+            if self.clusters().await?.iter().all(is_up) {
+                return Ok(Some(Instant::now()));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            self.sleep_until((Instant::now() + OBSERVE).min(deadline))
+                .await?;
+        }
+    }
+
     pub fn check_stop(&self) -> Result<(), StageError> {
         if self.stop.is_cancelled() {
             Err(StageError::Stopped)
@@ -139,6 +154,21 @@ pub fn millis(duration: Duration) -> u64 {
     duration.as_millis() as u64
 }
 
+/// The most of `times` (milliseconds, any order) that fall within any one-second window.
+pub fn max_in_one_second(times: &[u64]) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let mut most = 0;
+    let mut first = 0;
+    for (last, at) in sorted.iter().enumerate() {
+        while at - sorted[first] >= 1000 {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    most
+}
+
 /// p50 and max of a set of durations, in milliseconds.
 pub fn p50_max(mut values: Vec<u64>) -> serde_json::Value {
     if values.is_empty() {
@@ -149,4 +179,18 @@ pub fn p50_max(mut values: Vec<u64>) -> serde_json::Value {
         "p50Ms": values[(values.len() - 1) / 2],
         "maxMs": values[values.len() - 1],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_in_one_second_slides_a_window_over_the_times() {
+        assert_eq!(max_in_one_second(&[]), 0);
+        assert_eq!(max_in_one_second(&[5]), 1);
+        // 0, 999 in one window; 1000 starts the next (a window is [t, t + 1 s)).
+        assert_eq!(max_in_one_second(&[1000, 0, 999]), 2);
+        assert_eq!(max_in_one_second(&[0, 300, 600, 900, 2500, 2600]), 4);
+    }
 }

@@ -1,15 +1,16 @@
 //! `tunnelDrop: {clusters, spread}`: cuts both tunnels of a seeded pick of the clusters that are
 //! up, as a dead network path would (no close frame), spread evenly over `spread` (`0s`: all at
 //! once, a reconnect storm). Then watches them reconnect by themselves and records when: the
-//! time from each cut to both tunnels being back, and the spread of the reconnects, which shows
-//! whether the clients' jitter spread a storm out.
+//! time from each cut to both tunnels being back, the spread of the reconnects and the most of
+//! them in any one second, which show whether the clients' jitter spread a storm out, and the
+//! recovery: from the first cut until every scenario cluster is up again as Rancher sees it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{millis, p50_max, Only, StageContext, StageError};
+use super::{max_in_one_second, millis, p50_max, Only, StageContext, StageError};
 use crate::scenario::spec::TunnelDrop;
 
 /// How long the stage watches for reconnects before it reports the clusters still down (a
@@ -62,11 +63,27 @@ pub async fn run(
         (Some(first), Some(last)) => millis(last.duration_since(*first)),
         _ => 0,
     };
+    let since_start: Vec<u64> = back
+        .values()
+        .map(|at| millis(at.duration_since(started)))
+        .collect();
+    // Only once every cut cluster reconnected: until then the clusters are not back by
+    // definition (and a list would still show some as connected before they noticed the cut).
+    let recovered = if back.len() == cut.len() && !cut.is_empty() {
+        context
+            .all_up_by(deadline)
+            .await?
+            .map(|at| millis(at.duration_since(started)))
+    } else {
+        None
+    };
     Ok(serde_json::json!({
         "dropped": cut.len(),
         "reconnected": back.len(),
         "notReconnected": cut.len() - back.len(),
         "reconnect": p50_max(reconnect),
         "reconnectSpreadMs": spread,
+        "reconnectsMaxIn1s": max_in_one_second(&since_start),
+        "recoveredMs": recovered,
     }))
 }
