@@ -283,6 +283,8 @@ pub struct AgentFile {
     pub shard: Option<u32>,
     /// See `serve --cluster-prefix`.
     pub cluster_prefix: Option<String>,
+    /// See `serve --request-audit`.
+    pub request_audit: Option<bool>,
 }
 
 /// Resolved settings.
@@ -393,6 +395,7 @@ impl Settings {
             ports: self.ports,
             shared_etcd_dir: self.data_dir.join("etcd"),
             shared_etcd_port: self.shared_etcd_port(),
+            request_audit: self.file.agent.request_audit.unwrap_or(false),
         }
     }
 
@@ -507,6 +510,13 @@ pub struct RancherArgs {
     /// keeps kwokctl's processes [default: true].
     #[arg(long, env = "SCA_CONTROLLER_HOST", num_args = 0..=1, default_missing_value = "true")]
     pub controller_host: Option<bool>,
+
+    /// Count Rancher's requests to each cluster by verb and resource
+    /// (`sca_rancher_apiserver_requests_total`): clusters created while it is on run their
+    /// kube-apiserver with an audit log of Rancher's service account alone, which the agent
+    /// tails [default: false].
+    #[arg(long, env = "SCA_REQUEST_AUDIT", num_args = 0..=1, default_missing_value = "true")]
+    pub request_audit: Option<bool>,
 }
 
 /// Resolved agent options.
@@ -527,6 +537,8 @@ pub struct AgentSettings {
     pub shard: Option<ShardSpec>,
     /// Whether `lean` clusters the agent creates run their controllers in the controller host.
     pub controller_host: bool,
+    /// Whether clusters get the audit log of Rancher's requests and the agent counts them.
+    pub request_audit: bool,
 }
 
 /// Whether and how the agent serves Steve.
@@ -609,6 +621,7 @@ impl RancherArgs {
             },
             shard: None,
             controller_host: self.controller_host.unwrap_or(true),
+            request_audit: self.request_audit.or(agent.request_audit).unwrap_or(false),
         })
     }
 

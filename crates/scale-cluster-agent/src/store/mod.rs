@@ -17,6 +17,7 @@ use ports::{PortBlock, PortRange};
 
 mod agent;
 mod events;
+pub mod memory;
 pub mod ports;
 pub mod scenarios;
 pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
@@ -83,6 +84,8 @@ const MIGRATIONS: &[&str] = &[
     // Where a cluster's data lives, `own` (its own etcd, run by kwokctl) or `shared`
     // (a prefix in the agent's one shared etcd). Rows from before lived in their own etcd.
     "ALTER TABLE clusters ADD COLUMN etcd TEXT NOT NULL DEFAULT 'own';",
+    // Per-cluster memory samples (`memory`).
+    memory::MIGRATION,
 ];
 
 #[derive(Debug, thiserror::Error)]
