@@ -242,6 +242,8 @@ impl Agent {
                 counts,
                 clusters_dir,
                 crate::observe::audit::AUDIT_EVERY,
+                agent.inner.store.clone(),
+                SAMPLE_EVERY,
                 agent.inner.shutdown.clone(),
             ));
         }

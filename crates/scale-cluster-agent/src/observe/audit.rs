@@ -54,6 +54,8 @@ pub struct RequestKey {
 #[derive(Debug, Default)]
 pub struct RequestCounts {
     by_cluster: Mutex<BTreeMap<String, BTreeMap<RequestKey, u64>>>,
+    /// Counted since the last write to the store.
+    unsaved: Mutex<HashMap<(String, RequestKey), u64>>,
 }
 
 impl RequestCounts {
@@ -93,12 +95,41 @@ impl RequestCounts {
         }
     }
 
+    /// Adds what was counted since the last call to the store's totals (one transaction).
+    async fn save(&self, store: &crate::store::Store) {
+        let unsaved: Vec<((String, RequestKey), u64)> = self
+            .unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let at_ms = crate::store::now_ms();
+        let rows = unsaved
+            .into_iter()
+            .map(
+                |((cluster, key), count)| crate::store::requests::RequestCount {
+                    cluster,
+                    verb: key.verb,
+                    resource: key.resource,
+                    subresource: key.subresource,
+                    count,
+                    at_ms,
+                },
+            )
+            .collect();
+        if let Err(error) = store.add_rancher_requests(rows).await {
+            // Lost for the report only; the live counters have them.
+            tracing::warn!(%error, "recording Rancher's requests");
+        }
+    }
+
     /// Adds a sweep's counts and drops the clusters that are gone.
     fn apply(&self, sweep: Sweep) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
         let mut by_cluster = self.by_cluster.lock().unwrap_or_else(|p| p.into_inner());
         by_cluster.retain(|cluster, _| sweep.present.contains(cluster));
-        for (cluster, counts) in sweep.counts {
-            let series = by_cluster.entry(cluster).or_default();
+        for (cluster_name, counts) in sweep.counts {
+            let series = by_cluster.entry(cluster_name.clone()).or_default();
             for (key, n) in counts {
                 let key = if series.len() >= MAX_SERIES_PER_CLUSTER && !series.contains_key(&key) {
                     RequestKey {
@@ -109,21 +140,35 @@ impl RequestCounts {
                 } else {
                     key
                 };
+                *unsaved
+                    .entry((cluster_name.clone(), key.clone()))
+                    .or_default() += n;
                 *series.entry(key).or_default() += n;
             }
         }
     }
 }
 
-/// Tails every cluster's audit log under `clusters_dir` every `every` until `stop`.
+/// Tails every cluster's audit log under `clusters_dir` every `every` until `stop`, adding the
+/// counts to `store`'s totals every `save_every` (and once more at the end).
 pub async fn tail_loop(
     counts: Arc<RequestCounts>,
     clusters_dir: PathBuf,
     every: Duration,
+    store: crate::store::Store,
+    save_every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut tails = Tails::default();
+    let mut last_save = tokio::time::Instant::now();
     loop {
+        if last_save.elapsed() >= save_every || stop.is_cancelled() {
+            counts.save(&store).await;
+            last_save = tokio::time::Instant::now();
+        }
+        if stop.is_cancelled() {
+            return;
+        }
         let dir = clusters_dir.clone();
         let swept = tokio::task::spawn_blocking(move || {
             let sweep = tails.sweep(&dir);
@@ -144,7 +189,7 @@ pub async fn tail_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {}
         }
     }
 }

@@ -19,6 +19,7 @@ mod agent;
 mod events;
 pub mod memory;
 pub mod ports;
+pub mod requests;
 pub mod scenarios;
 pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
 pub use events::now_ms;
@@ -86,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE clusters ADD COLUMN etcd TEXT NOT NULL DEFAULT 'own';",
     // Per-cluster memory samples (`memory`).
     memory::MIGRATION,
+    // Rancher's requests per cluster by verb and resource (`requests`).
+    requests::MIGRATION,
 ];
 
 #[derive(Debug, thiserror::Error)]
