@@ -172,7 +172,10 @@ async fn rancher_requests_are_counted_by_verb_and_resource_and_the_report_shows_
     assert!(starts >= 1, "{after}");
     for verb in ["list", "watch"] {
         let n = requests(&text, name, verb, "namespaces");
-        assert!(n >= starts, "{verb} namespaces: {n} < {starts} informer starts\n{text}");
+        assert!(
+            n >= starts,
+            "{verb} namespaces: {n} < {starts} informer starts\n{text}"
+        );
     }
 
     // Another identity (the cluster's admin kubeconfig, as kubectl or the agent itself use): not

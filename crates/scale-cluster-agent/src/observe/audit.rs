@@ -582,7 +582,7 @@ mod tests {
                     "ResponseComplete",
                     RANCHER_USER,
                     "list",
-                    Some(("Bad Name\"", "")),
+                    Some(("Bad Name", "")),
                     "/x",
                 ),
                 Some(key("list", "other", "")),
