@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use footprint::{component_of, CpuWindow, Footprint};
+use footprint::{component_of, percentile, CpuWindow, Footprint};
 use scale_cluster_agent::kwok::status::processes_in;
-use scale_cluster_agent::observe::memory::{pss_bytes, rss_bytes, MemorySampler};
+use scale_cluster_agent::observe::memory::{pss_bytes, rss_bytes, MemorySampler, PSS_PER_SAMPLE};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -56,13 +56,15 @@ async fn bring_up(
     count: usize,
     total: usize,
 ) -> anyhow::Result<()> {
-    let resp = http
-        .post(format!("{api}/clusters/bulk"))
-        .json(&serde_json::json!({"count": count, "prefix": prefix, "profile": "lean"}))
-        .send()
-        .await?;
-    if resp.status() != 201 {
-        bail!("bulk create: {} {}", resp.status(), resp.text().await?);
+    if count > 0 {
+        let resp = http
+            .post(format!("{api}/clusters/bulk"))
+            .json(&serde_json::json!({"count": count, "prefix": prefix, "profile": "lean"}))
+            .send()
+            .await?;
+        if resp.status() != 201 {
+            bail!("bulk create: {} {}", resp.status(), resp.text().await?);
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(1200);
     loop {
@@ -83,22 +85,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().no_proxy().build()?;
     let n = args.clusters;
     let blocks = 2 * n + 5;
-    let start = |audit: &'static str| {
-        rancher_run::start_agent_with_env(
-            dir.path(),
-            &sim,
-            args.port_base,
-            blocks,
-            3,
-            &[("SCA_REQUEST_AUDIT", audit)],
-        )
+    const OFF: &[(&str, &str)] = &[("SCA_REQUEST_AUDIT", "false")];
+    const ON: &[(&str, &str)] = &[("SCA_REQUEST_AUDIT", "true")];
+    let start = |env: &'static [(&'static str, &'static str)]| {
+        rancher_run::start_agent_with_env(dir.path(), &sim, args.port_base, blocks, 3, env)
     };
     eprintln!("{n} clusters without the option");
-    let (agent, api) = start("false").await?;
+    let (agent, api) = start(OFF).await?;
     bring_up(&http, &api, "plain", n, n).await?;
     drop(agent);
     eprintln!("{n} clusters with it (agent restarted with SCA_REQUEST_AUDIT=true)");
-    let (agent, api) = start("true").await?;
+    let (agent, api) = start(ON).await?;
     bring_up(&http, &api, "aud", n, 2 * n).await?;
     eprintln!("settling {} s", args.settle);
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
@@ -143,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (bytes_after, lines_after) = (log_bytes(&logs), log_lines(&logs));
 
     let mut groups: BTreeMap<&str, (Footprint, usize)> = BTreeMap::new();
+    let mut pss_each: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut agent_fp = Footprint::default();
     for (pid, fp) in &measured {
         if *pid == agent_pid {
@@ -151,8 +149,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let entry = groups.entry(group).or_default();
             entry.0.add(fp);
             entry.1 += 1;
+            pss_each
+                .entry(group)
+                .or_default()
+                .push(fp.memory.pss_kib as f64 / 1024.0);
         }
     }
+    let p50 = |group: &str| percentile(pss_each.get(group).map_or(&[][..], |v| v), 50.0);
     let mean = |group: &str| -> anyhow::Result<(f64, f64)> {
         let (fp, count) = groups.get(group).context("a group without apiservers")?;
         let count = *count as f64;
@@ -171,10 +174,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
 
-    // The memory sampler over all 2N clusters, and the two /proc reads it is made of.
+    // The memory sampler over all 2N clusters, and the two /proc reads it is made of, in CPU
+    // time of this thread (the machine is shared: wall time would count waiting for a core).
     let mut sampler = MemorySampler::new(clusters_dir.clone());
     let rounds = 20;
-    let started = Instant::now();
+    let cpu_started = thread_cpu_us();
     let mut processes = 0;
     for _ in 0..rounds {
         processes = sampler
@@ -184,18 +188,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(|c| c.processes as usize)
             .sum();
     }
-    let per_sample_ms = started.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+    let per_sample_ms = (thread_cpu_us() - cpu_started) / 1000.0 / rounds as f64;
     let apiserver = *group_of.keys().next().context("no apiserver")?;
     let time = |f: &dyn Fn() -> bool| {
-        let started = Instant::now();
+        let started = thread_cpu_us();
         for _ in 0..200 {
             assert!(f());
         }
-        started.elapsed().as_secs_f64() * 1e6 / 200.0
+        (thread_cpu_us() - started) / 200.0
     };
     let statm_us = time(&|| rss_bytes(apiserver, 4096).is_some());
     let rollup_us = time(&|| pss_bytes(apiserver).is_some());
     let per_process_us = per_sample_ms * 1000.0 / processes.max(1) as f64;
+
+    // The agent again without the option (the audited clusters keep logging, nobody reads the
+    // logs): its CPU over the same window, against the window with the tailer.
+    drop(agent);
+    eprintln!(
+        "agent restarted without the option; settling {} s",
+        args.settle
+    );
+    let (agent, api) = start(OFF).await?;
+    bring_up(&http, &api, "none", 0, 2 * n).await?;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    let window = CpuWindow::start(&[agent.0.id()])?;
+    tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
+    let agent_off_mcpu = window
+        .finish()
+        .first()
+        .map(|(_, fp)| fp.mcpu)
+        .context("the agent exited")?;
 
     println!(
         "Command: `cargo bench -p scale-cluster-agent --bench request_audit -- --clusters {} --settle {} --cpu-window {}`\n",
@@ -211,15 +233,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         on_cpu / off_cpu
     );
     println!(
-        "\nAgent (tailing {n} logs every 2 s, 2N clusters' tunnels): {:.2} mCPU. Audit logs: {:.0} events and {:.1} KiB per cluster per minute ({} requests counted in all since the agent started); at 1 MB per file a cluster's log rotates about every {:.0} min.",
+        "\nPSS per apiserver p50: without {:.1} MiB, with {:.1} MiB.",
+        p50("off"),
+        p50("on")
+    );
+    println!(
+        "\nAgent (debug build, {} clusters' tunnels): {:.2} mCPU tailing {n} audit logs every 2 s, {:.2} mCPU restarted without the option (ratio {:.2}). Audit logs: {:.0} events and {:.1} KiB per cluster per minute ({} requests counted in all since the agent started); at 1 MB per file a cluster's log rotates about every {:.0} min.",
+        2 * n,
         agent_fp.mcpu,
+        agent_off_mcpu,
+        agent_fp.mcpu / agent_off_mcpu,
         (lines_after.saturating_sub(lines_before)) as f64 / n as f64 / minutes,
         (bytes_after.saturating_sub(bytes_before)) as f64 / 1024.0 / n as f64 / minutes,
         requests,
         1_000_000.0 / ((bytes_after.saturating_sub(bytes_before)).max(1) as f64 / n as f64 / minutes),
     );
     println!(
-        "\nMemory sample over {} clusters ({processes} processes): {per_sample_ms:.2} ms ({per_process_us:.0} µs per process: pid file, /proc stat and cmdline, statm; the PSS of all of them, fewer than 50); one apiserver's statm {statm_us:.0} µs, smaps_rollup {rollup_us:.0} µs. At N = 1,000 lean clusters (one process each): about {:.0} ms of RSS reads plus 50 × {rollup_us:.0} µs of PSS per 15 s sample.",
+        "\nMemory sample over {} clusters ({processes} processes), CPU time: {per_sample_ms:.2} ms ({per_process_us:.0} µs per process: pid file, /proc stat and cmdline, statm, and its PSS: fewer than {PSS_PER_SAMPLE} processes); one apiserver's statm {statm_us:.0} µs, smaps_rollup {rollup_us:.0} µs. At N = 1,000 lean clusters (one process each): about {:.0} ms of RSS reads plus {PSS_PER_SAMPLE} × {rollup_us:.0} µs of PSS per 15 s sample.",
         2 * n,
         // 1,000 processes × µs each = ms.
         (per_process_us - rollup_us).max(statm_us),
@@ -245,4 +275,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .status();
     }
     Ok(())
+}
+
+/// CPU time of this thread, in µs (`/proc/thread-self/schedstat`: nanoseconds on a CPU).
+fn thread_cpu_us() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |ns| ns / 1e3)
 }

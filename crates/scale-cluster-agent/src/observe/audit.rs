@@ -647,7 +647,7 @@ mod tests {
         let mut tails = Tails::default();
         counts.apply(tails.sweep(dir.path()));
         assert_eq!(total(&counts), 0);
-        append(&log, &[list.clone()]);
+        append(&log, std::slice::from_ref(&list));
         counts.apply(tails.sweep(dir.path()));
         assert_eq!(total(&counts), 1);
 
@@ -663,7 +663,7 @@ mod tests {
 
         // Rotation as the apiserver's logger does it: the last lines of the old file, a rename,
         // a new file; all counted once.
-        append(&log, &[list.clone()]);
+        append(&log, std::slice::from_ref(&list));
         std::fs::rename(&log, logs.join("audit-2026-12-02T03-00-00.000.log")).unwrap();
         append(&log, &[list.clone(), list.clone()]);
         counts.apply(tails.sweep(dir.path()));
@@ -672,7 +672,7 @@ mod tests {
         // A cluster created after the start is read from its beginning.
         let b_logs = dir.path().join("b").join("logs");
         std::fs::create_dir_all(&b_logs).unwrap();
-        append(&b_logs.join("audit.log"), &[list.clone()]);
+        append(&b_logs.join("audit.log"), std::slice::from_ref(&list));
         counts.apply(tails.sweep(dir.path()));
         assert!(counts
             .snapshot()

@@ -3,11 +3,13 @@
 //! counted), and apart from them the processes all clusters share (the shared etcd, the
 //! controller host), sampled at the agent's sampling cadence into the store for the run report.
 //!
-//! RSS comes from `/proc/<pid>/statm` for every process at every sample (one small read). PSS,
-//! which splits shared pages fairly but makes the kernel walk the whole address space
-//! (`smaps_rollup`), is read for at most [`PSS_PER_SAMPLE`] cluster processes per sample, in
-//! turn, and remembered per process: at N = 1,000 each process's PSS is at most
-//! `1000 / PSS_PER_SAMPLE` samples old. The shared processes' PSS is read every sample.
+//! RSS comes from `/proc/<pid>/statm` for every process at every sample (one small read, about
+//! 12 µs of CPU). PSS, which splits shared pages fairly, makes the kernel walk the process's
+//! page tables (`smaps_rollup`: about 8 ms of CPU for an idle 110 MiB kube-apiserver, more for
+//! the controller host at scale), so it is read for at most [`PSS_PER_SAMPLE`] processes per
+//! sample, in turn (shared ones included), and remembered per process: a sample's cost is
+//! bounded whatever N, and at N = 1,000 a process's PSS is refreshed every 200 samples
+//! (50 minutes) while its RSS is always fresh (docs/benchmarks.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,8 +17,8 @@ use std::path::{Path, PathBuf};
 use crate::kwok::status;
 pub use crate::store::memory::{ClusterMemory, MemorySummary, SharedProcess};
 
-/// Cluster processes whose PSS is read per sample.
-pub const PSS_PER_SAMPLE: usize = 50;
+/// Processes whose PSS is read per sample (about 40 ms of CPU per 15 s sample for apiservers).
+pub const PSS_PER_SAMPLE: usize = 5;
 
 /// One sample: every cluster, and the shared processes apart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +53,9 @@ impl MemorySample {
     }
 }
 
+/// A process: pid and start time (a recycled pid is another process).
+type ProcessKey = (u32, u64);
+
 /// Reads samples; remembers each process's last PSS and whose turn it is.
 #[derive(Debug)]
 pub struct MemorySampler {
@@ -73,7 +78,7 @@ impl MemorySampler {
     /// shared processes' pids.
     pub fn sample(&mut self, shared: &[(&str, u32)], at_ms: i64) -> MemorySample {
         let page = super::proc_stat::page_size();
-        let mut found: BTreeMap<String, Vec<((u32, u64), u64)>> = BTreeMap::new();
+        let mut found: BTreeMap<String, Vec<(ProcessKey, u64)>> = BTreeMap::new();
         for (cluster, dir) in cluster_dirs(&self.clusters_dir) {
             let processes = found.entry(cluster).or_default();
             for (component, pid) in pid_files(&dir) {
@@ -86,25 +91,29 @@ impl MemorySampler {
                 processes.push(((pid, start), rss));
             }
         }
-        // PSS in turn for a bounded number of cluster processes.
-        let all: Vec<(u32, u64)> = found
-            .values()
-            .flat_map(|ps| ps.iter().map(|(id, _)| *id))
+        let shared: Vec<(&str, (u32, u64), u64)> = shared
+            .iter()
+            .filter_map(|(name, pid)| {
+                Some((*name, (*pid, start_time(*pid)?), rss_bytes(*pid, page)?))
+            })
             .collect();
-        self.pss.retain(|id, _| all.contains(id));
+        // PSS in turn for a bounded number of processes, the shared ones first.
+        let all: Vec<(u32, u64)> = shared
+            .iter()
+            .map(|(_, id, _)| *id)
+            .chain(found.values().flat_map(|ps| ps.iter().map(|(id, _)| *id)))
+            .collect();
+        let live: std::collections::HashSet<(u32, u64)> = all.iter().copied().collect();
+        self.pss.retain(|id, _| live.contains(id));
         if !all.is_empty() {
             let start = self.next % all.len();
-            for id in all
-                .iter()
-                .cycle()
-                .skip(start)
-                .take(PSS_PER_SAMPLE.min(all.len()))
-            {
+            let take = PSS_PER_SAMPLE.min(all.len());
+            for id in all.iter().cycle().skip(start).take(take) {
                 if let Some(pss) = pss_bytes(id.0) {
                     self.pss.insert(*id, pss);
                 }
             }
-            self.next = start + PSS_PER_SAMPLE.min(all.len());
+            self.next = start + take;
         }
         let clusters = found
             .into_iter()
@@ -121,13 +130,11 @@ impl MemorySampler {
             })
             .collect();
         let shared = shared
-            .iter()
-            .filter_map(|(name, pid)| {
-                Some(SharedProcess {
-                    name: (*name).to_string(),
-                    rss_bytes: rss_bytes(*pid, page)?,
-                    pss_bytes: pss_bytes(*pid),
-                })
+            .into_iter()
+            .map(|(name, id, rss)| SharedProcess {
+                name: name.to_string(),
+                rss_bytes: rss,
+                pss_bytes: self.pss.get(&id).copied(),
             })
             .collect();
         MemorySample {
