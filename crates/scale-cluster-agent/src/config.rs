@@ -913,6 +913,30 @@ mod tests {
     }
 
     #[test]
+    fn request_audit_is_off_by_default_and_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "rancher: {url: 'https://r', token: 'token-a:b'}\n").unwrap();
+        let config = file.to_str().unwrap();
+        let (settings, rancher) = parse(&["--config", config]);
+        assert!(!rancher.resolve(&settings).unwrap().request_audit);
+        assert!(!settings.kwok().request_audit);
+        let (settings, rancher) = parse(&["--config", config, "--request-audit"]);
+        assert!(rancher.resolve(&settings).unwrap().request_audit);
+
+        std::fs::write(
+            &file,
+            "rancher: {url: 'https://r', token: 'token-a:b'}\nagent: {requestAudit: true}\n",
+        )
+        .unwrap();
+        let (settings, rancher) = parse(&["--config", config]);
+        assert!(rancher.resolve(&settings).unwrap().request_audit);
+        assert!(settings.kwok().request_audit);
+        let (settings, rancher) = parse(&["--config", config, "--request-audit=false"]);
+        assert!(!rancher.resolve(&settings).unwrap().request_audit);
+    }
+
+    #[test]
     fn bad_configuration_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yaml");
