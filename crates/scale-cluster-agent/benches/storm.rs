@@ -17,7 +17,7 @@ mod go_build;
 #[path = "support/rancher_run.rs"]
 mod rancher_run;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -43,7 +43,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Runtime::new()?.block_on(run(args))
+    tokio::runtime::Runtime::new()?.block_on(rancher_run::until_interrupted(run(args)))
 }
 
 /// Nearest-rank percentile of sorted `values`.
@@ -67,39 +67,9 @@ fn max_in_one_second(sorted: &[i64]) -> usize {
     most
 }
 
-/// SIGKILLs every process whose command line names `dir` (the KWOK components outlive the agent
-/// by design), however the benchmark ends.
-struct KwokGuard(PathBuf);
-
-impl Drop for KwokGuard {
-    fn drop(&mut self) {
-        let needle = self.0.display().to_string();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    // Declared after `dir`, so dropped before it: the processes go before their directory.
-    let _kwok = KwokGuard(dir.path().to_path_buf());
+    // Kills whatever a failed or interrupted run left, then removes the directory.
+    let dir = rancher_run::Scratch::new()?;
     let sim = rancher_run::start_sim(dir.path(), &[]).await?;
     // The agent's two ports lie just below the first port block.
     let (agent, api) = rancher_run::start_agent(
@@ -114,7 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let result = measure(&args, &http, &api, &sim.url, &sim.dir).await;
 
     // Leave nothing running: the clusters go through the agent (Rancher and KWOK), then it stops
-    // (and the guard kills whatever a failed run left).
+    // (and the scratch dir kills whatever a failed run left).
     let down = "name: storm-bench-down\nclusters: {prefix: storm}\nstages:\n  - ramp: {to: 0}\n";
     if run_scenario(&http, &api, down, Duration::from_secs(300))
         .await

@@ -71,7 +71,9 @@ impl RunningAgent {
         let toolchain = provision_toolchain(&settings.toolchain_options()).await?;
         let state_db = settings.state_db();
         let store = blocking(move || Ok(Store::open(&state_db)?)).await?;
-        let mut manager = ClusterManager::new(&settings.kwok(), toolchain, store);
+        let mut kwok = settings.kwok();
+        kwok.request_audit = agent_settings.request_audit;
+        let mut manager = ClusterManager::new(&kwok, toolchain, store);
         let controllers = if agent_settings.controller_host {
             let host = Arc::new(start_controller_host(settings).await?);
             manager = manager.with_controller_host(host.clone());

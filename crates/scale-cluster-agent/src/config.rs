@@ -283,6 +283,8 @@ pub struct AgentFile {
     pub shard: Option<u32>,
     /// See `serve --cluster-prefix`.
     pub cluster_prefix: Option<String>,
+    /// See `serve --request-audit`.
+    pub request_audit: Option<bool>,
 }
 
 /// Resolved settings.
@@ -393,6 +395,7 @@ impl Settings {
             ports: self.ports,
             shared_etcd_dir: self.data_dir.join("etcd"),
             shared_etcd_port: self.shared_etcd_port(),
+            request_audit: self.file.agent.request_audit.unwrap_or(false),
         }
     }
 
@@ -507,6 +510,13 @@ pub struct RancherArgs {
     /// keeps kwokctl's processes [default: true].
     #[arg(long, env = "SCA_CONTROLLER_HOST", num_args = 0..=1, default_missing_value = "true")]
     pub controller_host: Option<bool>,
+
+    /// Count Rancher's requests to each cluster by verb and resource
+    /// (`sca_rancher_apiserver_requests_total`): clusters created while it is on run their
+    /// kube-apiserver with an audit log of Rancher's service account alone, which the agent
+    /// tails [default: false].
+    #[arg(long, env = "SCA_REQUEST_AUDIT", num_args = 0..=1, default_missing_value = "true")]
+    pub request_audit: Option<bool>,
 }
 
 /// Resolved agent options.
@@ -527,6 +537,8 @@ pub struct AgentSettings {
     pub shard: Option<ShardSpec>,
     /// Whether `lean` clusters the agent creates run their controllers in the controller host.
     pub controller_host: bool,
+    /// Whether clusters get the audit log of Rancher's requests and the agent counts them.
+    pub request_audit: bool,
 }
 
 /// Whether and how the agent serves Steve.
@@ -609,6 +621,7 @@ impl RancherArgs {
             },
             shard: None,
             controller_host: self.controller_host.unwrap_or(true),
+            request_audit: self.request_audit.or(agent.request_audit).unwrap_or(false),
         })
     }
 
@@ -897,6 +910,30 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--config", config]).unwrap();
         let err = format!("{:#}", Settings::from_args(&cli.global).unwrap_err());
         assert!(err.contains("invalid duration \"soon\""), "{err}");
+    }
+
+    #[test]
+    fn request_audit_is_off_by_default_and_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "rancher: {url: 'https://r', token: 'token-a:b'}\n").unwrap();
+        let config = file.to_str().unwrap();
+        let (settings, rancher) = parse(&["--config", config]);
+        assert!(!rancher.resolve(&settings).unwrap().request_audit);
+        assert!(!settings.kwok().request_audit);
+        let (settings, rancher) = parse(&["--config", config, "--request-audit"]);
+        assert!(rancher.resolve(&settings).unwrap().request_audit);
+
+        std::fs::write(
+            &file,
+            "rancher: {url: 'https://r', token: 'token-a:b'}\nagent: {requestAudit: true}\n",
+        )
+        .unwrap();
+        let (settings, rancher) = parse(&["--config", config]);
+        assert!(rancher.resolve(&settings).unwrap().request_audit);
+        assert!(settings.kwok().request_audit);
+        let (settings, rancher) = parse(&["--config", config, "--request-audit=false"]);
+        assert!(!rancher.resolve(&settings).unwrap().request_audit);
     }
 
     #[test]

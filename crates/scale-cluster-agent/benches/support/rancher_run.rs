@@ -99,6 +99,8 @@ pub async fn start_sim(dir: &Path, extra_args: &[String]) -> anyhow::Result<Sim>
 
 /// Starts `scale-cluster-agent serve` against `sim` with its data and KWOK work dir under `dir`
 /// (`<dir>/data`, `<dir>/kwok`); returns the process and its API URL.
+// Not every benchmark starts an agent with extra settings.
+#[allow(dead_code)]
 pub async fn start_agent(
     dir: &Path,
     sim: &Sim,
@@ -106,8 +108,23 @@ pub async fn start_agent(
     port_blocks: usize,
     concurrency: usize,
 ) -> anyhow::Result<(Killed, String)> {
+    start_agent_with_env(dir, sim, port_base, port_blocks, concurrency, &[]).await
+}
+
+/// [`start_agent`] with more environment (`SCA_*` settings).
+pub async fn start_agent_with_env(
+    dir: &Path,
+    sim: &Sim,
+    port_base: u16,
+    port_blocks: usize,
+    concurrency: usize,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Killed, String)> {
+    // A discovery file left by an agent killed before: wait for this agent's own.
+    let _ = std::fs::remove_file(dir.join("data/agent.json"));
     let agent = Killed(
         Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+            .envs(env.iter().copied())
             .arg("serve")
             .env("SCA_DATA_DIR", dir.join("data"))
             .env("SCA_KWOK_WORKDIR", dir.join("kwok"))

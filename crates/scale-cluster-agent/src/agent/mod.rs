@@ -178,6 +178,8 @@ struct Inner {
     permits: Semaphore,
     /// The event log folded into histograms and counters (`/metrics`, the status page).
     observer: crate::observe::Observer,
+    /// Rancher's requests per cluster (`--request-audit`), counted from the audit logs.
+    request_counts: Option<Arc<crate::observe::audit::RequestCounts>>,
     wake: Notify,
     shutdown: CancellationToken,
 }
@@ -211,12 +213,17 @@ impl Agent {
         let observer = crate::observe::Observer::start(store.clone()).await?;
         let shutdown = CancellationToken::new();
         let (machine, watch_machine) = pressure::watch_machine(shutdown.clone()).await;
+        let request_counts = manager
+            .request_audit()
+            .then(|| Arc::new(crate::observe::audit::RequestCounts::default()));
+        let (memory_manager, clusters_dir) = (manager.clone(), manager.clusters_dir());
         let agent = Agent {
             inner: Arc::new(Inner {
                 store: manager.store().clone(),
                 instance_id,
                 tunnels: tunnels::TunnelSet::new(config.tunnel.clone()).with_events(store.clone()),
                 observer,
+                request_counts: request_counts.clone(),
                 permits: Semaphore::new(config.concurrency.max(1)),
                 tasks: TaskTracker::new(),
                 manager,
@@ -240,8 +247,19 @@ impl Agent {
             SAMPLE_EVERY,
             move || sampled.sample_counts(),
             move || loaded.tunnel_load(),
+            memory_manager,
             agent.inner.shutdown.clone(),
         ));
+        if let Some(counts) = request_counts {
+            agent.inner.tasks.spawn(crate::observe::audit::tail_loop(
+                counts,
+                clusters_dir,
+                crate::observe::audit::AUDIT_EVERY,
+                agent.inner.store.clone(),
+                SAMPLE_EVERY,
+                agent.inner.shutdown.clone(),
+            ));
+        }
         if let Some(spec) = agent.inner.config.shard.clone() {
             agent.inner.tasks.spawn(desired::run(agent.clone(), spec));
         }
@@ -548,6 +566,11 @@ impl Agent {
     /// The event log folded for `/metrics` and the status page.
     pub fn observer(&self) -> &crate::observe::Observer {
         &self.inner.observer
+    }
+
+    /// Rancher's requests per cluster by verb and resource; `None` without `--request-audit`.
+    pub fn request_counts(&self) -> Option<&crate::observe::audit::RequestCounts> {
+        self.inner.request_counts.as_deref()
     }
 
     /// (clusters active, tunnels connected) for a resource sample: the active count comes from

@@ -418,6 +418,10 @@ async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
         .map_err(AgentError::from)?;
     observe::exposition::render(&mut text, &folded, &state.agent.tunnel_load(), usage);
     observe::exposition::render_scenarios(&mut text, &state.runner.figures());
+    // In memory, no query: counted from the audit logs by their own task.
+    if let Some(requests) = state.agent.request_counts() {
+        requests.render(&mut text);
+    }
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
 }
 

@@ -83,7 +83,12 @@ impl Kwokctl {
 
     /// The directory kwokctl keeps `name`'s files in.
     pub fn cluster_dir(&self, name: &str) -> PathBuf {
-        self.workdir.join("clusters").join(name)
+        self.clusters_dir().join(name)
+    }
+
+    /// The directory of every cluster's directory.
+    pub fn clusters_dir(&self) -> PathBuf {
+        self.workdir.join("clusters")
     }
 
     /// Creates and starts a cluster; waits (up to [`START_TIMEOUT`]) for its components.

@@ -80,12 +80,14 @@ impl ComponentProfile {
     }
 
     /// The per-cluster `KwokctlConfiguration` document: binaries, bind address, etcd peer port,
-    /// this profile's component patches and, for a cluster in the shared etcd, where that is.
+    /// this profile's component patches, for a cluster in the shared etcd where that is, and with
+    /// `audit_policy` (the file of [`REQUEST_AUDIT_POLICY`]) the apiserver's bounded audit log.
     pub fn kwokctl_config(
         self,
         toolchain: &Toolchain,
         ports: &PortBlock,
         shared_etcd: Option<&SharedEtcdPlacement>,
+        audit_policy: Option<&Path>,
     ) -> String {
         let mut doc = format!(
             "apiVersion: config.kwok.x-k8s.io/v1alpha1
@@ -113,8 +115,29 @@ options:
             // kwokctl writes `--etcd-prefix` from this option (its default is `/registry`).
             doc.push_str(&format!("  etcdPrefix: {}\n", yaml_str(&shared.prefix)));
         }
-        if self == ComponentProfile::Lean || shared_etcd.is_some() {
+        if let Some(policy) = audit_policy {
+            // kwokctl copies the policy into the cluster dir and adds `--audit-policy-file` and
+            // `--audit-log-path=<cluster>/logs/audit.log` (kwok v0.8.0
+            // `pkg/kwokctl/components/kube_apiserver.go`), for both profiles.
+            doc.push_str(&format!("  kubeAuditPolicy: {}\n", yaml_path(policy)));
+        }
+        if self == ComponentProfile::Lean || shared_etcd.is_some() || audit_policy.is_some() {
             doc.push_str("componentsPatches:\n");
+        }
+        if audit_policy.is_some() {
+            // Bounded disk: one file of at most 1 MB (the flag's unit) and one rotated backup,
+            // about 1,400 requests each; the agent tails the live file (`observe::audit`).
+            doc.push_str(
+                "- name: kube-apiserver
+  extraArgs:
+  - key: audit-log-maxsize
+    value: \"1\"
+  - key: audit-log-maxbackup
+    value: \"1\"
+  - key: audit-log-format
+    value: json
+",
+            );
         }
         if let Some(shared) = shared_etcd {
             // kwokctl points the apiserver at its own etcd: replace that (an added flag would
@@ -161,6 +184,24 @@ options:
         doc
     }
 }
+
+/// The user Rancher acts as on a cluster's main tunnel: the tunnel params hand Rancher the token
+/// of the ServiceAccount `cattle-system/cattle` that the agent creates in every cluster
+/// (`agent::prepare`), as the real cattle-cluster-agent does.
+pub const RANCHER_USER: &str = "system:serviceaccount:cattle-system:cattle";
+
+/// The audit policy of `--request-audit`: Rancher's requests at `Metadata` level (who, verb,
+/// resource, status; no bodies), nothing of anyone else (kwok, the controllers, the agent), and
+/// no `RequestReceived` stage, so a request is one event (two for a watch: `ResponseStarted`
+/// when it opens, `ResponseComplete` when it ends).
+pub const REQUEST_AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: [\"system:serviceaccount:cattle-system:cattle\"]
+- level: None
+";
 
 /// Where a cluster in the shared etcd keeps its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,7 +355,8 @@ mod tests {
     #[test]
     fn configs_are_valid_yaml_with_local_binaries_and_loopback() {
         for profile in [ComponentProfile::Full, ComponentProfile::Lean] {
-            let text = profile.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000), None);
+            let text =
+                profile.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000), None, None);
             let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
             assert_eq!(doc["options"]["bindAddress"], "127.0.0.1");
             assert_eq!(doc["options"]["etcdPeerPort"], 9002);
@@ -334,6 +376,7 @@ mod tests {
         let text = ComponentProfile::Lean.kwokctl_config(
             &toolchain(),
             &PortBlock::starting_at(9000),
+            None,
             None,
         );
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
@@ -358,7 +401,7 @@ mod tests {
             assert!(controllers.split(',').any(|c| c == needed), "{controllers}");
         }
         assert!(ComponentProfile::Full
-            .kwokctl_config(&toolchain(), &PortBlock::starting_at(9000), None)
+            .kwokctl_config(&toolchain(), &PortBlock::starting_at(9000), None, None)
             .find("componentsPatches")
             .is_none());
         assert!(!ComponentProfile::Lean
@@ -376,6 +419,7 @@ mod tests {
             &toolchain(),
             &PortBlock::starting_at(9000),
             Some(&shared),
+            None,
         );
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         assert_eq!(doc["options"]["etcdPrefix"], "/clusters/a");
@@ -396,5 +440,40 @@ mod tests {
         assert_eq!(compaction["value"], "0");
         // Lean's own patches are still there.
         assert!(args.iter().any(|a| a["key"] == "watch-cache"));
+    }
+
+    #[test]
+    fn request_audit_adds_the_policy_and_a_bounded_log_to_both_profiles() {
+        let policy: serde_yaml::Value = serde_yaml::from_str(REQUEST_AUDIT_POLICY).unwrap();
+        assert_eq!(policy["rules"][0]["users"][0], RANCHER_USER);
+        assert_eq!(policy["rules"][1]["level"], "None");
+        assert_eq!(policy["omitStages"][0], "RequestReceived");
+        for profile in [ComponentProfile::Full, ComponentProfile::Lean] {
+            let text = profile.kwokctl_config(
+                &toolchain(),
+                &PortBlock::starting_at(9000),
+                None,
+                Some(Path::new("/data/audit.yaml")),
+            );
+            let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            assert_eq!(doc["options"]["kubeAuditPolicy"], "/data/audit.yaml");
+            let args: Vec<&serde_yaml::Value> = doc["componentsPatches"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .filter(|p| p["name"] == "kube-apiserver")
+                .flat_map(|p| p["extraArgs"].as_sequence().unwrap())
+                .collect();
+            let arg = |key: &str| {
+                args.iter()
+                    .find(|a| a["key"] == key)
+                    .map(|a| a["value"].clone())
+            };
+            assert_eq!(arg("audit-log-maxsize"), Some("1".into()), "{text}");
+            assert_eq!(arg("audit-log-maxbackup"), Some("1".into()), "{text}");
+            let off =
+                profile.kwokctl_config(&toolchain(), &PortBlock::starting_at(9000), None, None);
+            assert!(!off.contains("audit"), "{off}");
+        }
     }
 }

@@ -15,7 +15,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Escapes a label value (cluster names are RFC 1123 labels; reasons are fixed words, but the
 /// format is kept whatever comes in).
-fn label(value: &str) -> String {
+pub(crate) fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

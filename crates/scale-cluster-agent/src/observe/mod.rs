@@ -8,8 +8,10 @@
 //! Histograms and counters cover this process's lifetime, as Prometheus expects of them; the
 //! report reads the whole log.
 
+pub mod audit;
 pub mod exposition;
 pub mod histogram;
+pub mod memory;
 pub mod proc_stat;
 pub mod status;
 
@@ -312,16 +314,21 @@ impl Observer {
     }
 }
 
-/// Records a sample of the agent's own resource use, and each cluster's Rancher load, every
-/// `every`, until `stop`.
+/// Records a sample of the agent's own resource use, each cluster's Rancher load, and each
+/// cluster's memory (its processes found by `manager`) every `every`, until `stop`.
 pub async fn sample_loop(
     store: Store,
     every: Duration,
     counts: impl Fn() -> (u64, u64) + Send,
     load: impl Fn() -> Vec<crate::agent::tunnels::TunnelLoad> + Send,
+    manager: crate::kwok::ClusterManager,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let mut sampler = Some(memory::MemorySampler::new(manager.clusters_dir()));
     loop {
+        if let Some(taken) = sampler.take() {
+            sampler = sample_memory(&store, &manager, taken).await;
+        }
         let now = crate::store::now_ms();
         let per_cluster = status::top_load(&load(), usize::MAX)
             .into_iter()
@@ -364,6 +371,45 @@ pub async fn sample_loop(
             _ = stop.cancelled() => {}
         }
     }
+}
+
+/// One memory sample of every cluster and the shared processes, stored; the sampler back (`None`
+/// if its blocking task died: memory is then no longer sampled, the rest goes on).
+async fn sample_memory(
+    store: &Store,
+    manager: &crate::kwok::ClusterManager,
+    mut sampler: memory::MemorySampler,
+) -> Option<memory::MemorySampler> {
+    let mut shared: Vec<(&'static str, u32)> = Vec::new();
+    if let Some(pid) = manager.shared_etcd().running_pid().await {
+        shared.push(("etcd (shared)", pid));
+    }
+    if let Some(pid) = manager.controller_host().and_then(|host| host.pid()) {
+        shared.push(("controller-host", pid));
+    }
+    let at_ms = crate::store::now_ms();
+    let started = std::time::Instant::now();
+    let (sampler, sample) = match tokio::task::spawn_blocking(move || {
+        let sample = sampler.sample(&shared, at_ms);
+        (sampler, sample)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::warn!(%error, "sampling the clusters' memory");
+            return None;
+        }
+    };
+    tracing::debug!(
+        clusters = sample.clusters.len(),
+        took_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "sampled the clusters' memory"
+    );
+    if let Err(error) = store.record_memory(sample.summary(), sample.clusters).await {
+        tracing::warn!(%error, "recording the clusters' memory");
+    }
+    Some(sampler)
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()

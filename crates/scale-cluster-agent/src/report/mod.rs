@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::observe::{Folded, Percentiles, RecentFailure};
+use crate::store::memory::{ClusterMemory, MemorySummary};
+use crate::store::requests::RequestCount;
 use crate::store::scenarios::RunRecord;
 use crate::store::{AgentPhase, Event, EventKind, LoadSample, Sample, Store, StoreError};
 
@@ -22,6 +24,10 @@ use crate::store::{AgentPhase, Event, EventKind, LoadSample, Sample, Store, Stor
 const TIMELINE_POINTS: usize = 120;
 /// Clusters listed by Rancher load.
 pub const TOP_LOAD: usize = 15;
+/// Clusters listed by memory.
+pub const TOP_MEMORY: usize = 15;
+/// (verb, resource) rows of Rancher's requests listed.
+pub const TOP_REQUESTS: usize = 20;
 
 /// How clusters are grouped in the timeline.
 pub const TIMELINE_GROUPS: [&str; 5] = ["pending", "bringing up", "active", "failed", "other"];
@@ -71,6 +77,51 @@ pub struct Report {
     pub top_load: Vec<LoadSample>,
     /// Scenario runs started in the window, oldest first, with their stages.
     pub scenarios: Vec<RunRecord>,
+    /// Per-cluster memory over time (p50, max; shared processes apart), oldest first.
+    pub memory: Vec<MemorySummary>,
+    /// Each cluster's last memory sample, largest RSS first, at most [`TOP_MEMORY`].
+    pub cluster_memory: Vec<ClusterMemory>,
+    /// Rancher's requests by verb and resource over all clusters (`--request-audit`), most
+    /// first, at most [`TOP_REQUESTS`]; empty without counts.
+    pub requests: Vec<RequestRow>,
+}
+
+/// Rancher's requests of one verb and resource, all clusters together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestRow {
+    pub verb: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+    pub count: u64,
+    /// Clusters with at least one such request.
+    pub clusters: usize,
+}
+
+/// Sums the per-cluster counts by (verb, resource/subresource), most requests first.
+fn request_rows(counts: &[RequestCount], top: usize) -> Vec<RequestRow> {
+    let mut by_key: BTreeMap<(String, String), (u64, usize)> = BTreeMap::new();
+    for c in counts.iter().filter(|c| c.count > 0) {
+        let resource = if c.subresource.is_empty() {
+            c.resource.clone()
+        } else {
+            format!("{}/{}", c.resource, c.subresource)
+        };
+        let entry = by_key.entry((c.verb.clone(), resource)).or_default();
+        entry.0 += c.count;
+        entry.1 += 1;
+    }
+    let mut rows: Vec<RequestRow> = by_key
+        .into_iter()
+        .map(|((verb, resource), (count, clusters))| RequestRow {
+            verb,
+            resource,
+            count,
+            clusters,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.verb.cmp(&b.verb)));
+    rows.truncate(top);
+    rows
 }
 
 /// How many scenario runs a report looks through.
@@ -105,6 +156,13 @@ impl Report {
             now_ms,
         );
         report.scenarios = scenarios;
+        report.memory = store.memory_since(since_ms).await?;
+        let mut cluster_memory = store.cluster_memory_since(since_ms).await?;
+        cluster_memory.sort_by_key(|c| std::cmp::Reverse(c.rss_bytes));
+        cluster_memory.truncate(TOP_MEMORY);
+        report.cluster_memory = cluster_memory;
+        report.requests =
+            request_rows(&store.rancher_requests_since(since_ms).await?, TOP_REQUESTS);
         Ok(report)
     }
 
@@ -171,6 +229,9 @@ impl Report {
             samples,
             top_load,
             scenarios: Vec::new(),
+            memory: Vec::new(),
+            cluster_memory: Vec::new(),
+            requests: Vec::new(),
         }
     }
 }
@@ -244,5 +305,38 @@ mod tests {
         assert_eq!(report.created, 2);
         assert_eq!(report.create_to_active, vec![5.0]);
         assert_eq!(report.first_active, 1);
+    }
+
+    #[test]
+    fn requests_are_summed_over_clusters_most_first() {
+        let count = |cluster: &str, verb: &str, resource: &str, sub: &str, n: u64| RequestCount {
+            cluster: cluster.into(),
+            verb: verb.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            count: n,
+            at_ms: 0,
+        };
+        let rows = request_rows(
+            &[
+                count("a", "get", "namespaces", "", 3),
+                count("b", "get", "namespaces", "", 4),
+                count("a", "watch", "pods", "", 9),
+                count("a", "get", "pods", "log", 1),
+            ],
+            2,
+        );
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[0].verb.as_str(),
+                rows[0].resource.as_str(),
+                rows[0].count
+            ),
+            ("watch", "pods", 9)
+        );
+        assert_eq!((rows[1].count, rows[1].clusters), (7, 2));
+        let all = request_rows(&[count("a", "get", "pods", "log", 1)], 5);
+        assert_eq!(all[0].resource, "pods/log");
     }
 }

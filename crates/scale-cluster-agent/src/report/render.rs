@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use super::svg::{self, Series, COLOURS};
 use super::{Report, TIMELINE_GROUPS};
 use crate::observe::MEASURED_PHASES;
+use crate::store::memory::MemorySummary;
 
 /// The output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,7 +86,125 @@ fn summary_rows(report: &Report) -> Vec<(&'static str, String)> {
                 .map(|b| format!("{:.1} MiB", mib(b)))
                 .unwrap_or_else(|| "not sampled".into()),
         ),
+        (
+            "cluster memory p50 / max (RSS, last sample)",
+            report
+                .memory
+                .last()
+                .filter(|m| m.clusters > 0)
+                .map(|m| {
+                    format!(
+                        "{:.1} / {:.1} MiB over {} clusters",
+                        mib(m.rss_p50),
+                        mib(m.rss_max),
+                        m.clusters
+                    )
+                })
+                .unwrap_or_else(|| "not sampled".into()),
+        ),
     ]
+}
+
+/// Rows of the per-cluster memory table: cluster, processes, RSS MiB, PSS MiB.
+fn cluster_memory_rows(report: &Report) -> Vec<[String; 4]> {
+    report
+        .cluster_memory
+        .iter()
+        .map(|c| {
+            [
+                c.cluster.clone(),
+                c.processes.to_string(),
+                format!("{:.1}", mib(c.rss_bytes)),
+                c.pss_bytes
+                    .map(|b| format!("{:.1}", mib(b)))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect()
+}
+
+/// Rows of the shared processes at the last sample: name, RSS MiB, PSS MiB.
+fn shared_rows(report: &Report) -> Vec<[String; 3]> {
+    report
+        .memory
+        .last()
+        .map(|m| {
+            m.shared
+                .iter()
+                .map(|p| {
+                    [
+                        p.name.clone(),
+                        format!("{:.1}", mib(p.rss_bytes)),
+                        p.pss_bytes
+                            .map(|b| format!("{:.1}", mib(b)))
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rows of Rancher's requests: verb, resource, requests, clusters.
+fn request_rows(report: &Report) -> Vec<[String; 4]> {
+    report
+        .requests
+        .iter()
+        .map(|r| {
+            [
+                r.verb.clone(),
+                r.resource.clone(),
+                r.count.to_string(),
+                r.clusters.to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// An HTML table with a header row; every cell escaped, numbers right-aligned from `numeric_from`.
+fn html_table<const N: usize>(
+    out: &mut String,
+    id: &str,
+    header: [&str; N],
+    rows: &[[String; N]],
+    numeric_from: usize,
+) {
+    let _ = write!(out, "<table id=\"{id}\"><tr>");
+    for h in header {
+        let _ = write!(out, "<th>{h}</th>");
+    }
+    out.push_str("</tr>");
+    for row in rows {
+        out.push_str("<tr>");
+        for (i, cell) in row.iter().enumerate() {
+            let class = if i >= numeric_from {
+                " class=\"n\""
+            } else {
+                ""
+            };
+            let _ = write!(out, "<td{class}>{}</td>", escape(cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+}
+
+/// A Markdown table with a header row, numbers right-aligned from `numeric_from`.
+fn markdown_table<const N: usize>(
+    out: &mut String,
+    header: [&str; N],
+    rows: &[[String; N]],
+    numeric_from: usize,
+) {
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let align: Vec<&str> = (0..N)
+        .map(|i| if i >= numeric_from { "---:" } else { "---" })
+        .collect();
+    let _ = writeln!(out, "|{}|", align.join("|"));
+    for row in rows {
+        let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
 }
 
 fn settings_rows(report: &Report) -> Vec<(String, String)> {
@@ -220,6 +339,37 @@ fn charts(report: &Report) -> Vec<String> {
         ],
         &minutes,
     ));
+    if !report.memory.is_empty() {
+        let series = |name: &'static str,
+                      colour: usize,
+                      value: &dyn Fn(&MemorySummary) -> Option<u64>| Series {
+            name,
+            colour: COLOURS[colour],
+            points: report
+                .memory
+                .iter()
+                .filter_map(|m| Some((rel(m.at_ms), mib(value(m)?))))
+                .collect(),
+            step: false,
+        };
+        let all = [
+            series("RSS p50", 0, &|m| (m.clusters > 0).then_some(m.rss_p50)),
+            series("RSS max", 1, &|m| (m.clusters > 0).then_some(m.rss_max)),
+            series("PSS p50", 2, &|m| m.pss_p50),
+            series("PSS max", 3, &|m| m.pss_max),
+            series("shared processes (RSS)", 4, &|m| {
+                (!m.shared.is_empty()).then(|| m.shared.iter().map(|p| p.rss_bytes).sum())
+            }),
+        ];
+        let kept: Vec<Series<'_>> = all.into_iter().filter(|s| !s.points.is_empty()).collect();
+        out.push(svg::lines(
+            "Memory per cluster (its own processes, MiB) and shared processes",
+            "minutes into the window",
+            "MiB",
+            &kept,
+            &minutes,
+        ));
+    }
     out.push(svg::bars(
         "Rancher load per cluster (top, bytes both ways)",
         "MiB",
@@ -319,7 +469,36 @@ fn html(report: &Report) -> String {
             mib(l.bytes_sent)
         );
     }
-    out.push_str("</table><h2>Failures by reason</h2><table id=\"failures\">");
+    out.push_str("</table>");
+    if !report.requests.is_empty() {
+        out.push_str("<h2>Rancher requests by verb/resource (top)</h2>");
+        html_table(
+            &mut out,
+            "requests",
+            ["verb", "resource", "requests", "clusters"],
+            &request_rows(report),
+            2,
+        );
+    }
+    if !report.cluster_memory.is_empty() || !report.memory.is_empty() {
+        out.push_str("<h2>Memory per cluster (last sample, top)</h2>");
+        html_table(
+            &mut out,
+            "cluster-memory",
+            ["cluster", "processes", "RSS MiB", "PSS MiB"],
+            &cluster_memory_rows(report),
+            1,
+        );
+        out.push_str("<h3>Shared processes (last sample)</h3>");
+        html_table(
+            &mut out,
+            "shared-memory",
+            ["process", "RSS MiB", "PSS MiB"],
+            &shared_rows(report),
+            1,
+        );
+    }
+    out.push_str("<h2>Failures by reason</h2><table id=\"failures\">");
     for (reason, n) in &report.failures_by_reason {
         let _ = write!(
             out,
@@ -390,6 +569,31 @@ fn markdown(report: &Report) -> String {
             l.streams_long_lived,
             mib(l.bytes_received),
             mib(l.bytes_sent)
+        );
+    }
+    if !report.requests.is_empty() {
+        out.push_str("\n## Rancher requests by verb/resource (top)\n\n");
+        markdown_table(
+            &mut out,
+            ["verb", "resource", "requests", "clusters"],
+            &request_rows(report),
+            2,
+        );
+    }
+    if !report.cluster_memory.is_empty() || !report.memory.is_empty() {
+        out.push_str("\n## Memory per cluster (last sample, top)\n\n");
+        markdown_table(
+            &mut out,
+            ["cluster", "processes", "RSS MiB", "PSS MiB"],
+            &cluster_memory_rows(report),
+            1,
+        );
+        out.push_str("\nShared processes (last sample):\n\n");
+        markdown_table(
+            &mut out,
+            ["process", "RSS MiB", "PSS MiB"],
+            &shared_rows(report),
+            1,
         );
     }
     out.push_str("\n## Failures by reason\n\n| reason | count |\n|---|---:|\n");

@@ -17,7 +17,9 @@ use ports::{PortBlock, PortRange};
 
 mod agent;
 mod events;
+pub mod memory;
 pub mod ports;
+pub mod requests;
 pub mod scenarios;
 pub use agent::{AgentPhase, AgentRecord, PhaseCount, PhaseWrite};
 pub use events::now_ms;
@@ -83,6 +85,10 @@ const MIGRATIONS: &[&str] = &[
     // Where a cluster's data lives, `own` (its own etcd, run by kwokctl) or `shared`
     // (a prefix in the agent's one shared etcd). Rows from before lived in their own etcd.
     "ALTER TABLE clusters ADD COLUMN etcd TEXT NOT NULL DEFAULT 'own';",
+    // Per-cluster memory samples (`memory`).
+    memory::MIGRATION,
+    // Rancher's requests per cluster by verb and resource (`requests`).
+    requests::MIGRATION,
 ];
 
 #[derive(Debug, thiserror::Error)]

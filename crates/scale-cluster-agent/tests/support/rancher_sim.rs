@@ -237,6 +237,7 @@ impl RancherSim {
             },
             shard: None,
             controller_host: true,
+            request_audit: false,
         }
     }
 

@@ -115,10 +115,22 @@ impl ClusterManager {
                 })
             }
         };
+        let audit_policy = if self.request_audit {
+            // One policy file for all clusters; kwokctl copies it into the cluster dir.
+            let path = self.config_dir.join("request-audit-policy.yaml");
+            write_file(&path, crate::kwok::profile::REQUEST_AUDIT_POLICY).await?;
+            Some(path)
+        } else {
+            None
+        };
         write_file(
             &config,
-            &req.profile
-                .kwokctl_config(&self.toolchain, ports, placement.as_ref()),
+            &req.profile.kwokctl_config(
+                &self.toolchain,
+                ports,
+                placement.as_ref(),
+                audit_policy.as_deref(),
+            ),
         )
         .await?;
         self.kwokctl

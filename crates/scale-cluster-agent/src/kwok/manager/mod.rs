@@ -218,6 +218,9 @@ pub struct KwokSettings {
     pub shared_etcd_dir: PathBuf,
     /// The shared etcd's client port (the next one is its peer port), outside the port blocks.
     pub shared_etcd_port: u16,
+    /// `--request-audit`: clusters created from now on write an audit log of Rancher's requests
+    /// ([`crate::kwok::profile::REQUEST_AUDIT_POLICY`]).
+    pub request_audit: bool,
 }
 
 #[derive(Clone)]
@@ -231,6 +234,7 @@ pub struct ClusterManager {
     shared_etcd: SharedEtcd,
     /// The agent's controller host, if it has one ([`ClusterManager::with_controller_host`]).
     controller_host: Option<Arc<crate::controllers::ControllerHost>>,
+    request_audit: bool,
 }
 
 impl ClusterManager {
@@ -248,7 +252,18 @@ impl ClusterManager {
             store,
             health: Arc::default(),
             controller_host: None,
+            request_audit: settings.request_audit,
         }
+    }
+
+    /// Whether clusters are created with the audit log of Rancher's requests.
+    pub fn request_audit(&self) -> bool {
+        self.request_audit
+    }
+
+    /// The directory holding every cluster's directory (`<kwok workdir>/clusters`).
+    pub fn clusters_dir(&self) -> PathBuf {
+        self.kwokctl.clusters_dir()
     }
 
     pub fn store(&self) -> &Store {
@@ -385,6 +400,7 @@ pub(super) mod test_support {
             ports: PortRange::new(24900, 10, 10).unwrap_or(PortRange::DEFAULT),
             shared_etcd_dir: dir.join("data/etcd"),
             shared_etcd_port: 24898,
+            request_audit: false,
         };
         let missing = |n: &str| dir.join("missing").join(n);
         let toolchain = Toolchain {
