@@ -208,7 +208,12 @@ impl Agent {
         tracing::info!(instance = %instance_id, "agent instance");
         let store = manager.store().clone();
         store
-            .record_run_settings(run_settings(&config, &instance_id, rancher.url()))
+            .record_run_settings(run_settings(
+                &config,
+                &instance_id,
+                rancher.url(),
+                manager.request_audit(),
+            ))
             .await?;
         let observer = crate::observe::Observer::start(store.clone()).await?;
         let shutdown = CancellationToken::new();
@@ -648,7 +653,12 @@ impl Agent {
 const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 
 /// The settings of this run as the run report shows them (JSON; no secret).
-fn run_settings(config: &AgentConfig, instance_id: &str, rancher_url: &str) -> String {
+fn run_settings(
+    config: &AgentConfig,
+    instance_id: &str,
+    rancher_url: &str,
+    request_audit: bool,
+) -> String {
     serde_json::json!({
         "instance_id": instance_id,
         "rancher_url": rancher_url,
@@ -660,6 +670,7 @@ fn run_settings(config: &AgentConfig, instance_id: &str, rancher_url: &str) -> S
         "retry_base_seconds": config.retry.base.as_secs_f64(),
         "retry_cap_seconds": config.retry.cap.as_secs_f64(),
         "steve": config.tunnel.steve.is_some(),
+        "request_audit": request_audit,
         "agent_version": env!("CARGO_PKG_VERSION"),
     })
     .to_string()

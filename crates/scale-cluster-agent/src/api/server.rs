@@ -419,8 +419,9 @@ async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
     observe::exposition::render(&mut text, &folded, &state.agent.tunnel_load(), usage);
     observe::exposition::render_scenarios(&mut text, &state.runner.figures());
     // In memory, no query: counted from the audit logs by their own task.
-    if let Some(requests) = state.agent.request_counts() {
-        requests.render(&mut text);
+    match state.agent.request_counts() {
+        Some(requests) => requests.render(&mut text),
+        None => observe::audit::RequestCounts::declare(&mut text),
     }
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
 }

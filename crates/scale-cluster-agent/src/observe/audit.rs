@@ -73,13 +73,7 @@ impl RequestCounts {
 
     /// Appends `sca_rancher_apiserver_requests_total` to a `/metrics` text.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP sca_rancher_apiserver_requests_total Requests Rancher made to a cluster's \
-             kube-apiserver through the main tunnel, by verb, resource and subresource (from the \
-             apiserver's audit log; a watch counts when it opens)."
-        );
-        let _ = writeln!(out, "# TYPE sca_rancher_apiserver_requests_total counter");
+        Self::declare(out);
         let by_cluster = self.by_cluster.lock().unwrap_or_else(|p| p.into_inner());
         for (cluster, keys) in by_cluster.iter() {
             for (key, n) in keys {
@@ -93,6 +87,18 @@ impl RequestCounts {
                 );
             }
         }
+    }
+
+    /// The family's `HELP` and `TYPE` without samples: what `/metrics` shows with the option off,
+    /// so that dashboards and alerts name a declared metric either way.
+    pub fn declare(out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP sca_rancher_apiserver_requests_total Requests Rancher made to a cluster's \
+             kube-apiserver through the main tunnel, by verb, resource and subresource (from the \
+             apiserver's audit log; a watch counts when it opens)."
+        );
+        let _ = writeln!(out, "# TYPE sca_rancher_apiserver_requests_total counter");
     }
 
     /// Adds what was counted since the last call to the store's totals (one transaction).
