@@ -33,8 +33,10 @@ impl CpuHogs {
     fn start() -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Twice as many as CPUs: some thread always waits, which is what PSI counts.
-        let threads = (0..cpus * 2)
+        // Four per CPU: PSI counts, per CPU, the time some task waited for it, so every CPU must
+        // have a waiting thread whatever the scheduler's placement (with two per CPU a 3 + 1 split
+        // left one CPU without, and the pressure stayed near 90%).
+        let threads = (0..cpus * 4)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
