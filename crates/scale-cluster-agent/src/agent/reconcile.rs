@@ -308,10 +308,15 @@ async fn admitted<'a>(
                 let Some(reason) = machine.borrow_and_update().bring_up_hold(hurt) else {
                     break;
                 };
-                if agent.held(&record.name).as_deref() != Some(reason.as_str()) {
+                let held = format!("bring-up held: {reason}");
+                // Once per hold, not per reading: the pressure in the reason changes every 2 s.
+                if !agent
+                    .held(&record.name)
+                    .is_some_and(|h| h.starts_with("bring-up held"))
+                {
                     tracing::info!(cluster = %record.name, %reason, "bring-up held");
                 }
-                agent.set_held(&record.name, Some(format!("bring-up held: {reason}")));
+                agent.set_held(&record.name, Some(held));
                 if machine.changed().await.is_err() {
                     // The agent is shutting down: its cancellation ends this wait.
                     std::future::pending::<()>().await;
