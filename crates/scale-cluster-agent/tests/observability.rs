@@ -398,20 +398,7 @@ async fn metrics_status_page_dashboard_and_report_agree_with_the_run() {
     let report_path = dir.path().join("report.md");
     let html_path = dir.path().join("report.html");
     for (format, path) in [("markdown", &report_path), ("html", &html_path)] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
-            .arg("--data-dir")
-            .arg(&settings.data_dir)
-            .args(["report", "--format", format, "-o"])
-            .arg(path)
-            .env_remove("SCA_API_TOKEN")
-            .output()
-            .await
-            .expect("report runs");
-        assert!(
-            output.status.success(),
-            "report: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        support::write_report(&settings.data_dir, format, path).await;
     }
     let markdown = std::fs::read_to_string(&report_path).expect("report");
     assert!(markdown.contains("| clusters created | 2 |"), "{markdown}");

@@ -259,19 +259,7 @@ async fn rancher_requests_are_counted_by_verb_and_resource_and_the_report_shows_
     .await;
     running.stop().await.expect("stop");
     let report = dir.path().join("report.md");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
-        .arg("--data-dir")
-        .arg(&settings.data_dir)
-        .args(["report", "--format", "markdown", "-o"])
-        .arg(&report)
-        .output()
-        .await
-        .expect("report runs");
-    assert!(
-        output.status.success(),
-        "report: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::write_report(&settings.data_dir, "markdown", &report).await;
     let markdown = std::fs::read_to_string(&report).expect("report");
     // The first row starting with `prefix` after the heading `section`.
     let cells = |section: &str, prefix: &str| -> Vec<String> {

@@ -185,3 +185,22 @@ pub fn cluster_processes(
         .filter_map(|pid| Some((program_name(pid)?, process_identity(pid)?)))
         .collect()
 }
+
+/// Runs `scale-cluster-agent report --format <format> -o <out>` on a data dir (no agent needed,
+/// no API token in its environment) and asserts it succeeded.
+pub async fn write_report(data_dir: &std::path::Path, format: &str, out: &std::path::Path) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_scale-cluster-agent"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["report", "--format", format, "-o"])
+        .arg(out)
+        .env_remove("SCA_API_TOKEN")
+        .output()
+        .await
+        .expect("report runs");
+    assert!(
+        output.status.success(),
+        "report: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
