@@ -290,7 +290,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default(),
     );
 
-    for name in &names {
+    // Every cluster, not only those measured: past `--bring-up-limit` the others are still
+    // coming up, and the wait below is for all of them to go.
+    for (name, _) in rancher_run::phases(&http, &api).await? {
         http.delete(format!("{api}/clusters/{name}")).send().await?;
     }
     let deadline = Instant::now() + Duration::from_secs(600);
