@@ -352,6 +352,17 @@ mod tests {
         }
     }
 
+    /// Every `extraArgs` entry of the kube-apiserver's patches in a kwokctl config.
+    fn apiserver_args(doc: &serde_yaml::Value) -> Vec<&serde_yaml::Value> {
+        doc["componentsPatches"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "kube-apiserver")
+            .flat_map(|p| p["extraArgs"].as_sequence().unwrap())
+            .collect()
+    }
+
     #[test]
     fn configs_are_valid_yaml_with_local_binaries_and_loopback() {
         for profile in [ComponentProfile::Full, ComponentProfile::Lean] {
@@ -423,13 +434,7 @@ mod tests {
         );
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         assert_eq!(doc["options"]["etcdPrefix"], "/clusters/a");
-        let args: Vec<&serde_yaml::Value> = doc["componentsPatches"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .filter(|p| p["name"] == "kube-apiserver")
-            .flat_map(|p| p["extraArgs"].as_sequence().unwrap())
-            .collect();
+        let args = apiserver_args(&doc);
         let servers = args.iter().find(|a| a["key"] == "etcd-servers").unwrap();
         assert_eq!(servers["value"], "http://127.0.0.1:7999");
         assert_eq!(servers["override"], true, "replaces kwokctl's own etcd");
@@ -457,13 +462,7 @@ mod tests {
             );
             let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
             assert_eq!(doc["options"]["kubeAuditPolicy"], "/data/audit.yaml");
-            let args: Vec<&serde_yaml::Value> = doc["componentsPatches"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .filter(|p| p["name"] == "kube-apiserver")
-                .flat_map(|p| p["extraArgs"].as_sequence().unwrap())
-                .collect();
+            let args = apiserver_args(&doc);
             let arg = |key: &str| {
                 args.iter()
                     .find(|a| a["key"] == key)
