@@ -40,6 +40,7 @@ fn real_readings_are_available_on_linux() {
     let plan = Plan {
         clusters: 1,
         ports: PortRange::new(port, 6, 1).unwrap(),
+        shared_etcd_port: port - 2,
     };
     let checks = evaluate(&r, &plan);
     let ports = checks

@@ -21,6 +21,7 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
     let plan = Plan {
         clusters: args.clusters,
         ports: settings.ports,
+        shared_etcd_port: settings.shared_etcd_port(),
     };
     let readings = Readings::read(&settings.kwok_workdir);
     let mut checks = preflight::evaluate(&readings, &plan);

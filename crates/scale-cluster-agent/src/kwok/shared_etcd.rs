@@ -18,7 +18,7 @@ use base64::Engine as _;
 use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::manager::port_is_free;
+use super::manager::{port_holder, port_is_free};
 use super::status;
 
 /// Every shared cluster's keys live under `/clusters/<name>/` (the apiserver's `--etcd-prefix`
@@ -37,10 +37,10 @@ const QUOTA_BACKEND_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SharedEtcdError {
     #[error(
-        "port {port} needed by the shared etcd is in use by another process; stop it or choose \
-         another client port with --shared-etcd-port (the peer port is the next one)"
+        "port {port} needed by the shared etcd is in use ({holder}); stop it or choose another \
+         client port with --shared-etcd-port (the peer port is the next one)"
     )]
-    PortBusy { port: u16 },
+    PortBusy { port: u16, holder: String },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -190,9 +190,7 @@ impl SharedEtcd {
         .and_then(|r| r)
         .map_err(io(&dir))?;
         for port in [inner.port, inner.port.saturating_add(1)] {
-            if !port_is_free(port) {
-                return Err(SharedEtcdError::PortBusy { port });
-            }
+            wait_port_free(port).await?;
         }
         // Keep the dead process's last words (an OOM kill, a panic) next to the new log.
         let log_path = self.log_path();
@@ -360,6 +358,35 @@ impl SharedEtcd {
 }
 
 /// True if `pid` is a live etcd started with `data_arg` (`--data-dir=<our data dir>`).
+/// How long a port held by a connection (an outgoing connection's local end, taken from the
+/// ephemeral range) may take to come free; a listener is refused at once.
+const CONNECTION_PORT_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits, bounded, for a port that only a connection holds; refuses one a process listens on.
+async fn wait_port_free(port: u16) -> Result<(), SharedEtcdError> {
+    let deadline = Instant::now() + CONNECTION_PORT_WAIT;
+    loop {
+        let (free, holder) = tokio::task::spawn_blocking(move || {
+            let free = port_is_free(port);
+            (free, (!free).then(|| port_holder(port)).flatten())
+        })
+        .await
+        .unwrap_or((false, None));
+        if free {
+            return Ok(());
+        }
+        let listening = holder.as_ref().is_none_or(|h| h.listening);
+        if listening || Instant::now() >= deadline {
+            let holder = holder.map_or_else(
+                || "not shown in /proc/net/tcp".to_string(),
+                |h| h.description,
+            );
+            return Err(SharedEtcdError::PortBusy { port, holder });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 fn is_shared_etcd(pid: u32, data_arg: &str) -> bool {
     if !crate::process::pid_alive(pid) {
         return false;
@@ -401,7 +428,11 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let etcd = SharedEtcd::new(Path::new("/nonexistent/etcd"), dir.path(), port);
         let err = etcd.ensure_running().await.unwrap_err();
-        assert!(matches!(err, SharedEtcdError::PortBusy { port: p } if p == port));
+        assert!(matches!(err, SharedEtcdError::PortBusy { port: p, .. } if p == port));
+        assert!(
+            err.to_string().contains("(a listening socket of pid "),
+            "{err}"
+        );
         assert!(err.to_string().contains("--shared-etcd-port"), "{err}");
         let mode = std::fs::metadata(dir.path()).unwrap().permissions();
         assert_eq!(

@@ -99,6 +99,7 @@ mod tests {
             &Plan {
                 clusters: 50,
                 ports: PortRange::new(8001, 10, 10).unwrap(),
+                shared_etcd_port: 7999,
             },
         );
         let dir = tempfile::tempdir().unwrap();
@@ -128,13 +129,13 @@ mod tests {
                 FixOutcome::Applied {
                     key: "net.ipv4.ip_local_reserved_ports",
                     from: "5000".into(),
-                    to: "5000,8001-8096".into()
+                    to: "5000,7999-8096".into()
                 },
             ]
         );
         let read = |k: &str| std::fs::read_to_string(dir.path().join(k)).unwrap();
         assert_eq!(read("fs/inotify/max_user_instances"), "1024\n");
-        assert_eq!(read("net/ipv4/ip_local_reserved_ports"), "5000,8001-8096\n");
+        assert_eq!(read("net/ipv4/ip_local_reserved_ports"), "5000,7999-8096\n");
     }
 
     #[test]

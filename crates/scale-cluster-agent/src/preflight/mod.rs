@@ -104,6 +104,8 @@ pub struct Readings {
 pub struct Plan {
     pub clusters: u32,
     pub ports: PortRange,
+    /// The shared etcd's client port (its peer port is the next one), outside the blocks.
+    pub shared_etcd_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -402,23 +404,40 @@ fn range_ports(
 
 fn ephemeral_overlap(readings: &Readings, plan: &Plan) -> Check {
     const NAME: &str = "ephemeral port range";
-    let (lo, hi) = plan.ports.span();
-    let need = format!("no overlap with cluster ports {lo}-{hi}");
+    let spans = fixed_port_spans(plan);
+    let listed = |spans: &[(u16, u16)]| {
+        spans
+            .iter()
+            .map(|(lo, hi)| format!("{lo}-{hi}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let need = format!(
+        "no overlap with the cluster and shared etcd ports {}",
+        listed(&spans)
+    );
     let Some((elo, ehi)) = readings.ephemeral_ports else {
         return Check::unreadable(NAME, "net.ipv4.ip_local_port_range", need);
     };
     let measured = format!("{elo}-{ehi}");
-    if ehi < lo || elo > hi {
+    let overlaps: Vec<(u16, u16)> = spans
+        .iter()
+        .filter(|(lo, hi)| *hi >= elo && *lo <= ehi)
+        .map(|(lo, hi)| ((*lo).max(elo), (*hi).min(ehi)))
+        .collect();
+    if overlaps.is_empty() {
         return Check::ok(NAME, measured, need);
     }
     // Outgoing connections may take any ephemeral port that is not reserved, including a cluster's.
     let reserved = readings.reserved_ports.clone().unwrap_or_default();
-    let exposed = (lo.max(elo)..=hi.min(ehi)).any(|p| !reserved.contains(&p));
+    let exposed = overlaps
+        .iter()
+        .any(|(lo, hi)| (*lo..=*hi).any(|p| !reserved.contains(&p)));
     if !exposed {
         return Check::ok(NAME, format!("{measured} (cluster ports reserved)"), need);
     }
-    let (olo, ohi) = (lo.max(elo), hi.min(ehi));
-    let reserve = format!("{lo}-{hi}");
+    let (olo, ohi) = (overlaps[0].0, overlaps[overlaps.len() - 1].1);
+    let reserve = listed(&spans);
     Check {
         status: Status::Warn,
         fix: vec![
@@ -431,6 +450,26 @@ fn ephemeral_overlap(readings: &Readings, plan: &Plan) -> Check {
             value: reserve,
         }),
         ..Check::ok(NAME, format!("{measured} (overlaps {olo}-{ohi})"), need)
+    }
+}
+
+/// The fixed ports the agent's processes listen on: the blocks' span and the shared etcd's two
+/// ports, merged when adjacent (the default puts the etcd just below the blocks).
+fn fixed_port_spans(plan: &Plan) -> Vec<(u16, u16)> {
+    let blocks = plan.ports.span();
+    let etcd = (
+        plan.shared_etcd_port,
+        plan.shared_etcd_port.saturating_add(1),
+    );
+    let (first, second) = if etcd.0 < blocks.0 {
+        (etcd, blocks)
+    } else {
+        (blocks, etcd)
+    };
+    if second.0 <= first.1.saturating_add(1) {
+        vec![(first.0, first.1.max(second.1))]
+    } else {
+        vec![first, second]
     }
 }
 
@@ -587,6 +626,7 @@ mod tests {
         Plan {
             clusters,
             ports: PortRange::DEFAULT,
+            shared_etcd_port: PortRange::DEFAULT.base - 2,
         }
     }
 
@@ -696,6 +736,7 @@ mod tests {
         let plan = Plan {
             clusters: 10,
             ports: PortRange::new(40000, 10, 100).unwrap(),
+            shared_etcd_port: 39998,
         };
         let r = Readings {
             ephemeral_ports: Some((32768, 60999)),
@@ -705,11 +746,20 @@ mod tests {
         assert_eq!(c.status, Status::Warn);
         assert_eq!(
             c.fix[0],
-            "sysctl -w net.ipv4.ip_local_reserved_ports=40000-40995"
+            "sysctl -w net.ipv4.ip_local_reserved_ports=39998-40995"
+        );
+        let r = Readings {
+            reserved_ports: Some((40000..=40995).collect()),
+            ..r.clone()
+        };
+        assert_eq!(
+            check(&evaluate(&r, &plan), "ephemeral port range").status,
+            Status::Warn,
+            "the shared etcd's ports are exposed"
         );
 
         let r = Readings {
-            reserved_ports: Some((40000..=40995).collect()),
+            reserved_ports: Some((39998..=40995).collect()),
             ..r
         };
         assert_eq!(
@@ -731,6 +781,7 @@ mod tests {
                 &Plan {
                     clusters: 1,
                     ports: range,
+                    shared_etcd_port: range.base - 2,
                 },
             ),
             "cluster ports free",
@@ -745,6 +796,7 @@ mod tests {
                 &Plan {
                     clusters: 2,
                     ports: range,
+                    shared_etcd_port: range.base - 2,
                 },
             ),
             "cluster ports free",
@@ -762,7 +814,8 @@ mod tests {
                     &r,
                     &Plan {
                         clusters: 3,
-                        ports: range
+                        ports: range,
+                        shared_etcd_port: range.base - 2,
                     }
                 ),
                 "cluster ports free"

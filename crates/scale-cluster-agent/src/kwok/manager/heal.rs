@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::files::remove_file;
-use super::processes::{kill_component, wait_port_free};
+use super::processes::{kill_component, port_taken, wait_port_free};
 use super::{require_phase, ClusterManager, KwokError};
 use crate::kwok::heal::{self, ClusterHealth, ComponentHealth, ComponentState, HealOutcome};
 use crate::kwok::status;
@@ -121,10 +121,7 @@ impl ClusterManager {
             // have taken the port meanwhile, which kwokctl would not notice.
             for port in heal::component_ports(&record.ports, &restart.component) {
                 if !wait_port_free(port).await {
-                    return Err(KwokError::PortTaken {
-                        name: name.to_string(),
-                        port,
-                    });
+                    return Err(port_taken(name, port).await);
                 }
             }
         }

@@ -43,7 +43,7 @@ use crate::store::ports::PortRange;
 use crate::store::{ClusterRecord, EtcdKind, Phase, Store, StoreError};
 use crate::toolchain::Toolchain;
 
-pub use processes::port_is_free;
+pub use processes::{port_holder, port_is_free, PortHolder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KwokError {
@@ -76,10 +76,12 @@ pub enum KwokError {
         action: &'static str,
         needed: &'static str,
     },
-    #[error(
-        "port {port} of cluster {name:?} is now in use by another process; stop that process first"
-    )]
-    PortTaken { name: String, port: u16 },
+    #[error("port {port} of cluster {name:?} is now in use ({holder}); stop that process first")]
+    PortTaken {
+        name: String,
+        port: u16,
+        holder: String,
+    },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

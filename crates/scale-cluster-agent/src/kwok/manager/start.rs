@@ -1,6 +1,6 @@
 //! `start`: start a stopped cluster on its own ports and wait for `/readyz`.
 
-use super::processes::port_is_free;
+use super::processes::{port_is_free, port_taken};
 use super::{require_phase, ClusterInfo, ClusterManager, KwokError};
 use crate::kwok::status;
 use crate::store::{EtcdKind, Phase};
@@ -19,10 +19,7 @@ impl ClusterManager {
         let dir = self.cluster_dir(name);
         if status::processes_in_async(&dir).await.is_empty() {
             if let Some(port) = record.ports.all().into_iter().find(|p| !port_is_free(*p)) {
-                return Err(KwokError::PortTaken {
-                    name: name.to_string(),
-                    port,
-                });
+                return Err(port_taken(name, port).await);
             }
         }
         if record.etcd == EtcdKind::Shared {
