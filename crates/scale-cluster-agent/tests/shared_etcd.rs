@@ -1,8 +1,8 @@
 //! The shared etcd of `lean` clusters on real processes: two clusters share one etcd process, each
 //! apiserver under its own prefix; objects of one are invisible in the other; a SIGKILLed etcd is
-//! restarted by heal and both apiservers serve again; a second manager adopts the running etcd;
-//! stop/start work without a per-cluster etcd; deleting a cluster removes its keys and only its
-//! keys. Processes are checked in `/proc` and keys in etcd itself (its v3 JSON gateway), not
+//! restarted by heal and both apiservers serve again, and a stalled one restarts no apiserver; a
+//! second manager adopts the running etcd; stop/start work without a per-cluster etcd; deleting a
+//! cluster removes its keys and only its keys. Processes are checked in `/proc` and keys in etcd itself (its v3 JSON gateway), not
 //! through the product's view. Ports 26000-26400.
 
 mod support;
@@ -235,6 +235,35 @@ async fn lean_clusters_share_one_etcd_each_under_its_own_prefix() {
         .await
         .iter()
         .any(|k| k.ends_with("/only-in-a")));
+
+    // SIGSTOP the shared etcd (alive, answering nothing, as a saturated etcd looks): every
+    // apiserver's full `/readyz` fails, but the heal neither calls an apiserver unready nor
+    // restarts one, even with no grace at all: restarting apiservers does not mend their etcd.
+    let (apiserver_a, _) =
+        support::cluster_processes(&env.manager.cluster_dir("share-a"))["kube-apiserver"];
+    kill(Pid::from_raw(etcds[0].0 as i32), Signal::SIGSTOP).unwrap();
+    support::eventually(DEADLINE, "share-a's full /readyz failing", || async {
+        (!readyz(&env.manager, "share-a", a.ports.kube_apiserver).await).then_some(())
+    })
+    .await;
+    let stalled = env.manager.check_health("share-a").await;
+    let healed = env.manager.heal("share-a", Duration::ZERO).await;
+    kill(Pid::from_raw(etcds[0].0 as i32), Signal::SIGCONT).unwrap();
+    let stalled = stalled.unwrap();
+    assert!(stalled.is_healthy(), "{stalled:?}");
+    let healed = healed.unwrap();
+    assert!(!healed.restarted_anything(), "{healed}");
+    assert_eq!(
+        support::cluster_processes(&env.manager.cluster_dir("share-a"))["kube-apiserver"].0,
+        apiserver_a,
+        "the same apiserver process"
+    );
+    support::eventually(DEADLINE, "share-a's full /readyz passing again", || async {
+        readyz(&env.manager, "share-a", a.ports.kube_apiserver)
+            .await
+            .then_some(())
+    })
+    .await;
 
     // SIGKILL the shared etcd: heal of one cluster restarts it once; both apiservers recover.
     kill(Pid::from_raw(etcds[0].0 as i32), Signal::SIGKILL).unwrap();

@@ -39,8 +39,9 @@ const WATCH_TICK: Duration = Duration::from_secs(1);
 /// How often a connecting cluster's state is read from Rancher until it is active.
 const ACTIVE_POLL: Duration = Duration::from_secs(2);
 /// How often an active cluster's processes are checked (a few small /proc reads and one
-/// `/readyz`): an OOM-killed apiserver or etcd is noticed within this.
-const HEAL_CHECK: Duration = Duration::from_secs(5);
+/// `/readyz`): an OOM-killed apiserver or etcd is noticed within this. Kubelet's default probe
+/// period; at 5 s the checks were ~1 mCPU of every idle apiserver's ~11 (docs/benchmarks.md).
+const HEAL_CHECK: Duration = Duration::from_secs(10);
 
 /// Why bringing a cluster up, or keeping it up, failed.
 #[derive(Debug, thiserror::Error)]

@@ -9,13 +9,14 @@ use super::files::remove_file;
 use super::processes::{kill_component, port_taken, wait_port_free};
 use super::{require_phase, ClusterManager, KwokError};
 use crate::kwok::heal::{self, ClusterHealth, ComponentHealth, ComponentState, HealOutcome};
-use crate::kwok::status;
+use crate::kwok::status::{self, ReadyzChecks};
 use crate::store::{EtcdKind, Phase};
 
 impl ClusterManager {
-    /// Every component's state right now, from its pid file, `/proc` and (apiserver) `/readyz`.
-    /// Cheap enough to run every few seconds per cluster: a few small file reads and, with a live
-    /// apiserver, one `/readyz` request on a kept connection. An apiserver that fails `/readyz` is
+    /// Every component's state right now, from its pid file, `/proc` and (apiserver) `/readyz`
+    /// without its etcd checks ([`ReadyzChecks::ExceptEtcd`]: an etcd that is alive but slow is
+    /// not the apiserver's fault). Cheap enough to run every few seconds per cluster: a few small
+    /// file reads and, with a live apiserver, one request on a kept connection. An apiserver that fails `/readyz` is
     /// reported `NotReady` with the time of the first failed check of that process. A cluster in
     /// the shared etcd lists that etcd as its `etcd` component.
     pub async fn check_health(&self, name: &str) -> Result<ClusterHealth, KwokError> {
@@ -32,7 +33,11 @@ impl ClusterManager {
                 }
                 Some(pid) if process.name == heal::APISERVER => {
                     let ready = self
-                        .apiserver_ready(name, record.ports.kube_apiserver)
+                        .apiserver_ready(
+                            name,
+                            record.ports.kube_apiserver,
+                            ReadyzChecks::ExceptEtcd,
+                        )
                         .await;
                     self.health.observe_apiserver(name, pid, ready)
                 }

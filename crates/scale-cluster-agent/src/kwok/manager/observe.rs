@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::processes::POLL;
 use super::{endpoint_of, stored_population, ClusterInfo, ClusterManager, Health, KwokError};
 use crate::kwok::heal;
-use crate::kwok::status;
+use crate::kwok::status::{self, ReadyzChecks};
 use crate::store::{ClusterRecord, Phase};
 
 /// How long kube-apiserver may take to answer `/readyz` after kwokctl returned.
@@ -24,7 +24,7 @@ impl ClusterManager {
                 client = status::readyz_client(&ca).await;
             }
             if let Some(client) = &client {
-                if status::apiserver_ready(client, port).await {
+                if status::apiserver_ready(client, port, ReadyzChecks::All).await {
                     return Ok(());
                 }
             }
@@ -58,7 +58,7 @@ impl ClusterManager {
             .iter()
             .any(|c| c.name == heal::APISERVER && c.alive)
             && self
-                .apiserver_ready(&record.name, record.ports.kube_apiserver)
+                .apiserver_ready(&record.name, record.ports.kube_apiserver, ReadyzChecks::All)
                 .await;
         let all_alive = components.iter().all(|c| c.alive);
         let health = match record.phase {
@@ -87,7 +87,12 @@ impl ClusterManager {
     }
 
     /// `/readyz` of a cluster's apiserver with the cluster's kept client (see [`HealthMemory`]).
-    pub(super) async fn apiserver_ready(&self, name: &str, port: u16) -> bool {
+    pub(super) async fn apiserver_ready(
+        &self,
+        name: &str,
+        port: u16,
+        checks: ReadyzChecks,
+    ) -> bool {
         let client = match self.health.readyz_client(name) {
             Some(client) => client,
             None => {
@@ -99,7 +104,7 @@ impl ClusterManager {
                 client
             }
         };
-        let ready = status::apiserver_ready(&client, port).await;
+        let ready = status::apiserver_ready(&client, port, checks).await;
         if !ready {
             self.health.forget_readyz_client(name);
         }
