@@ -357,7 +357,6 @@ impl SharedEtcd {
     }
 }
 
-/// True if `pid` is a live etcd started with `data_arg` (`--data-dir=<our data dir>`).
 /// How long a port held by a connection (an outgoing connection's local end, taken from the
 /// ephemeral range) may take to come free; a listener is refused at once.
 const CONNECTION_PORT_WAIT: Duration = Duration::from_secs(10);
@@ -387,6 +386,7 @@ async fn wait_port_free(port: u16) -> Result<(), SharedEtcdError> {
     }
 }
 
+/// True if `pid` is a live etcd started with `data_arg` (`--data-dir=<our data dir>`).
 fn is_shared_etcd(pid: u32, data_arg: &str) -> bool {
     if !crate::process::pid_alive(pid) {
         return false;

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""A/B census of kube-apiserver CPU on a running density run (docs/benchmarks.md).
+
+The clusters of a running `cargo bench --bench density` (its hold) are split by name: group A,
+the first half, gets a change; group B, the second half, is the reference measured in the same
+window, under the same rancher-sim load and machine noise. A cluster's apiserver is found by its
+command line (`--etcd-prefix=/clusters/<name>`), the shared etcd by its `--data-dir`.
+
+  apiserver-ab.py measure SECS                 mCPU per apiserver of A and B, A/B, shared etcd total
+  apiserver-ab.py probe SECS PATH INTERVAL     the same while GETting PATH on A's apiservers every
+                                               INTERVAL s, on one kept connection per apiserver
+  apiserver-ab.py patch WORKDIR env NAME VALUE  adds an environment variable to A's apiservers
+  apiserver-ab.py patch WORKDIR arg FLAG=VALUE  adds a flag to A's apiservers
+  apiserver-ab.py patch WORKDIR revert          A's apiservers as created
+
+`patch` edits the kube-apiserver component of each A cluster's `kwok.yaml` (what `kwokctl start`
+runs) and SIGKILLs the apiserver; the agent's heal restarts it with the change. Restart a control
+group too (`patch ... revert`): a freshly started apiserver is not an old one. WORKDIR is the run's
+kwok workdir (`<scratch>/kwok`, in any apiserver's command line).
+"""
+import http.client
+import os
+import signal
+import ssl
+import sys
+import threading
+import time
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode() for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def flag(args, name):
+    return next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+
+
+def apiservers():
+    """{cluster: (pid, port)} of every running kube-apiserver."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        args = cmdline(pid)
+        if args and args[0].endswith("kube-apiserver") and flag(args, "etcd-prefix"):
+            found[flag(args, "etcd-prefix").rsplit("/", 1)[-1]] = (int(pid), int(flag(args, "secure-port")))
+    return found
+
+
+def shared_etcd():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        args = cmdline(pid)
+        if args and args[0].endswith("/etcd") and (flag(args, "data-dir") or "").endswith("/etcd/data"):
+            return int(pid)
+    return None
+
+
+def ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def halves(names):
+    names = sorted(names)
+    return names[: len(names) // 2], names[len(names) // 2 :]
+
+
+def probe_forever(port, path, interval, stop):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    while not stop.is_set():
+        try:
+            conn.request("GET", path)
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        stop.wait(interval)
+
+
+def measure(seconds, probe=None):
+    servers = apiservers()
+    a, b = halves(servers)
+    stop = threading.Event()
+    if probe:
+        path, interval = probe
+        for name in a:
+            threading.Thread(target=probe_forever, args=(servers[name][1], path, interval, stop), daemon=True).start()
+    etcd = shared_etcd()
+    before = {n: ticks(servers[n][0]) for n in servers}
+    etcd_before = ticks(etcd) if etcd else 0
+    start = time.time()
+    time.sleep(seconds)
+    elapsed = time.time() - start
+    after = {n: ticks(servers[n][0]) for n in servers}
+    etcd_after = ticks(etcd) if etcd else 0
+    stop.set()
+
+    def mcpu(n):
+        return (after[n] - before[n]) / HZ / elapsed * 1000
+
+    mean_a = sum(map(mcpu, a)) / len(a)
+    mean_b = sum(map(mcpu, b)) / len(b)
+    print(
+        f"window {elapsed:.0f} s  A ({len(a)}): {mean_a:.2f} mCPU per apiserver  B ({len(b)}): {mean_b:.2f}"
+        f"  A/B {mean_a / mean_b:.3f}  shared etcd {(etcd_after - etcd_before) / HZ / elapsed * 1000:.1f} mCPU"
+    )
+    print("A:", " ".join(f"{mcpu(n):.1f}" for n in a))
+    print("B:", " ".join(f"{mcpu(n):.1f}" for n in b))
+
+
+def patch(workdir, how):
+    clusters = os.path.join(workdir, "clusters")
+    a, _ = halves(os.listdir(clusters))
+    for name in a:
+        config = os.path.join(clusters, name, "kwok.yaml")
+        original = config + ".orig"
+        if not os.path.exists(original):
+            with open(config) as f, open(original, "w") as o:
+                o.write(f.read())
+        with open(original if how[0] == "revert" else config) as f:
+            text = f.read()
+        # Only the `components:` list (what kwokctl runs), not the patches that made it.
+        components, sep, rest = text.partition("componentsPatches:")
+        if how[0] == "env":
+            gogc = "  envs:\n  - name: GOGC\n    value: '15'\n"
+            components = components.replace(gogc, gogc + f"  - name: {how[1]}\n    value: '{how[2]}'\n", 1)
+        elif how[0] == "arg":
+            components = components.replace("  - --etcd-prefix=", f"  - --{how[1]}\n  - --etcd-prefix=", 1)
+        with open(config, "w") as f:
+            f.write(components + sep + rest)
+        with open(os.path.join(clusters, name, "pids", "kube-apiserver.pid")) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGKILL)
+        print(f"{name}: apiserver {pid} killed, the agent restarts it with {' '.join(how)}")
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[0] == "measure":
+        measure(float(argv[1]))
+    elif len(argv) >= 4 and argv[0] == "probe":
+        measure(float(argv[1]), (argv[2], float(argv[3])))
+    elif len(argv) >= 3 and argv[0] == "patch":
+        patch(argv[1], argv[2:])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
