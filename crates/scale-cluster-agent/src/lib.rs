@@ -34,6 +34,7 @@ pub mod rancher;
 pub mod report;
 pub mod scenario;
 pub mod secrets;
+pub mod sockets;
 pub mod steve;
 pub mod store;
 pub mod supervisor;

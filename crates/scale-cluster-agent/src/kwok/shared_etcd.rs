@@ -18,8 +18,9 @@ use base64::Engine as _;
 use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::manager::{port_holder, port_is_free};
+use super::manager::port_is_free;
 use super::status;
+use crate::sockets::port_holder;
 
 /// Every shared cluster's keys live under `/clusters/<name>/` (the apiserver's `--etcd-prefix`
 /// plus the `/` it puts before each resource). Names cannot contain `/`, so no prefix is another's.

@@ -32,7 +32,7 @@ impl Readings {
             }),
             reserved_ports: sysctl("net.ipv4.ip_local_reserved_ports")
                 .and_then(|s| parse_port_list(&s)),
-            listening_ports: listening_ports(),
+            listening_ports: crate::sockets::listening_ports(),
             disk_available: available_space(workdir),
             is_root: effective_uid() == Some(0),
             cpus: std::thread::available_parallelism()
@@ -94,32 +94,6 @@ fn parse_port_list(text: &str) -> Option<BTreeSet<u16>> {
     Some(ports)
 }
 
-/// Local ports of listening TCP sockets, from `/proc/net/tcp` and `/proc/net/tcp6`.
-fn listening_ports() -> Option<BTreeSet<u16>> {
-    let mut ports = BTreeSet::new();
-    let mut read_any = false;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(table) {
-            read_any = true;
-            ports.extend(parse_listening(&text));
-        }
-    }
-    read_any.then_some(ports)
-}
-
-/// Rows are `sl local_address rem_address st ...`; `st` 0A is LISTEN; addresses end in `:PORT` (hex).
-fn parse_listening(table: &str) -> impl Iterator<Item = u16> + '_ {
-    table.lines().skip(1).filter_map(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1)?;
-        let state = fields.nth(1)?;
-        if state != "0A" {
-            return None;
-        }
-        u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
-    })
-}
-
 /// Space available to unprivileged users on the filesystem that holds (or will hold) `dir`.
 fn available_space(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|p| p.exists())?;
@@ -161,16 +135,6 @@ mod tests {
             })
         );
         assert_eq!(parse_limit(text, "Max locked memory"), None);
-    }
-
-    #[test]
-    fn parses_proc_net_tcp() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1085 1\n\
-   1: 0100007F:1F46 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 55521 2\n\
-   2: 0100007F:A2B4 0100007F:1F46 01 00000000:00000000 00:00000000 00000000     0        0 55522 2\n";
-        let ports: Vec<u16> = parse_listening(text).collect();
-        assert_eq!(ports, vec![2024, 8006]);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::store::ports::PortRange;
 use crate::store::{ClusterRecord, EtcdKind, Phase, Store, StoreError};
 use crate::toolchain::Toolchain;
 
-pub use processes::{port_holder, port_is_free, PortHolder};
+pub use processes::port_is_free;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KwokError {
