@@ -14,6 +14,16 @@ pub struct PortHolder {
     pub description: String,
 }
 
+impl PortHolder {
+    /// The description of what [`port_holder`] found, for an error message.
+    pub fn describe(holder: Option<PortHolder>) -> String {
+        holder.map_or_else(
+            || "not shown in /proc/net/tcp".to_string(),
+            |h| h.description,
+        )
+    }
+}
+
 /// Local ports of listening TCP sockets; `None` when neither table can be read.
 pub fn listening_ports() -> Option<BTreeSet<u16>> {
     let sockets = tcp_sockets()?;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::manager::port_is_free;
 use super::status;
-use crate::sockets::port_holder;
+use crate::sockets::{port_holder, PortHolder};
 
 /// Every shared cluster's keys live under `/clusters/<name>/` (the apiserver's `--etcd-prefix`
 /// plus the `/` it puts before each resource). Names cannot contain `/`, so no prefix is another's.
@@ -377,10 +377,7 @@ async fn wait_port_free(port: u16) -> Result<(), SharedEtcdError> {
         }
         let listening = holder.as_ref().is_none_or(|h| h.listening);
         if listening || Instant::now() >= deadline {
-            let holder = holder.map_or_else(
-                || "not shown in /proc/net/tcp".to_string(),
-                |h| h.description,
-            );
+            let holder = PortHolder::describe(holder);
             return Err(SharedEtcdError::PortBusy { port, holder });
         }
         tokio::time::sleep(POLL).await;

@@ -436,7 +436,6 @@ fn ephemeral_overlap(readings: &Readings, plan: &Plan) -> Check {
     if !exposed {
         return Check::ok(NAME, format!("{measured} (cluster ports reserved)"), need);
     }
-    let (olo, ohi) = (overlaps[0].0, overlaps[overlaps.len() - 1].1);
     let reserve = listed(&spans);
     Check {
         status: Status::Warn,
@@ -449,7 +448,11 @@ fn ephemeral_overlap(readings: &Readings, plan: &Plan) -> Check {
             key: "net.ipv4.ip_local_reserved_ports",
             value: reserve,
         }),
-        ..Check::ok(NAME, format!("{measured} (overlaps {olo}-{ohi})"), need)
+        ..Check::ok(
+            NAME,
+            format!("{measured} (overlaps {})", listed(&overlaps)),
+            need,
+        )
     }
 }
 

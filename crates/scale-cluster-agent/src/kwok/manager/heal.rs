@@ -16,8 +16,8 @@ impl ClusterManager {
     /// Every component's state right now, from its pid file, `/proc` and (apiserver) `/readyz`
     /// without its etcd checks ([`ReadyzChecks::ExceptEtcd`]: an etcd that is alive but slow is
     /// not the apiserver's fault). Cheap enough to run every few seconds per cluster: a few small
-    /// file reads and, with a live apiserver, one request on a kept connection. An apiserver that fails `/readyz` is
-    /// reported `NotReady` with the time of the first failed check of that process. A cluster in
+    /// file reads and, with a live apiserver, one request on a kept connection. An apiserver that
+    /// fails it is reported `NotReady` with the time of the first failed check of that process. A cluster in
     /// the shared etcd lists that etcd as its `etcd` component.
     pub async fn check_health(&self, name: &str) -> Result<ClusterHealth, KwokError> {
         let record = self.record(name).await?;

@@ -89,11 +89,8 @@ pub(super) async fn port_taken(name: &str, port: u16) -> super::KwokError {
     let holder = tokio::task::spawn_blocking(move || crate::sockets::port_holder(port))
         .await
         .ok()
-        .flatten()
-        .map_or_else(
-            || "not shown in /proc/net/tcp".to_string(),
-            |h| h.description,
-        );
+        .flatten();
+    let holder = crate::sockets::PortHolder::describe(holder);
     super::KwokError::PortTaken {
         name: name.to_string(),
         port,
