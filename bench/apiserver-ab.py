@@ -20,6 +20,7 @@ kwok workdir (`<scratch>/kwok`, in any apiserver's command line).
 """
 import http.client
 import os
+import re
 import signal
 import ssl
 import sys
@@ -132,7 +133,13 @@ def patch(workdir, how):
             gogc = "  envs:\n  - name: GOGC\n    value: '15'\n"
             components = components.replace(gogc, gogc + f"  - name: {how[1]}\n    value: '{how[2]}'\n", 1)
         elif how[0] == "arg":
-            components = components.replace("  - --etcd-prefix=", f"  - --{how[1]}\n  - --etcd-prefix=", 1)
+            # A flag the apiserver already has is replaced (pflag would take the last of two).
+            flag_name = how[1].split("=", 1)[0]
+            present = re.search(rf"^  - --{re.escape(flag_name)}=.*$", components, flags=re.M)
+            if present:
+                components = components.replace(present.group(0), f"  - --{how[1]}", 1)
+            else:
+                components = components.replace("  - --etcd-prefix=", f"  - --{how[1]}\n  - --etcd-prefix=", 1)
         with open(config, "w") as f:
             f.write(components + sep + rest)
         with open(os.path.join(clusters, name, "pids", "kube-apiserver.pid")) as f:
