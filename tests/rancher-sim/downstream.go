@@ -59,7 +59,7 @@ func (s *sim) restConfig(id, apiEndpoint, caCert, token string) (*rest.Config, e
 		BearerToken:     token,
 		TLSClientConfig: rest.TLSClientConfig{CAData: ca, NextProtos: []string{"http/1.1"}},
 		Dial:            s.tunnel.Dialer(id),
-		Timeout:         45 * time.Second,
+		Timeout:         s.cfg.requestTimeout,
 		QPS:             -1,
 		UserAgent:       "rancher-sim",
 	}, nil
@@ -76,13 +76,19 @@ func (c *clusterController) startDownstream(ctx context.Context, params, apiEndp
 	if err != nil {
 		return nil, err
 	}
-	dyn, err := dynamic.NewForConfig(config)
+	// Rancher's caches are lasso clients (pkg/client/sharedclientfactory.go populateConfig): the
+	// request timeout becomes a per-request context deadline and the HTTP client gets none, so a
+	// watch lasts as long as its reflector asks (5-10 min), not 45 s, each followed by a new TLS
+	// connection and watch.
+	watchConfig := rest.CopyConfig(config)
+	watchConfig.Timeout = 0
+	dyn, err := dynamic.NewForConfig(watchConfig)
 	if err != nil {
 		return nil, err
 	}
 	// Rancher's user-context caches accept protobuf (pkg/types/config/context.go enableProtobuf),
 	// which is cheaper for the apiserver to encode than JSON; its other clients speak JSON.
-	cacheConfig := rest.CopyConfig(config)
+	cacheConfig := rest.CopyConfig(watchConfig)
 	cacheConfig.AcceptContentTypes = "application/vnd.kubernetes.protobuf, application/json"
 	cacheConfig.ContentType = "application/json"
 	cacheClient, err := kubernetes.NewForConfig(cacheConfig)

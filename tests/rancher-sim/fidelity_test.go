@@ -271,6 +271,31 @@ func TestRancherWatchSetAndKubectlApply(t *testing.T) {
 	waitLong(t, "watches closed after the delete", 10*time.Second, func() bool { return len(k.openWatches(t, "rancher-sim")) == 0 })
 }
 
+// Rancher's caches are lasso clients whose HTTP client has no timeout, so a watch lasts as long
+// as its reflector asks (5-10 min) however short the request timeout: 45 s in Rancher, 2 s here.
+func TestWatchesOutliveTheRequestTimeout(t *testing.T) {
+	k := sharedKube(t)
+	s, srv, client := startSim(t, "v2.14.0")
+	s.cfg.requestTimeout = 2 * time.Second
+	id, token := createCluster(t, s, srv.URL, client, "long-watches")
+	agent := newAgentSide(t, srv.URL, client, token, k.address, adminToken, k.caPEM, pingOnly())
+	agent.connectMain()
+	agent.connectSteve()
+	waitLong(t, "the watch set synced", 60*time.Second, func() bool {
+		return s.runtime(id).WatchesSynced == len(rancherWatchSet)
+	})
+	waitLong(t, "the watch set open in the apiserver", 10*time.Second, func() bool {
+		return reflect.DeepEqual(k.openWatches(t, "rancher-sim"), rancherWatches)
+	})
+	before := k.openWatchIDs(t, "rancher-sim")
+	// What is checked is an absence, so the test watches for three request timeouts: with the
+	// timeout on the watches' client, each of them would have ended and been made again by then.
+	time.Sleep(3 * s.cfg.requestTimeout)
+	if after := k.openWatchIDs(t, "rancher-sim"); !reflect.DeepEqual(before, after) {
+		t.Errorf("watches were cut and made again within %s:\nbefore %v\nafter  %v", 3*s.cfg.requestTimeout, before, after)
+	}
+}
+
 func TestFidelityFlags(t *testing.T) {
 	base := []string{"--state-dir", t.TempDir(), "--token", testToken}
 	cfg, err := parseFlags(base)

@@ -316,6 +316,16 @@ func (k *kubeCluster) audit(t *testing.T) []auditEvent {
 // started and has not finished, by "resource[/namespace][?fieldSelector]".
 func (k *kubeCluster) openWatches(t *testing.T, agent string) map[string]int {
 	t.Helper()
+	out := map[string]int{}
+	for _, key := range k.openWatchIDs(t, agent) {
+		out[key]++
+	}
+	return out
+}
+
+// openWatchIDs are those watches by audit ID: a watch that ended and was made again has a new one.
+func (k *kubeCluster) openWatchIDs(t *testing.T, agent string) map[string]string {
+	t.Helper()
 	started := map[string]string{}
 	for _, e := range k.audit(t) {
 		if e.Verb != "watch" || !strings.HasPrefix(e.UserAgent, agent) || e.ObjectRef == nil {
@@ -335,9 +345,5 @@ func (k *kubeCluster) openWatches(t *testing.T, agent string) map[string]int {
 			delete(started, e.AuditID)
 		}
 	}
-	out := map[string]int{}
-	for _, key := range started {
-		out[key]++
-	}
-	return out
+	return started
 }

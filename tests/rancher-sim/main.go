@@ -55,7 +55,14 @@ type config struct {
 	// browseInterval.
 	browseClusters int
 	browseInterval time.Duration
+	// requestTimeout is the downstream clients' timeout: Rancher's 45 s (rancherRequestTimeout);
+	// tests shorten it.
+	requestTimeout time.Duration
 }
+
+// rancherRequestTimeout is rest.Config.Timeout of Rancher's downstream clients
+// (pkg/clustermanager/manager.go ToRESTConfig).
+const rancherRequestTimeout = 45 * time.Second
 
 func parseFlags(args []string) (config, error) {
 	var cfg config
@@ -79,6 +86,7 @@ func parseFlags(args []string) (config, error) {
 		return cfg, err
 	}
 	cfg.tokens = tokens
+	cfg.requestTimeout = rancherRequestTimeout
 	if cfg.stateDir == "" {
 		return cfg, errors.New("--state-dir is required")
 	}

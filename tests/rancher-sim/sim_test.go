@@ -43,7 +43,7 @@ func startSim(t *testing.T, version string) (*sim, *httptest.Server, *http.Clien
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cfg := config{tokens: []string{testToken}, probeInterval: 100 * time.Millisecond, tokenWait: time.Second, version: v, agentTLSMode: "strict", watchSet: watchSetRancher}
+	cfg := config{tokens: []string{testToken}, probeInterval: 100 * time.Millisecond, tokenWait: time.Second, version: v, agentTLSMode: "strict", watchSet: watchSetRancher, requestTimeout: rancherRequestTimeout}
 	s := newSim(ctx, cfg, st, ca)
 	srv := httptest.NewUnstartedServer(nil)
 	srv.Config.Handler = s.routes()
