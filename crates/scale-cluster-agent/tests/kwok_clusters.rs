@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -405,6 +406,72 @@ async fn full_and_lean_profiles() {
             "{name}: {err}"
         );
     }
+    // The `kubernetes` Service's endpoints: full's own reconciler publishes them; lean runs
+    // none (its real command line says so) and the agent wrote them at create, with the address
+    // full's apiserver chose for itself and lean's own port.
+    let published = |name: &'static str| {
+        let manager = &env.manager;
+        async move {
+            let client = client_for(manager, name).await;
+            let endpoints: Endpoints = Api::namespaced(client.clone(), "default")
+                .get("kubernetes")
+                .await
+                .ok()?;
+            let subset = endpoints.subsets?.into_iter().next()?;
+            let from_endpoints = (
+                subset.addresses?.into_iter().next()?.ip,
+                subset.ports?.into_iter().next()?.port,
+            );
+            let slice: EndpointSlice = Api::namespaced(client, "default")
+                .get("kubernetes")
+                .await
+                .ok()?;
+            let from_slice = (
+                slice
+                    .endpoints?
+                    .into_iter()
+                    .next()?
+                    .addresses
+                    .into_iter()
+                    .next()?,
+                slice.ports?.into_iter().next()?.port?,
+            );
+            (from_endpoints == from_slice).then_some(from_endpoints)
+        }
+    };
+    let lean_published = published("prof-lean")
+        .await
+        .expect("lean's endpoints are written by the create itself");
+    let full_published = support::eventually(
+        DEADLINE,
+        "full's reconciler to publish its endpoints",
+        || published("prof-full"),
+    )
+    .await;
+    assert_eq!(lean_published.0, full_published.0, "the same host address");
+    assert_eq!(lean_published.1, i32::from(lean.ports.kube_apiserver));
+    assert_eq!(full_published.1, i32::from(full.ports.kube_apiserver));
+    let reconciler_flags = |name: &str| -> Vec<String> {
+        support::processes_mentioning(&env.manager.cluster_dir(name).join(""))
+            .into_iter()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .map(|cmdline| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|args| args.first().is_some_and(|p| p.ends_with("/kube-apiserver")))
+            .flatten()
+            .filter(|a| a.starts_with("--endpoint-reconciler-type="))
+            .collect()
+    };
+    assert_eq!(
+        reconciler_flags("prof-lean"),
+        ["--endpoint-reconciler-type=none"]
+    );
+    assert!(reconciler_flags("prof-full").is_empty());
+
     // lean serves only the API groups Rancher and its UI use, as discovery shows.
     let served = |groups: k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroupList| {
         groups

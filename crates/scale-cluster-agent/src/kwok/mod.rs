@@ -4,6 +4,7 @@
 //! (`heal`), and populates clusters through kube-rs.
 
 pub mod binder;
+pub mod endpoints;
 pub mod heal;
 pub mod kwokctl;
 pub mod manager;

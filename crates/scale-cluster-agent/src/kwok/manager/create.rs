@@ -15,9 +15,9 @@ use super::processes::{kill_component, port_is_free};
 use super::{ClusterInfo, ClusterManager, CreateRequest, CreateTimings, KwokError};
 use crate::kwok::heal::ETCD;
 use crate::kwok::kwokctl::CreateCluster;
-use crate::kwok::profile::SharedEtcdPlacement;
+use crate::kwok::profile::{ComponentProfile, SharedEtcdPlacement};
 use crate::kwok::shared_etcd::etcd_prefix;
-use crate::kwok::{names, population, status};
+use crate::kwok::{endpoints, names, population, status};
 use crate::store::ports::PortBlock;
 use crate::store::{EtcdKind, NewCluster, Phase};
 
@@ -123,6 +123,13 @@ impl ClusterManager {
         } else {
             None
         };
+        // Only `lean` runs without the endpoint reconciler; the address is the one the
+        // apiserver would choose itself, fixed in its flags so the endpoints below agree with it.
+        let advertise = if req.profile == ComponentProfile::Lean {
+            Some(endpoints::host_address().await)
+        } else {
+            None
+        };
         write_file(
             &config,
             &req.profile.kwokctl_config(
@@ -130,6 +137,7 @@ impl ClusterManager {
                 ports,
                 placement.as_ref(),
                 audit_policy.as_deref(),
+                advertise,
             ),
         )
         .await?;
@@ -149,6 +157,14 @@ impl ClusterManager {
             self.drop_kwokctl_etcd(&req.name).await?;
         }
         let client = population::client(&self.kubeconfig_path(&req.name)).await?;
+        if let Some(address) = advertise {
+            endpoints::apply(&client, address, ports.kube_apiserver)
+                .await
+                .map_err(|source| KwokError::Endpoints {
+                    name: req.name.clone(),
+                    source,
+                })?;
+        }
         population::apply(&client, &req.name, &req.population).await?;
         Ok(CreateTimings {
             ready,

@@ -106,6 +106,12 @@ pub enum KwokError {
         path: PathBuf,
         reason: String,
     },
+    #[error("cannot write the kubernetes Service's endpoints of cluster {name:?}: {source}")]
+    Endpoints {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error(transparent)]
     ControllerHost(#[from] crate::controllers::ControllerHostError),
     #[error("{0}; rolling back also failed: {1}")]
