@@ -439,18 +439,14 @@ async fn full_and_lean_profiles() {
             (from_endpoints == from_slice).then_some(from_endpoints)
         }
     };
-    let lean_published = published("prof-lean")
-        .await
-        .expect("lean's endpoints are written by the create itself");
     let full_published = support::eventually(
         DEADLINE,
         "full's reconciler to publish its endpoints",
         || published("prof-full"),
     )
     .await;
-    assert_eq!(lean_published.0, full_published.0, "the same host address");
-    assert_eq!(lean_published.1, i32::from(lean.ports.kube_apiserver));
     assert_eq!(full_published.1, i32::from(full.ports.kube_apiserver));
+    let host = scale_cluster_agent::kwok::endpoints::host_address().await;
     let reconciler_flags = |name: &str| -> Vec<String> {
         support::processes_mentioning(&env.manager.cluster_dir(name).join(""))
             .into_iter()
@@ -466,11 +462,24 @@ async fn full_and_lean_profiles() {
             .filter(|a| a.starts_with("--endpoint-reconciler-type="))
             .collect()
     };
-    assert_eq!(
-        reconciler_flags("prof-lean"),
-        ["--endpoint-reconciler-type=none"]
-    );
     assert!(reconciler_flags("prof-full").is_empty());
+    if let Some(host) = host {
+        let lean_published = published("prof-lean")
+            .await
+            .expect("lean's endpoints are written by the create itself");
+        assert_eq!(lean_published.0, full_published.0, "the same host address");
+        assert_eq!(lean_published.0, host.to_string());
+        assert_eq!(lean_published.1, i32::from(lean.ports.kube_apiserver));
+        assert_eq!(
+            reconciler_flags("prof-lean"),
+            ["--endpoint-reconciler-type=none"]
+        );
+    } else {
+        // Endpoints may not name loopback, so a host without a default route keeps the
+        // apiserver's own reconciler in lean too.
+        eprintln!("no default route: checking that lean keeps the endpoint reconciler");
+        assert!(reconciler_flags("prof-lean").is_empty());
+    }
 
     // lean serves only the API groups Rancher and its UI use, as discovery shows.
     let served = |groups: k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroupList| {

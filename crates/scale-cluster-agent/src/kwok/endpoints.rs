@@ -5,10 +5,10 @@
 //! kube-apiserver's default reconciler (`--endpoint-reconciler-type=lease`) renews a lease and
 //! reads both objects every 10 s, to publish where the apiservers of a cluster listen. A simulated
 //! cluster has one apiserver on a fixed port, so the answer never changes, yet the reconciler cost
-//! ~5% of an idle apiserver's CPU plus etcd writes (docs/benchmarks.md). `lean` runs
-//! `--endpoint-reconciler-type=none` with `--advertise-address` set to [`host_address`], and the
-//! agent writes what the reconciler would have: Cluster Explorer still lists the Service's
-//! endpoint, as on a real cluster.
+//! ~5% of an idle apiserver's CPU plus etcd writes (docs/benchmarks.md). Where the host has a
+//! default route, `lean` runs `--endpoint-reconciler-type=none` with `--advertise-address` set to
+//! [`host_address`], and the agent writes what the reconciler would have: Cluster Explorer still
+//! lists the Service's endpoint, as on a real cluster.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,36 +33,24 @@ const OFF_LINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
 /// The address kube-apiserver would advertise when bound to loopback: its `ChooseHostInterface`
 /// takes the default route's interface (`/proc/net/route`) and that interface's address, the
-/// source address the kernel picks for that route. Loopback when the host has no default route
-/// (where the apiserver alone would refuse to start).
-pub async fn host_address() -> IpAddr {
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let Ok(routes) = tokio::fs::read_to_string("/proc/net/route").await else {
-        return loopback;
-    };
-    let Some(gateway) = default_gateway(&routes) else {
-        return loopback;
-    };
+/// source address the kernel picks for that route. `None` without a default route: the
+/// apiserver then picks among the interfaces itself, and Endpoints may not name a loopback
+/// address, so such a host keeps the apiserver's own reconciler.
+pub async fn host_address() -> Option<IpAddr> {
+    let routes = tokio::fs::read_to_string("/proc/net/route").await.ok()?;
+    let gateway = default_gateway(&routes)?;
     let target = if gateway.is_unspecified() {
         OFF_LINK
     } else {
         gateway
     };
     // `connect` on UDP sends nothing: it only asks the kernel for the route and source address.
-    let Ok(socket) =
-        tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await
-    else {
-        return loopback;
-    };
-    if socket.connect(SocketAddr::from((target, 9))).await.is_err() {
-        return loopback;
-    }
-    socket
-        .local_addr()
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_unspecified())
-        .unwrap_or(loopback)
+    let socket = tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+        .await
+        .ok()?;
+    socket.connect(SocketAddr::from((target, 9))).await.ok()?;
+    let address = socket.local_addr().ok()?.ip();
+    (!address.is_unspecified() && !address.is_loopback()).then_some(address)
 }
 
 /// The gateway of the IPv4 default route with the lowest metric (0.0.0.0 for a route with no

@@ -83,8 +83,8 @@ impl ComponentProfile {
     /// The per-cluster `KwokctlConfiguration` document: binaries, bind address, etcd peer port,
     /// this profile's component patches, for a cluster in the shared etcd where that is, and with
     /// `audit_policy` (the file of [`REQUEST_AUDIT_POLICY`]) the apiserver's bounded audit log,
-    /// and with `advertise` the address a `lean` apiserver advertises (the one the agent writes
-    /// into its `kubernetes` endpoints, `kwok::endpoints`).
+    /// and with `advertise` the address a `lean` apiserver advertises, with no endpoint
+    /// reconciler: the agent writes the `kubernetes` endpoints itself (`kwok::endpoints`).
     pub fn kwokctl_config(
         self,
         toolchain: &Toolchain,
@@ -161,11 +161,17 @@ options:
         }
         if self == ComponentProfile::Lean {
             if let Some(address) = advertise {
+                // The `kubernetes` Service's endpoints never change here (one apiserver, a fixed
+                // port): the agent writes them once at bring-up (`kwok::endpoints`) instead of
+                // the reconciler's lease renewal and reads every 10 s. Measured A/B on a running
+                // N = 20 density run: ~0.95x apiserver CPU (docs/benchmarks.md).
                 doc.push_str(&format!(
                     "- name: kube-apiserver
   extraArgs:
   - key: advertise-address
     value: {}
+  - key: endpoint-reconciler-type
+    value: none
 ",
                     yaml_str(&address.to_string())
                 ));
@@ -292,11 +298,6 @@ const LEAN_PATCHES: &[Patch] = &[
                 "feature-gates",
                 "APIServerIdentity=false,UnknownVersionInteroperabilityProxy=false",
             ),
-            // The `kubernetes` Service's endpoints never change here (one apiserver, a fixed
-            // port): the agent writes them once at bring-up (`kwok::endpoints`) instead of the
-            // reconciler's lease renewal and reads every 10 s. Measured A/B on a running N = 20
-            // density run: ~0.95x apiserver CPU (docs/benchmarks.md).
-            ("endpoint-reconciler-type", "none"),
         ],
         // kwokctl sets `Node,RBAC`. The Node authorizer watches VolumeAttachments (storage) and
         // ResourceSlices (resource): with those groups off its informers never sync (the same
@@ -456,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn lean_advertises_the_given_address_and_runs_no_endpoint_reconciler() {
+    fn lean_with_an_address_advertises_it_and_runs_no_endpoint_reconciler() {
         let address: IpAddr = "192.0.2.7".parse().unwrap();
         let config = |profile: ComponentProfile| -> serde_yaml::Value {
             let text = profile.kwokctl_config(
@@ -479,6 +480,15 @@ mod tests {
         assert_eq!(arg("endpoint-reconciler-type"), Some("none".into()));
         // `full` stays kwokctl's default: the apiserver's own reconciler and address.
         assert!(config(ComponentProfile::Full)["componentsPatches"].is_null());
+        // Without an address (no default route) lean keeps the reconciler too.
+        let text = ComponentProfile::Lean.kwokctl_config(
+            &toolchain(),
+            &PortBlock::starting_at(9000),
+            None,
+            None,
+            None,
+        );
+        assert!(!text.contains("endpoint-reconciler-type"), "{text}");
     }
 
     #[test]

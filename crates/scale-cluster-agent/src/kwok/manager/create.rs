@@ -123,10 +123,11 @@ impl ClusterManager {
         } else {
             None
         };
-        // Only `lean` runs without the endpoint reconciler; the address is the one the
-        // apiserver would choose itself, fixed in its flags so the endpoints below agree with it.
+        // Only `lean` runs without the endpoint reconciler, where the host has a default route;
+        // the address is the one the apiserver would choose itself, fixed in its flags so the
+        // endpoints written below agree with it.
         let advertise = if req.profile == ComponentProfile::Lean {
-            Some(endpoints::host_address().await)
+            endpoints::host_address().await
         } else {
             None
         };
