@@ -179,6 +179,14 @@ async fn lean_clusters_share_one_etcd_each_under_its_own_prefix() {
         .filter(|pid| support::program_name(*pid).as_deref() == Some("etcd"))
         .collect();
     assert_eq!(all_etcds, Vec::<u32>::new(), "no per-cluster etcd is left");
+    // Its profiler answers on the loopback client URL (for profiling a density run).
+    let profile = reqwest::get(format!(
+        "http://127.0.0.1:{ETCD_PORT}/debug/pprof/profile?seconds=1"
+    ))
+    .await
+    .unwrap();
+    assert!(profile.status().is_success(), "{}", profile.status());
+    assert!(!profile.bytes().await.unwrap().is_empty());
     for info in [&a, &b] {
         let dir = env.manager.cluster_dir(&info.name);
         let programs: Vec<String> = support::cluster_processes(&dir).into_keys().collect();

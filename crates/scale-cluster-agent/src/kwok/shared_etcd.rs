@@ -333,7 +333,10 @@ impl SharedEtcd {
     ///   to catch up;
     /// - `--max-wals` 2 (default 5): each WAL file is 64 MiB preallocated, and the disk is small;
     /// - warnings only in its log, and slow-request warnings from 1 s (default 100 ms / 300 ms):
-    ///   on a loaded 2-core machine shared by many clusters the defaults log most requests.
+    ///   on a loaded 2-core machine shared by many clusters the defaults log most requests;
+    /// - Go's profiler at `/debug/pprof` on the loopback client URL, which already serves the
+    ///   whole keyspace to any local process without auth: the one process whose CPU grows with
+    ///   N can be profiled in a running density benchmark (docs/benchmarks.md).
     fn args(&self) -> Vec<String> {
         let client = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.inner.port.saturating_add(1));
@@ -354,6 +357,7 @@ impl SharedEtcd {
             "--log-level=warn".into(),
             "--warning-apply-duration=1s".into(),
             "--warning-unary-request-duration=1s".into(),
+            "--enable-pprof".into(),
         ]
     }
 }
