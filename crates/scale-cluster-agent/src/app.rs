@@ -9,6 +9,7 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use fs4::fs_std::FileExt;
@@ -267,16 +268,59 @@ fn announced_addr(local: SocketAddr) -> SocketAddr {
     }
 }
 
+/// How long a start waits for the data dir's lock. A child forked by this process (or, in
+/// tests, by another agent in the same process) holds a copy of the lock's file description
+/// until it execs, so a lock released just now can still be held for a moment; an agent that
+/// really runs holds it for longer than this.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY: Duration = Duration::from_millis(50);
+
+/// Runs on a blocking thread (it sleeps between attempts).
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let path = data_dir.join("agent.lock");
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    match file.try_lock_exclusive() {
-        Ok(true) => Ok(file),
-        _ => bail!(
-            "another agent is already running on {} (its API address is in agent.json there)",
-            data_dir.display()
-        ),
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let locked = file
+            .try_lock_exclusive()
+            .with_context(|| format!("locking {}", path.display()))?;
+        if locked {
+            return Ok(file);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "another agent is already running on {} (its API address is in agent.json there)",
+                data_dir.display()
+            );
+        }
+        std::thread::sleep(LOCK_RETRY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_released_within_the_wait_is_taken_and_a_held_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Another description of the same lock file, as a forked child that has not exec'd yet
+        // holds one.
+        let other = File::create(dir.path().join("agent.lock")).unwrap();
+        assert!(other.try_lock_exclusive().unwrap());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(other);
+        });
+        let started = Instant::now();
+        let lock = lock_data_dir(dir.path()).expect("taken once the other copy is closed");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        release.join().unwrap();
+
+        let err = lock_data_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another agent is already running"), "{err}");
+        drop(lock);
     }
 }
