@@ -131,33 +131,20 @@ options:
         if audit_policy.is_some() {
             // Bounded disk: one file of at most 1 MB (the flag's unit) and one rotated backup,
             // about 1,400 requests each; the agent tails the live file (`observe::audit`).
-            doc.push_str(
-                "- name: kube-apiserver
-  extraArgs:
-  - key: audit-log-maxsize
-    value: \"1\"
-  - key: audit-log-maxbackup
-    value: \"1\"
-  - key: audit-log-format
-    value: json
-",
-            );
+            doc.push_str(&apiserver_patch(&[
+                ("audit-log-maxsize", "1", false),
+                ("audit-log-maxbackup", "1", false),
+                ("audit-log-format", "json", false),
+            ]));
         }
         if let Some(shared) = shared_etcd {
             // kwokctl points the apiserver at its own etcd: replace that (an added flag would
             // leave both). No compactor in the apiserver: the shared etcd compacts the whole
             // keyspace itself (`kwok::shared_etcd`), once for all clusters.
-            doc.push_str(&format!(
-                "- name: kube-apiserver
-  extraArgs:
-  - key: etcd-servers
-    value: {}
-    override: true
-  - key: etcd-compaction-interval
-    value: \"0\"
-",
-                yaml_str(&shared.client_url)
-            ));
+            doc.push_str(&apiserver_patch(&[
+                ("etcd-servers", &shared.client_url, true),
+                ("etcd-compaction-interval", "0", false),
+            ]));
         }
         if self == ComponentProfile::Lean {
             if let Some(address) = advertise {
@@ -165,16 +152,10 @@ options:
                 // port): the agent writes them once at bring-up (`kwok::endpoints`) instead of
                 // the reconciler's lease renewal and reads every 10 s. Measured A/B on a running
                 // N = 20 density run: ~0.95x apiserver CPU (docs/benchmarks.md).
-                doc.push_str(&format!(
-                    "- name: kube-apiserver
-  extraArgs:
-  - key: advertise-address
-    value: {}
-  - key: endpoint-reconciler-type
-    value: none
-",
-                    yaml_str(&address.to_string())
-                ));
+                doc.push_str(&apiserver_patch(&[
+                    ("advertise-address", &address.to_string(), false),
+                    ("endpoint-reconciler-type", "none", false),
+                ]));
             }
             for patch in LEAN_PATCHES {
                 doc.push_str(&format!("- name: {}\n", patch.component));
@@ -240,6 +221,18 @@ fn yaml_path(path: &Path) -> String {
 /// Quotes a string for YAML (a JSON string is a valid YAML flow scalar).
 fn yaml_str(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_default()
+}
+
+/// A `componentsPatches` entry giving kube-apiserver `(flag, value, replaces kwokctl's own)`.
+fn apiserver_patch(args: &[(&str, &str, bool)]) -> String {
+    let mut doc = String::from("- name: kube-apiserver\n  extraArgs:\n");
+    for (key, value, replace) in args {
+        doc.push_str(&format!("  - key: {key}\n    value: {}\n", yaml_str(value)));
+        if *replace {
+            doc.push_str("    override: true\n");
+        }
+    }
+    doc
 }
 
 /// API group versions `lean` turns off (`--runtime-config`): flow control (APF is off), dynamic
