@@ -369,6 +369,24 @@ mod tests {
         }
     }
 
+    /// The config with no shared etcd, audit policy or advertised address.
+    fn plain_config(profile: ComponentProfile) -> String {
+        profile.kwokctl_config(
+            &toolchain(),
+            &PortBlock::starting_at(9000),
+            None,
+            None,
+            None,
+        )
+    }
+
+    /// The value of kube-apiserver flag `key` among `args` ([`apiserver_args`]).
+    fn arg_value(args: &[&serde_yaml::Value], key: &str) -> Option<serde_yaml::Value> {
+        args.iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+    }
+
     /// Every `extraArgs` entry of the kube-apiserver's patches in a kwokctl config.
     fn apiserver_args(doc: &serde_yaml::Value) -> Vec<&serde_yaml::Value> {
         doc["componentsPatches"]
@@ -383,13 +401,7 @@ mod tests {
     #[test]
     fn configs_are_valid_yaml_with_local_binaries_and_loopback() {
         for profile in [ComponentProfile::Full, ComponentProfile::Lean] {
-            let text = profile.kwokctl_config(
-                &toolchain(),
-                &PortBlock::starting_at(9000),
-                None,
-                None,
-                None,
-            );
+            let text = plain_config(profile);
             let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
             assert_eq!(doc["options"]["bindAddress"], "127.0.0.1");
             assert_eq!(doc["options"]["etcdPeerPort"], 9002);
@@ -406,13 +418,7 @@ mod tests {
 
     #[test]
     fn lean_restricts_the_controller_manager() {
-        let text = ComponentProfile::Lean.kwokctl_config(
-            &toolchain(),
-            &PortBlock::starting_at(9000),
-            None,
-            None,
-            None,
-        );
+        let text = plain_config(ComponentProfile::Lean);
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let patches = doc["componentsPatches"].as_sequence().unwrap();
         let kcm = patches
@@ -434,14 +440,7 @@ mod tests {
         ] {
             assert!(controllers.split(',').any(|c| c == needed), "{controllers}");
         }
-        assert!(ComponentProfile::Full
-            .kwokctl_config(
-                &toolchain(),
-                &PortBlock::starting_at(9000),
-                None,
-                None,
-                None
-            )
+        assert!(plain_config(ComponentProfile::Full)
             .find("componentsPatches")
             .is_none());
         assert!(!ComponentProfile::Lean
@@ -464,23 +463,13 @@ mod tests {
         };
         let lean = config(ComponentProfile::Lean);
         let args = apiserver_args(&lean);
-        let arg = |key: &str| {
-            args.iter()
-                .find(|a| a["key"] == key)
-                .map(|a| a["value"].clone())
-        };
+        let arg = |key: &str| arg_value(&args, key);
         assert_eq!(arg("advertise-address"), Some("192.0.2.7".into()));
         assert_eq!(arg("endpoint-reconciler-type"), Some("none".into()));
         // `full` stays kwokctl's default: the apiserver's own reconciler and address.
         assert!(config(ComponentProfile::Full)["componentsPatches"].is_null());
         // Without an address (no default route) lean keeps the reconciler too.
-        let text = ComponentProfile::Lean.kwokctl_config(
-            &toolchain(),
-            &PortBlock::starting_at(9000),
-            None,
-            None,
-            None,
-        );
+        let text = plain_config(ComponentProfile::Lean);
         assert!(!text.contains("endpoint-reconciler-type"), "{text}");
     }
 
@@ -529,20 +518,10 @@ mod tests {
             let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
             assert_eq!(doc["options"]["kubeAuditPolicy"], "/data/audit.yaml");
             let args = apiserver_args(&doc);
-            let arg = |key: &str| {
-                args.iter()
-                    .find(|a| a["key"] == key)
-                    .map(|a| a["value"].clone())
-            };
+            let arg = |key: &str| arg_value(&args, key);
             assert_eq!(arg("audit-log-maxsize"), Some("1".into()), "{text}");
             assert_eq!(arg("audit-log-maxbackup"), Some("1".into()), "{text}");
-            let off = profile.kwokctl_config(
-                &toolchain(),
-                &PortBlock::starting_at(9000),
-                None,
-                None,
-                None,
-            );
+            let off = plain_config(profile);
             assert!(!off.contains("audit"), "{off}");
         }
     }
