@@ -6,12 +6,17 @@ the first half, gets a change; group B, the second half, is the reference measur
 window, under the same rancher-sim load and machine noise. A cluster's apiserver is found by its
 command line (`--etcd-prefix=/clusters/<name>`), the shared etcd by its `--data-dir`.
 
-  apiserver-ab.py measure SECS                 mCPU per apiserver of A and B, A/B, shared etcd total
+  apiserver-ab.py measure SECS                 mCPU per apiserver of A and B, A/B, shared etcd total;
+                                               then PSS per apiserver of A and B, etcd watchers
   apiserver-ab.py probe SECS PATH INTERVAL     the same while GETting PATH on A's apiservers every
                                                INTERVAL s, on one kept connection per apiserver
   apiserver-ab.py patch WORKDIR env NAME VALUE  adds an environment variable to A's apiservers
   apiserver-ab.py patch WORKDIR arg FLAG=VALUE  adds a flag to A's apiservers
   apiserver-ab.py patch WORKDIR revert          A's apiservers as created
+  apiserver-ab.py compact RETENTION SECS       for SECS s, compacts the shared etcd every RETENTION s
+                                               to the revision of RETENTION s before (what etcd's
+                                               `--auto-compaction-retention` does), to compare a
+                                               shorter retention with the running one in one run
 
 `patch` edits the kube-apiserver component of each A cluster's `kwok.yaml` (what `kwokctl start`
 runs) and SIGKILLs the apiserver; the agent's heal restarts it with the change. Restart a control
@@ -19,6 +24,7 @@ group too (`patch ... revert`): a freshly started apiserver is not an old one. W
 kwok workdir (`<scratch>/kwok`, in any apiserver's command line).
 """
 import http.client
+import json
 import os
 import re
 import signal
@@ -60,10 +66,55 @@ def shared_etcd():
     return None
 
 
+def etcd_call(pid, path, body):
+    """POSTs `body` to the shared etcd's JSON gateway (its loopback client URL)."""
+    url = flag(cmdline(pid), "listen-client-urls").split(",")[0]
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    return json.loads(conn.getresponse().read() or b"{}")
+
+
+def etcd_gauges(pid):
+    """Watchers and the unsynced ("slow") ones the shared etcd is catching up, from its /metrics."""
+    url = flag(cmdline(pid), "listen-client-urls").split(",")[0]
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    wanted = ("etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_slow_watcher_total")
+    values = dict(line.split() for line in text.splitlines() if line.split(" ")[0] in wanted)
+    return "watchers {} slow {}".format(*(values.get(w, "?") for w in wanted))
+
+
+def compact(retention, seconds):
+    etcd = shared_etcd()
+    revisions = []
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        revisions.append(int(etcd_call(etcd, "/v3/kv/range", {"key": "AA==", "limit": 1})["header"]["revision"]))
+        if len(revisions) > 1:
+            # The revision of one period before: history kept is between one and two periods.
+            answer = etcd_call(etcd, "/v3/kv/compaction", {"revision": revisions[-2]})
+            print(time.strftime("%H:%M:%S"), "compacted to", revisions[-2], answer.get("error", ""), flush=True)
+        time.sleep(retention)
+
+
 def ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def pss_mib(pid):
+    """(PSS, anonymous PSS) of a process in MiB, from smaps_rollup."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1])
+    return fields.get("Pss", 0) / 1024, fields.get("Pss_Anon", 0) / 1024
 
 
 def halves(names):
@@ -112,6 +163,14 @@ def measure(seconds, probe=None):
         f"window {elapsed:.0f} s  A ({len(a)}): {mean_a:.2f} mCPU per apiserver  B ({len(b)}): {mean_b:.2f}"
         f"  A/B {mean_a / mean_b:.3f}  shared etcd {(etcd_after - etcd_before) / HZ / elapsed * 1000:.1f} mCPU"
     )
+    pss = {n: pss_mib(servers[n][0]) for n in servers}
+    for label, group in (("A", a), ("B", b)):
+        print(
+            f"{label}: PSS {sum(pss[n][0] for n in group) / len(group):.1f} MiB per apiserver"
+            f" (anon {sum(pss[n][1] for n in group) / len(group):.1f})"
+        )
+    if etcd:
+        print("shared etcd:", etcd_gauges(etcd))
     print("A:", " ".join(f"{mcpu(n):.1f}" for n in a))
     print("B:", " ".join(f"{mcpu(n):.1f}" for n in b))
 
@@ -153,6 +212,8 @@ def main(argv):
         measure(float(argv[1]))
     elif len(argv) >= 4 and argv[0] == "probe":
         measure(float(argv[1]), (argv[2], float(argv[3])))
+    elif len(argv) >= 3 and argv[0] == "compact":
+        compact(float(argv[1]), float(argv[2]))
     elif len(argv) >= 3 and argv[0] == "patch":
         patch(argv[1], argv[2:])
     else:
