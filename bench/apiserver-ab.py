@@ -66,20 +66,23 @@ def shared_etcd():
     return None
 
 
-def etcd_call(pid, path, body):
-    """POSTs `body` to the shared etcd's JSON gateway (its loopback client URL)."""
+def etcd_connection(pid):
+    """A connection to the shared etcd's loopback client URL (its JSON gateway and /metrics)."""
     url = flag(cmdline(pid), "listen-client-urls").split(",")[0]
     host, port = url.split("://", 1)[1].rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    return http.client.HTTPConnection(host, int(port), timeout=30)
+
+
+def etcd_call(pid, path, body):
+    """POSTs `body` to the shared etcd's JSON gateway."""
+    conn = etcd_connection(pid)
     conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
     return json.loads(conn.getresponse().read() or b"{}")
 
 
 def etcd_gauges(pid):
     """Watchers and the unsynced ("slow") ones the shared etcd is catching up, from its /metrics."""
-    url = flag(cmdline(pid), "listen-client-urls").split(",")[0]
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn = etcd_connection(pid)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     wanted = ("etcd_debugging_mvcc_watcher_total", "etcd_debugging_mvcc_slow_watcher_total")
