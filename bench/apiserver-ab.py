@@ -99,7 +99,7 @@ def compact(retention, seconds):
         if len(revisions) > 1:
             # The revision of one period before: history kept is between one and two periods.
             answer = etcd_call(etcd, "/v3/kv/compaction", {"revision": revisions[-2]})
-            print(time.strftime("%H:%M:%S"), "compacted to", revisions[-2], answer.get("error", ""), flush=True)
+            print(time.strftime("%H:%M:%S"), "compacted to", revisions[-2], answer.get("message", ""), flush=True)
         time.sleep(retention)
 
 
