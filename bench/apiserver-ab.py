@@ -92,6 +92,8 @@ def etcd_gauges(pid):
 
 def compact(retention, seconds):
     etcd = shared_etcd()
+    if etcd is None:
+        sys.exit("no shared etcd is running (an etcd whose --data-dir ends in /etcd/data)")
     revisions = []
     deadline = time.time() + seconds
     while time.time() < deadline:
