@@ -14,10 +14,10 @@
 //! host, shared by all clusters, likewise divided by N. With `--browse-clusters K`, rancher-sim
 //! browses K clusters as Cluster Explorer does (schemas, counts, node and pod lists through the
 //! steve tunnel every `--browse-interval` seconds) and the report adds its request latencies.
-//! Then it holds the
-//! clusters for `--hold` seconds, checking every 10 s that all are still `active`, and deletes them.
-//! Prints a Markdown report for `docs/benchmarks.md`. Needs the toolchain installed and the host
-//! limits `preflight --fix --clusters N` sets.
+//! It prints the measurement as Markdown for `docs/benchmarks.md` at once (an interrupted hold
+//! keeps it), then holds the clusters for `--hold` seconds, checking every 10 s that all are still
+//! `active`, prints how many stayed so and rancher-sim's counts, and deletes them. Needs the
+//! toolchain installed and the host limits `preflight --fix --clusters N` sets.
 
 #[path = "support/footprint.rs"]
 mod footprint;
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use footprint::{component_of, percentile, CpuWindow, Footprint};
+use footprint::{component_of, cpu_ticks, percentile, CpuWindow, Footprint};
 use scale_cluster_agent::kwok::status::processes_in;
 use serde_json::Value;
 
@@ -164,9 +164,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     pids.extend(&helpers);
     eprintln!("measuring CPU over {} s", args.cpu_window);
+    // The kernel's KSM thread merges the clusters' pages when KSM is on: its CPU is theirs too,
+    // shared by all (a kernel thread has no memory of its own to measure).
+    let ksmd = ksmd_pid();
+    let ksmd_before = ksmd.map(cpu_ticks).transpose()?;
     let window = CpuWindow::start(&pids)?;
+    let window_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.cpu_window)).await;
     let measured = window.finish();
+    let ksmd_mcpu = match (ksmd, ksmd_before) {
+        (Some(pid), Some(before)) => {
+            (cpu_ticks(pid)? - before) as f64 * 10.0 / window_started.elapsed().as_secs_f64()
+        }
+        _ => 0.0,
+    };
 
     // Per cluster that went active: a cluster still coming up is not one the machine holds.
     let n = names.len() as f64;
@@ -187,30 +198,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     per_component.insert("scale-cluster-agent (÷ N)".into(), agent_fp.clone());
+    if ksm_value("run") == Some(1) {
+        per_component.insert(
+            "ksmd (÷ N)".into(),
+            Footprint {
+                mcpu: ksmd_mcpu,
+                ..Footprint::default()
+            },
+        );
+    }
     let mut total = Footprint::default();
     for fp in per_component.values() {
         total.add(fp);
     }
 
-    eprintln!("holding {} s", args.hold);
-    let hold_started = Instant::now();
-    let mut fewest_active = names.len();
-    while hold_started.elapsed() < Duration::from_secs(args.hold) {
-        let active = rancher_run::phases(&http, &api)
-            .await?
-            .iter()
-            .filter(|(_, p)| p == "active")
-            .count();
-        fewest_active = fewest_active.min(active.min(names.len()));
-        tokio::time::sleep(Duration::from_secs(10)).await;
-    }
-
-    let sim_stats: Value = sim_client(&sim.dir)?
-        .get(format!("{}/sim/stats", sim.url))
-        .send()
-        .await?
-        .json()
-        .await?;
     let times: Vec<f64> = active_after.values().copied().collect();
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
@@ -225,10 +226,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.browse_interval,
         args.bring_up_limit
     );
-    println!("| profile | clusters | all active (s) | throughput (clusters/s) | create→active p50 / p95 (s) | PSS / cluster (MiB) | PSS anon / file (MiB) | idle CPU / cluster (mCPU) | fewest active while held {} s |", args.hold);
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| profile | clusters | all active (s) | throughput (clusters/s) | create→active p50 / p95 (s) | PSS / cluster (MiB) | PSS anon / file (MiB) | idle CPU / cluster (mCPU) |");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | {:.1} | {} |",
+        "| {} | {} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
         args.profile,
         if names.len() == args.clusters {
             args.clusters.to_string()
@@ -243,9 +244,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mib(total.memory.pss_anon_kib) / n,
         mib(total.memory.pss_file_kib) / n,
         total.mcpu / n,
-        fewest_active,
     );
     println!("\nMachine while measured: {machine}.");
+    match (ksm_value("run"), ksm_value("pages_sharing")) {
+        (Some(1), Some(sharing)) => println!(
+            "\nKSM on: {:.1} MiB of pages shared, {:.1} MiB per cluster (already out of the PSS \
+             figures); ksmd {:.0} mCPU.",
+            mib(sharing * 4),
+            mib(sharing * 4) / n,
+            ksmd_mcpu,
+        ),
+        (run, _) => println!("\nKSM off (/sys/kernel/mm/ksm/run = {run:?})."),
+    }
     println!("\nPer component, per cluster (shared processes divided by N):\n");
     println!("| component | PSS (MiB) | PSS anon (MiB) | PSS file (MiB) | idle mCPU |");
     println!("|---|---|---|---|---|");
@@ -272,6 +282,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sim_fp.mcpu,
     );
 
+    eprintln!("holding {} s", args.hold);
+    let hold_started = Instant::now();
+    let mut fewest_active = names.len();
+    while hold_started.elapsed() < Duration::from_secs(args.hold) {
+        let active = rancher_run::phases(&http, &api)
+            .await?
+            .iter()
+            .filter(|(_, p)| p == "active")
+            .count();
+        fewest_active = fewest_active.min(active.min(names.len()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+
+    let sim_stats: Value = sim_client(&sim.dir)?
+        .get(format!("{}/sim/stats", sim.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!(
+        "\nHeld {} s after the measurement: at least {} clusters active (of the {} measured) at every 10 s check.",
+        args.hold,
+        fewest_active,
+        names.len(),
+    );
     let browse = &sim_stats["browse"];
     println!(
         "\nrancher-sim: {} watches open on {} clusters (watch set `{}`); browsing {} clusters: {} rounds, {} requests, {} errors, latency p50 / p99 {} / {} ms{}.",
@@ -302,6 +337,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(agent);
     drop(sim);
     Ok(())
+}
+
+/// The pid of the kernel's KSM thread, if this kernel has one.
+fn ksmd_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == "ksmd").then_some(pid)
+        })
+}
+
+/// A KSM counter or setting (`/sys/kernel/mm/ksm/<name>`).
+fn ksm_value(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// What the machine has left: available memory, load, and the pids in use (what a run of many

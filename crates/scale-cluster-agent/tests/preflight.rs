@@ -25,6 +25,9 @@ fn real_readings_are_available_on_linux() {
     assert!(lo <= hi);
     assert!(r.reserved_ports.is_some());
     assert!(r.disk_available.is_some_and(|v| v > 0));
+    // The kernels this runs on (CI included) have KSM and per-process merging.
+    assert!(r.ksm_run.is_some(), "{r:?}");
+    assert!(r.memory_merge_supported, "{r:?}");
 
     // A socket we hold open shows up as listening.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -38,7 +38,7 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
             outln!("--fix: nothing to apply automatically.")?;
         } else {
             if !readings.is_root {
-                outln!("--fix needs root to write /proc/sys; nothing was changed:")?;
+                outln!("--fix needs root to write /proc/sys and /sys; nothing was changed:")?;
             }
             for outcome in &outcomes {
                 outln!("  {outcome}")?;
@@ -48,7 +48,8 @@ pub async fn run(settings: &Settings, args: PreflightArgs) -> anyhow::Result<()>
                 .any(|o| matches!(o, FixOutcome::Applied { .. }))
             {
                 outln!(
-                    "Changes last until reboot; persist them in {} (lines shown above).",
+                    "Changes last until reboot; persist them as the lines above show ({} for \
+                     sysctls).",
                     preflight::SYSCTL_FILE
                 )?;
                 checks = preflight::evaluate(&Readings::read(&settings.kwok_workdir), &plan);

@@ -170,9 +170,11 @@ impl Kwokctl {
         // If the agent dies (even by SIGKILL) kwokctl dies with it instead of finishing a create
         // behind the back of the recovery that the next agent start runs. The signal fires when the
         // spawning thread exits: that is a runtime worker thread, which lives as long as the runtime.
+        // Every component kwokctl starts inherits the KSM mark (see `memory_merge`).
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
+                crate::kwok::memory_merge::mark_mergeable();
                 nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
                     .map_err(std::io::Error::from)
             });

@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod heal;
 pub mod kwokctl;
 pub mod manager;
+pub mod memory_merge;
 pub mod names;
 pub mod population;
 pub mod profile;

@@ -1,12 +1,12 @@
-//! `preflight --fix`: raises the sysctls a failed or warning check names, by writing `/proc/sys`
-//! (root only). Resource limits are not touched: they belong to the shell or unit that starts the
-//! agent, so their checks only print the command.
+//! `preflight --fix`: raises the sysctls a failed or warning check names, by writing `/proc/sys`,
+//! and turns KSM on in `/sys` (root only). Resource limits are not touched: they belong to the
+//! shell or unit that starts the agent, so their checks only print the command.
 
 use std::fmt;
 use std::path::Path;
 
-use super::host::{sysctl_path, PROC_SYS};
-use super::{Check, Status};
+use super::host::{sysctl_path, PROC_SYS, SYS};
+use super::{Check, KernelTree, Status};
 
 /// What `--fix` did for one sysctl.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,19 +39,28 @@ impl fmt::Display for FixOutcome {
     }
 }
 
-/// Applies every sysctl fix of a non-OK check to the live kernel (`/proc/sys`).
+/// Applies every kernel-setting fix of a non-OK check to the live kernel (`/proc/sys`, `/sys`).
 pub fn apply_fixes(checks: &[Check], is_root: bool) -> Vec<FixOutcome> {
-    apply_fixes_in(Path::new(PROC_SYS), checks, is_root)
+    apply_fixes_in(Path::new(PROC_SYS), Path::new(SYS), checks, is_root)
 }
 
-/// [`apply_fixes`] against any `/proc/sys`-like directory (tests use a temporary one).
-pub fn apply_fixes_in(proc_sys: &Path, checks: &[Check], is_root: bool) -> Vec<FixOutcome> {
+/// [`apply_fixes`] against any `/proc/sys`- and `/sys`-like directories (tests use temporary
+/// ones).
+pub fn apply_fixes_in(
+    proc_sys: &Path,
+    sys: &Path,
+    checks: &[Check],
+    is_root: bool,
+) -> Vec<FixOutcome> {
     checks
         .iter()
         .filter(|c| c.status != Status::Ok)
         .filter_map(|c| c.sysctl.as_ref())
         .map(|fix| {
-            let path = sysctl_path(proc_sys, fix.key);
+            let path = match fix.tree {
+                KernelTree::ProcSys => sysctl_path(proc_sys, fix.key),
+                KernelTree::Sys => sys.join(fix.key),
+            };
             let from = std::fs::read_to_string(&path)
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
@@ -64,7 +73,10 @@ pub fn apply_fixes_in(proc_sys: &Path, checks: &[Check], is_root: bool) -> Vec<F
             if !is_root {
                 return FixOutcome::NeedsRoot {
                     key: fix.key,
-                    command: format!("sysctl -w {}={to}", fix.key),
+                    command: match fix.tree {
+                        KernelTree::ProcSys => format!("sysctl -w {}={to}", fix.key),
+                        KernelTree::Sys => format!("echo {to} > /sys/{}", fix.key),
+                    },
                 };
             }
             match std::fs::write(&path, format!("{to}\n")) {
@@ -92,6 +104,8 @@ mod tests {
         let r = Readings {
             inotify_max_user_instances: Some(128),
             ephemeral_ports: Some((1024, 60999)),
+            ksm_run: Some(0),
+            memory_merge_supported: true,
             ..Readings::default()
         };
         let checks = evaluate(
@@ -104,8 +118,9 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         for (key, value) in [
-            ("fs/inotify/max_user_instances", "128\n"),
-            ("net/ipv4/ip_local_reserved_ports", "5000\n"),
+            ("proc/sys/fs/inotify/max_user_instances", "128\n"),
+            ("proc/sys/net/ipv4/ip_local_reserved_ports", "5000\n"),
+            ("sys/kernel/mm/ksm/run", "0\n"),
         ] {
             let path = dir.path().join(key);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -114,10 +129,19 @@ mod tests {
         (checks, dir)
     }
 
+    fn apply(checks: &[Check], dir: &tempfile::TempDir, is_root: bool) -> Vec<FixOutcome> {
+        apply_fixes_in(
+            &dir.path().join("proc/sys"),
+            &dir.path().join("sys"),
+            checks,
+            is_root,
+        )
+    }
+
     #[test]
     fn root_writes_the_sysctls_and_keeps_reserved_ports() {
         let (checks, dir) = low_inotify_and_overlap();
-        let out = apply_fixes_in(dir.path(), &checks, true);
+        let out = apply(&checks, &dir, true);
         assert_eq!(
             out,
             vec![
@@ -131,23 +155,40 @@ mod tests {
                     from: "5000".into(),
                     to: "5000,7999-8096".into()
                 },
+                FixOutcome::Applied {
+                    key: "kernel/mm/ksm/run",
+                    from: "0".into(),
+                    to: "1".into()
+                },
             ]
         );
         let read = |k: &str| std::fs::read_to_string(dir.path().join(k)).unwrap();
-        assert_eq!(read("fs/inotify/max_user_instances"), "1024\n");
-        assert_eq!(read("net/ipv4/ip_local_reserved_ports"), "5000,7999-8096\n");
+        assert_eq!(read("proc/sys/fs/inotify/max_user_instances"), "1024\n");
+        assert_eq!(
+            read("proc/sys/net/ipv4/ip_local_reserved_ports"),
+            "5000,7999-8096\n"
+        );
+        assert_eq!(read("sys/kernel/mm/ksm/run"), "1\n");
     }
 
     #[test]
     fn without_root_nothing_is_written() {
         let (checks, dir) = low_inotify_and_overlap();
-        let out = apply_fixes_in(dir.path(), &checks, false);
-        assert_eq!(out.len(), 2);
+        let out = apply(&checks, &dir, false);
+        assert_eq!(out.len(), 3);
         assert!(out
             .iter()
             .all(|o| matches!(o, FixOutcome::NeedsRoot { .. })));
         assert!(out[0].to_string().contains("needs root"));
+        assert!(
+            out[2]
+                .to_string()
+                .contains("echo 1 > /sys/kernel/mm/ksm/run"),
+            "{}",
+            out[2]
+        );
         let read = |k: &str| std::fs::read_to_string(dir.path().join(k)).unwrap();
-        assert_eq!(read("fs/inotify/max_user_instances"), "128\n");
+        assert_eq!(read("proc/sys/fs/inotify/max_user_instances"), "128\n");
+        assert_eq!(read("sys/kernel/mm/ksm/run"), "0\n");
     }
 }

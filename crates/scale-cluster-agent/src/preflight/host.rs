@@ -1,5 +1,5 @@
 //! Reading the host: `/proc/sys`, `/proc/self/limits`, `/proc/net/tcp{,6}`, `/proc/meminfo`,
-//! the CPUs this process may use and `statvfs`.
+//! the CPUs this process may use, `statvfs` and KSM's switch in `/sys`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -8,6 +8,7 @@ use super::{Readings, Rlimit};
 use crate::agent::pressure::meminfo_bytes;
 
 pub(super) const PROC_SYS: &str = "/proc/sys";
+pub(super) const SYS: &str = "/sys";
 
 impl Readings {
     /// Measures this host; `workdir` is where kwokctl keeps clusters (it need not exist yet).
@@ -44,6 +45,10 @@ impl Readings {
             memory_available: meminfo
                 .as_deref()
                 .and_then(|m| meminfo_bytes(m, "MemAvailable")),
+            ksm_run: std::fs::read_to_string(Path::new(SYS).join(super::KSM_RUN))
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+            memory_merge_supported: crate::kwok::memory_merge::supported(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Host preflight checks: limits that bite when many clusters run on one machine (inotify, open
-//! files, pids/threads, ports, disk for etcd), sized for a planned number of clusters.
+//! files, pids/threads, ports, disk for etcd), sized for a planned number of clusters, and whether
+//! the kernel shares the clusters' identical memory pages (KSM).
 //!
 //! Readings ([`Readings`], taken by [`Readings::read`]) are separate from the pure evaluation
 //! ([`evaluate`]), so the verdicts are testable with injected values; [`apply_fixes`] raises the
@@ -97,6 +98,10 @@ pub struct Readings {
     /// `MemTotal` and `MemAvailable` of `/proc/meminfo`, in bytes.
     pub memory_total: Option<u64>,
     pub memory_available: Option<u64>,
+    /// `/sys/kernel/mm/ksm/run` (absent without KSM).
+    pub ksm_run: Option<u64>,
+    /// Whether the kernel marks a process tree mergeable (`PR_SET_MEMORY_MERGE`, Linux ≥ 6.4).
+    pub memory_merge_supported: bool,
 }
 
 /// What preflight sizes for.
@@ -125,12 +130,24 @@ impl fmt::Display for Status {
     }
 }
 
-/// A sysctl value `--fix` can set by writing `/proc/sys`.
+/// A kernel setting `--fix` can set: a sysctl (written under `/proc/sys`) or a `/sys` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysctlFix {
+    /// A dotted sysctl key, or for [`KernelTree::Sys`] the file's path under `/sys`.
     pub key: &'static str,
     pub value: String,
+    pub tree: KernelTree,
 }
+
+/// Where a [`SysctlFix`] is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelTree {
+    ProcSys,
+    Sys,
+}
+
+/// KSM's switch, under `/sys`: 1 runs the merging thread.
+pub const KSM_RUN: &str = "kernel/mm/ksm/run";
 
 /// One verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +230,58 @@ pub fn evaluate(readings: &Readings, plan: &Plan) -> Vec<Check> {
         disk(readings.disk_available, DISK_BASE + DISK_PER_CLUSTER * n),
         memory(readings, n),
         cpu(readings.cpus, n),
+        memory_merging(readings),
     ]
+}
+
+/// Anonymous memory KSM shared per kube-apiserver, measured with 10 (docs/benchmarks.md).
+const KSM_SAVING_PER_APISERVER_MIB: u64 = 12;
+
+/// KSM is a saving, not a limit: off or missing, the clusters still run, each with ~12 MiB more.
+fn memory_merging(readings: &Readings) -> Check {
+    const NAME: &str = "memory merging (KSM)";
+    let need = format!(
+        "on: ~{KSM_SAVING_PER_APISERVER_MIB} MiB less per cluster, ksmd ~60 mCPU (optional)"
+    );
+    let unavailable = |measured: &str, why: String| Check {
+        status: Status::Warn,
+        fix: vec![why],
+        ..Check::ok(NAME, measured.to_string(), need.clone())
+    };
+    let Some(run) = readings.ksm_run else {
+        return unavailable(
+            "unknown",
+            format!(
+                "cannot read /sys/{KSM_RUN} (a kernel without KSM, or no /sys): clusters run \
+                 without it"
+            ),
+        );
+    };
+    if !readings.memory_merge_supported {
+        return unavailable(
+            "no per-process merging",
+            "needs Linux >= 6.4 (PR_SET_MEMORY_MERGE): clusters run without it".into(),
+        );
+    }
+    let measured = format!("/sys/{KSM_RUN} = {run}");
+    if run == 1 {
+        return Check::ok(NAME, measured, need);
+    }
+    Check {
+        status: Status::Warn,
+        fix: vec![
+            format!("echo 1 > /sys/{KSM_RUN}"),
+            format!(
+                "persistently: `w /sys/{KSM_RUN} - - - - 1` in /etc/tmpfiles.d/scale-cluster-agent.conf"
+            ),
+        ],
+        sysctl: Some(SysctlFix {
+            key: KSM_RUN,
+            value: "1".into(),
+            tree: KernelTree::Sys,
+        }),
+        ..Check::ok(NAME, measured, need)
+    }
 }
 
 /// How many clusters fit in `capacity` beyond `base` at `per_cluster` each.
@@ -315,6 +383,7 @@ fn sysctl_min(
         sysctl: Some(SysctlFix {
             key,
             value: set.to_string(),
+            tree: KernelTree::ProcSys,
         }),
         ..Check::ok(name, format!("{key} = {value}"), need_text)
     }
@@ -447,6 +516,7 @@ fn ephemeral_overlap(readings: &Readings, plan: &Plan) -> Check {
         sysctl: Some(SysctlFix {
             key: "net.ipv4.ip_local_reserved_ports",
             value: reserve,
+            tree: KernelTree::ProcSys,
         }),
         ..Check::ok(
             NAME,
@@ -585,6 +655,45 @@ mod tests {
             cpus: Some(8),
             memory_total: Some(64 * 1024 * MIB),
             memory_available: Some(60 * 1024 * MIB),
+            ksm_run: Some(1),
+            memory_merge_supported: true,
+        }
+    }
+
+    #[test]
+    fn memory_merging_off_is_a_warning_fix_writes_sys() {
+        const NAME: &str = "memory merging (KSM)";
+        let off = Readings {
+            ksm_run: Some(0),
+            ..good()
+        };
+        let c = check(&evaluate(&off, &plan(50)), NAME).clone();
+        assert_eq!(c.status, Status::Warn);
+        assert_eq!(c.fix[0], "echo 1 > /sys/kernel/mm/ksm/run");
+        assert_eq!(
+            c.sysctl,
+            Some(SysctlFix {
+                key: KSM_RUN,
+                value: "1".into(),
+                tree: KernelTree::Sys,
+            })
+        );
+        // Without KSM, or without per-process merging, nothing can be fixed: a warning that says
+        // why, and no fix to apply.
+        for readings in [
+            Readings {
+                ksm_run: None,
+                ..good()
+            },
+            Readings {
+                memory_merge_supported: false,
+                ..good()
+            },
+        ] {
+            let c = check(&evaluate(&readings, &plan(50)), NAME).clone();
+            assert_eq!(c.status, Status::Warn, "{c:?}");
+            assert_eq!(c.sysctl, None);
+            assert!(c.fix[0].contains("clusters run without it"), "{c:?}");
         }
     }
 
@@ -640,7 +749,7 @@ mod tests {
     #[test]
     fn a_roomy_host_passes() {
         let checks = evaluate(&good(), &plan(50));
-        assert_eq!(checks.len(), 12);
+        assert_eq!(checks.len(), 13);
         assert!(checks.iter().all(|c| c.status == Status::Ok), "{checks:#?}");
         assert!(checks.iter().all(|c| c.fix.is_empty()));
         assert_eq!(worst(&checks), Status::Ok);
@@ -665,7 +774,8 @@ mod tests {
             c.sysctl,
             Some(SysctlFix {
                 key: "fs.inotify.max_user_instances",
-                value: "1024".into()
+                value: "1024".into(),
+                tree: KernelTree::ProcSys,
             })
         );
         let r = Readings {

@@ -23,7 +23,8 @@ fn output_dir() -> PathBuf {
         .join("go-peers")
 }
 
-/// `go build -o <output> <package>` inside `module_dir`; returns the binary's path.
+/// `CGO_ENABLED=0 go build -trimpath -o <output> <package>` inside `module_dir`; returns the
+/// binary's path.
 pub fn build(module_dir: &Path, package: &str, output_name: &str) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
@@ -37,12 +38,15 @@ pub fn build(module_dir: &Path, package: &str, output_name: &str) -> PathBuf {
     fs4::fs_std::FileExt::lock_exclusive(&lock).expect("lock go build");
     let output = dir.join(output_name);
     let result = Command::new("go")
-        .args(["build", "-o"])
+        // The toolchain's flags: its cached Kubernetes packages (the same k8s.io modules) are
+        // then reused instead of compiled again with cgo.
+        .args(["build", "-trimpath", "-o"])
         .arg(&output)
         .arg(package)
         .current_dir(module_dir)
         // Never fetch another toolchain; a too-old `go` must fail here, loudly.
         .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
         .output();
     match result {
         Err(error) => {
