@@ -6,8 +6,9 @@ the first half, gets a change; group B, the second half, is the reference measur
 window, under the same rancher-sim load and machine noise. A cluster's apiserver is found by its
 command line (`--etcd-prefix=/clusters/<name>`), the shared etcd by its `--data-dir`.
 
-  apiserver-ab.py measure SECS                 mCPU per apiserver of A and B, A/B, shared etcd total;
-                                               then PSS per apiserver of A and B, etcd watchers
+  apiserver-ab.py measure SECS                 mCPU per apiserver of A and B, A/B, shared etcd total,
+                                               ksmd (KSM's thread) when KSM runs; then PSS per
+                                               apiserver of A and B, etcd watchers, KSM's shared pages
   apiserver-ab.py probe SECS PATH INTERVAL     the same while GETting PATH on A's apiservers every
                                                INTERVAL s, on one kept connection per apiserver
   apiserver-ab.py patch WORKDIR env NAME VALUE  adds an environment variable to A's apiservers
@@ -141,6 +142,27 @@ def probe_forever(port, path, interval, stop):
         stop.wait(interval)
 
 
+def ksmd_pid():
+    """The pid of the kernel's KSM thread, or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "ksmd":
+                    return int(pid)
+        except OSError:
+            pass
+    return None
+
+
+def ksm(name):
+    """A KSM setting or counter (/sys/kernel/mm/ksm/NAME), or None."""
+    try:
+        with open(f"/sys/kernel/mm/ksm/{name}") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def measure(seconds, probe=None):
     servers = apiservers()
     a, b = halves(servers)
@@ -150,6 +172,8 @@ def measure(seconds, probe=None):
         for name in a:
             threading.Thread(target=probe_forever, args=(servers[name][1], path, interval, stop), daemon=True).start()
     etcd = shared_etcd()
+    ksmd = ksmd_pid()
+    ksmd_before = ticks(ksmd) if ksmd else 0
     before = {n: ticks(servers[n][0]) for n in servers}
     etcd_before = ticks(etcd) if etcd else 0
     start = time.time()
@@ -157,6 +181,7 @@ def measure(seconds, probe=None):
     elapsed = time.time() - start
     after = {n: ticks(servers[n][0]) for n in servers}
     etcd_after = ticks(etcd) if etcd else 0
+    ksmd_after = ticks(ksmd) if ksmd else 0
     stop.set()
 
     def mcpu(n):
@@ -176,6 +201,12 @@ def measure(seconds, probe=None):
         )
     if etcd:
         print("shared etcd:", etcd_gauges(etcd))
+    if ksm("run") == 1:
+        sharing = ksm("pages_sharing") or 0
+        print(
+            f"KSM: {sharing * 4 / 1024:.1f} MiB shared ({sharing * 4 / 1024 / len(servers):.1f} per apiserver),"
+            f" ksmd {(ksmd_after - ksmd_before) / HZ / elapsed * 1000:.1f} mCPU"
+        )
     print("A:", " ".join(f"{mcpu(n):.1f}" for n in a))
     print("B:", " ".join(f"{mcpu(n):.1f}" for n in b))
 

@@ -254,7 +254,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             mib(sharing * 4) / n,
             ksmd_mcpu,
         ),
-        (run, _) => println!("\nKSM off (/sys/kernel/mm/ksm/run = {run:?})."),
+        (Some(run), _) => println!("\nKSM off (/sys/kernel/mm/ksm/run = {run})."),
+        (None, _) => println!("\nKSM not available (no /sys/kernel/mm/ksm/run)."),
     }
     println!("\nPer component, per cluster (shared processes divided by N):\n");
     println!("| component | PSS (MiB) | PSS anon (MiB) | PSS file (MiB) | idle mCPU |");

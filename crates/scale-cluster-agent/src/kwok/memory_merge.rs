@@ -10,9 +10,9 @@
 //! itself does not.
 //!
 //! Nothing is merged unless the host runs KSM (`/sys/kernel/mm/ksm/run` = 1, which `preflight
-//! --fix` sets): the mark costs nothing otherwise. Measured (docs/benchmarks.md): ~12 of ~90 MiB
-//! anonymous memory per apiserver shared, for `ksmd`'s scanning, a fixed ~60 mCPU at the kernel's
-//! default rate whatever the number of clusters.
+//! --fix` sets): the mark costs nothing otherwise. Measured at N = 50 with rancher-sim
+//! (docs/benchmarks.md): 10 MiB per apiserver shared, its PSS 101.3 → 92.0 MiB, for `ksmd`'s
+//! scanning, ~60 mCPU at the kernel's default rate whatever the number of clusters.
 
 /// Marks the calling process's memory, and that of every process it starts from now on, as
 /// mergeable. Best effort: on a kernel without per-process KSM the call fails and nothing changes,
