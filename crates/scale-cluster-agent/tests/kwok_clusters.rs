@@ -316,6 +316,17 @@ async fn full_and_lean_profiles() {
         ]),
         "lean runs no scheduler, and its etcd is the shared one"
     );
+    // Every component kwokctl started may share its identical pages with the other clusters'
+    // (KSM; the kernel says so per process).
+    for name in ["prof-full", "prof-lean"] {
+        for pid in support::processes_mentioning(&env.manager.cluster_dir(name).join("")) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap();
+            assert!(
+                stat.contains("ksm_merge_any: yes"),
+                "{name} pid {pid} is not mergeable:\n{stat}"
+            );
+        }
+    }
     // lean has no scheduler: the agent's own binding puts its pods on nodes.
     wait_population(
         &client_for(&env.manager, "prof-lean").await,
