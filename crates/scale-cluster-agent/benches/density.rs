@@ -198,7 +198,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     per_component.insert("scale-cluster-agent (÷ N)".into(), agent_fp.clone());
-    if ksm_value("run") == Some(1) {
+    let ksm_run = ksm_value("run");
+    if ksm_run == Some(1) {
         per_component.insert(
             "ksmd (÷ N)".into(),
             Footprint {
@@ -246,7 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         total.mcpu / n,
     );
     println!("\nMachine while measured: {machine}.");
-    match (ksm_value("run"), ksm_value("pages_sharing")) {
+    match (ksm_run, ksm_value("pages_sharing")) {
         (Some(1), Some(sharing)) => println!(
             "\nKSM on: {:.1} MiB of pages shared, {:.1} MiB per cluster (already out of the PSS \
              figures); ksmd {:.0} mCPU.",

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::host::{sysctl_path, PROC_SYS, SYS};
+use super::host::{sysctl_path, PROC_SYS};
 use super::{Check, KernelTree, Status};
 
 /// What `--fix` did for one sysctl.
@@ -41,7 +41,7 @@ impl fmt::Display for FixOutcome {
 
 /// Applies every kernel-setting fix of a non-OK check to the live kernel (`/proc/sys`, `/sys`).
 pub fn apply_fixes(checks: &[Check], is_root: bool) -> Vec<FixOutcome> {
-    apply_fixes_in(Path::new(PROC_SYS), Path::new(SYS), checks, is_root)
+    apply_fixes_in(Path::new(PROC_SYS), Path::new("/sys"), checks, is_root)
 }
 
 /// [`apply_fixes`] against any `/proc/sys`- and `/sys`-like directories (tests use temporary
@@ -59,7 +59,7 @@ pub fn apply_fixes_in(
         .map(|fix| {
             let path = match fix.tree {
                 KernelTree::ProcSys => sysctl_path(proc_sys, fix.key),
-                KernelTree::Sys => sys.join(fix.key),
+                KernelTree::Sys => sys.join(fix.key.trim_start_matches("/sys/")),
             };
             let from = std::fs::read_to_string(&path)
                 .map(|s| s.trim().to_string())
@@ -75,7 +75,7 @@ pub fn apply_fixes_in(
                     key: fix.key,
                     command: match fix.tree {
                         KernelTree::ProcSys => format!("sysctl -w {}={to}", fix.key),
-                        KernelTree::Sys => format!("echo {to} > /sys/{}", fix.key),
+                        KernelTree::Sys => format!("echo {to} > {}", fix.key),
                     },
                 };
             }
@@ -156,7 +156,7 @@ mod tests {
                     to: "5000,7999-8096".into()
                 },
                 FixOutcome::Applied {
-                    key: "kernel/mm/ksm/run",
+                    key: "/sys/kernel/mm/ksm/run",
                     from: "0".into(),
                     to: "1".into()
                 },

@@ -8,7 +8,6 @@ use super::{Readings, Rlimit};
 use crate::agent::pressure::meminfo_bytes;
 
 pub(super) const PROC_SYS: &str = "/proc/sys";
-pub(super) const SYS: &str = "/sys";
 
 impl Readings {
     /// Measures this host; `workdir` is where kwokctl keeps clusters (it need not exist yet).
@@ -45,7 +44,7 @@ impl Readings {
             memory_available: meminfo
                 .as_deref()
                 .and_then(|m| meminfo_bytes(m, "MemAvailable")),
-            ksm_run: std::fs::read_to_string(Path::new(SYS).join(super::KSM_RUN))
+            ksm_run: std::fs::read_to_string(super::KSM_RUN)
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
             memory_merge_supported: crate::kwok::memory_merge::supported(),

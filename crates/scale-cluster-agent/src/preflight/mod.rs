@@ -133,7 +133,7 @@ impl fmt::Display for Status {
 /// A kernel setting `--fix` can set: a sysctl (written under `/proc/sys`) or a `/sys` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysctlFix {
-    /// A dotted sysctl key, or for [`KernelTree::Sys`] the file's path under `/sys`.
+    /// A dotted sysctl key, or for [`KernelTree::Sys`] the file's path (`/sys/...`).
     pub key: &'static str,
     pub value: String,
     pub tree: KernelTree,
@@ -146,8 +146,8 @@ pub enum KernelTree {
     Sys,
 }
 
-/// KSM's switch, under `/sys`: 1 runs the merging thread.
-pub const KSM_RUN: &str = "kernel/mm/ksm/run";
+/// KSM's switch: 1 runs the merging thread.
+pub const KSM_RUN: &str = "/sys/kernel/mm/ksm/run";
 
 /// One verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +252,7 @@ fn memory_merging(readings: &Readings) -> Check {
         return unavailable(
             "unknown",
             format!(
-                "cannot read /sys/{KSM_RUN} (a kernel without KSM, or no /sys): clusters run \
+                "cannot read {KSM_RUN} (a kernel without KSM, or no /sys): clusters run \
                  without it"
             ),
         );
@@ -263,16 +263,16 @@ fn memory_merging(readings: &Readings) -> Check {
             "needs Linux >= 6.4 (PR_SET_MEMORY_MERGE): clusters run without it".into(),
         );
     }
-    let measured = format!("/sys/{KSM_RUN} = {run}");
+    let measured = format!("{KSM_RUN} = {run}");
     if run == 1 {
         return Check::ok(NAME, measured, need);
     }
     Check {
         status: Status::Warn,
         fix: vec![
-            format!("echo 1 > /sys/{KSM_RUN}"),
+            format!("echo 1 > {KSM_RUN}"),
             format!(
-                "persistently: `w /sys/{KSM_RUN} - - - - 1` in /etc/tmpfiles.d/scale-cluster-agent.conf"
+                "persistently: `w {KSM_RUN} - - - - 1` in /etc/tmpfiles.d/scale-cluster-agent.conf"
             ),
         ],
         sysctl: Some(SysctlFix {
