@@ -8,7 +8,8 @@
 #     scale-cluster-agent cluster create base --profile lean
 #   CLUSTER_DIR=/tmp/sa/kwok/clusters/base
 # Its kwok.yaml gives the apiserver's flags; each apiserver started here gets a fresh etcd prefix
-# of the same shared etcd (a new cluster) and its own port from 30700 up.
+# of the same shared etcd (a new cluster) and its own port from 30700 up. APISERVER_BIN, when set,
+# is the binary to start instead of the cluster's own kube-apiserver.
 #
 #   apiserver-standalone.sh CLUSTER_DIR start IDLE "ENV ..." ...
 #       one apiserver per ENV list (e.g. "GOGC=15 GOMAXPROCS=1"), one after the other: seconds to
@@ -34,7 +35,7 @@ start_apiserver() {
 if ctypes.CDLL(None).prctl(67, 1, 0, 0, 0) != 0: sys.exit("PR_SET_MEMORY_MERGE failed")
 os.execv(sys.argv[1], sys.argv[1:])')
   # shellcheck disable=SC2086
-  env "$@" "${mark[@]}" "$C/bin/kube-apiserver" $args >"/tmp/$prefix.log" 2>&1 &
+  env "$@" "${mark[@]}" "${APISERVER_BIN:-$C/bin/kube-apiserver}" $args >"/tmp/$prefix.log" 2>&1 &
   local pid=$!
   until curl -sk "https://127.0.0.1:$port/readyz" "${CERT[@]}" 2>/dev/null | grep -q '^ok'; do sleep 0.05; done
   echo "$pid"

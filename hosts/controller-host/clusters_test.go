@@ -146,6 +146,8 @@ func TestControlAPI(t *testing.T) {
 		{"PUT", "/clusters/one", 201},
 		{"PUT", "/clusters/one", 204},
 		{"GET", "/ping", 200},
+		{"GET", "/debug/pprof/heap", 200},
+		{"GET", "/debug/pprof/no-such-profile", 404},
 	} {
 		if status, body := do(tc.method, tc.path); status != tc.status {
 			t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, status, body, tc.status)

@@ -11,6 +11,7 @@
 //	DELETE /clusters/<name>   stop them and wait for their goroutines to end
 //	GET    /clusters          every cluster's controllers: running, restarts, last error
 //	GET    /ping, /debug/stats
+//	GET    /debug/pprof/<profile>   Go's profiles (heap, goroutine, ...; profile = CPU, ?seconds=N)
 //
 // A cluster's files are those kwokctl gives its kcm and kwok-controller, read from
 // <clusters-dir>/<name>/: kubeconfig.yaml, pki/ca.crt, pki/admin.key and kwok.yaml. Each
@@ -30,6 +31,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -175,6 +177,12 @@ func newAPI(cs *clusters, clustersDir string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ping", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("pong")) })
 	mux.HandleFunc("GET /debug/stats", a.stats)
+	// Where the host's memory and CPU go per cluster (docs/benchmarks.md); the socket is the
+	// agent's alone, as for the rest of this API.
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/{profile}", func(rw http.ResponseWriter, req *http.Request) {
+		pprof.Handler(req.PathValue("profile")).ServeHTTP(rw, req)
+	})
 	mux.HandleFunc("GET /clusters", a.list)
 	mux.HandleFunc("PUT /clusters/{name}", a.add)
 	mux.HandleFunc("DELETE /clusters/{name}", a.remove)
