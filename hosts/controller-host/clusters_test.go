@@ -153,6 +153,10 @@ func TestControlAPI(t *testing.T) {
 			t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, status, body, tc.status)
 		}
 	}
+	// A real profile, not just a route: pprof's protobuf, gzipped.
+	if _, profile := do("GET", "/debug/pprof/heap"); !strings.HasPrefix(profile, "\x1f\x8b") {
+		t.Fatalf("GET /debug/pprof/heap: not a gzipped profile: %.40q", profile)
+	}
 	_, body := do("GET", "/clusters")
 	var listed map[string]map[string]partState
 	if err := json.Unmarshal([]byte(body), &listed); err != nil || !listed["one"]["p"].Running {
